@@ -1,0 +1,63 @@
+"""Model checkpoints that carry their own defaults (arch, classes, input size, normalisation).
+
+A checkpoint is a plain dict of tensors and JSON-able values, so it loads with
+`torch.load(..., weights_only=True)`: nothing in it can run code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.base import DatasetInfo
+from .errors import QsennError
+from .model import QResNet, build_model
+
+FORMAT = "qsenn.model"
+VERSION = 1
+SPARSE_KEYS = ("linear.selection", "linear.mean", "linear.std", "linear.layer.weight", "linear.layer.bias")
+
+
+def model_record(model: QResNet, info: DatasetInfo, img_size: int, **extra: Any) -> dict:
+    """The checkpoint dict of a model (state dict on the CPU plus its provenance)."""
+    return {
+        "format": FORMAT, "version": VERSION,
+        "arch": model.arch, "num_classes": model.num_classes,
+        "reduced_strides": model.reduced_strides, "dropout": model.dropout.p,
+        "img_size": img_size, "dataset": info.to_json(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+
+
+def model_from_record(record: dict) -> QResNet:
+    """Rebuild the network: a sparse head is installed from its five tensors first (§12.3)."""
+    if record.get("format") != FORMAT:
+        raise QsennError("not a qsenn model checkpoint (no 'format' entry); "
+                         "original Q-SENN checkpoints are converted with `qsenn import-reference`")
+    if record.get("version", 0) > VERSION:
+        raise QsennError(f"checkpoint format version {record['version']} is newer than this qsenn "
+                         f"({VERSION}); upgrade qsenn")
+    state = record["state_dict"]
+    model = build_model(record["arch"], record["num_classes"],
+                        reduced_strides=record["reduced_strides"], dropout=record["dropout"])
+    if "linear.selection" in state:
+        model.install_sparse_head(*(state[k] for k in SPARSE_KEYS), dropout=record["dropout"])
+    model.load_state_dict(state)
+    return model
+
+
+def load_checkpoint(path: Path) -> tuple[QResNet, dict]:
+    """Load a model file written by qsenn (safe: weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise QsennError(f"checkpoint not found: {path}")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise QsennError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]} "
+                         f"(only plain tensors and data are accepted)") from None
+    if not isinstance(record, dict):
+        raise QsennError(f"{path} is not a qsenn model checkpoint")
+    return model_from_record(record), record
