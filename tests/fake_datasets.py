@@ -65,8 +65,10 @@ def make_cub_folder(cub_dir: Path, *, attributes: bool = True) -> FakeCub:
     shuffled = records[1::2] + records[::2]
     write_lines(cub_dir / "classes.txt", (f"{i} {n}" for i, n in enumerate(CUB_CLASSES, start=1)))
     write_lines(cub_dir / "images.txt", (f"{r.image_id} {r.rel_path}" for r in shuffled))
-    write_lines(cub_dir / "image_class_labels.txt", (f"{r.image_id} {r.label + 1}" for r in shuffled))
-    write_lines(cub_dir / "train_test_split.txt", (f"{r.image_id} {int(r.is_train)}" for r in shuffled))
+    write_lines(cub_dir / "image_class_labels.txt",
+                (f"{r.image_id} {r.label + 1}" for r in shuffled))
+    write_lines(cub_dir / "train_test_split.txt",
+                (f"{r.image_id} {int(r.is_train)}" for r in shuffled))
     for r in records:
         solid_image(cub_dir / "images" / r.rel_path, color=(10 * r.image_id, 100, 50))
     if attributes:

@@ -25,7 +25,7 @@ class DatasetInfo:
     name: str
     root: str
     class_names: tuple[str, ...]
-    mean: tuple[float, float, float] | None   # None: no Normalize (ImageNet, odd-L as published)
+    mean: tuple[float, float, float] | None   # None: no Normalize step
     std: tuple[float, float, float] | None
     resize_mode: str
     crop_gt: bool = False

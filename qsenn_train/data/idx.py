@@ -22,7 +22,8 @@ def _open(path: Path):
 
 
 def _malformed(path: Path, problem: str) -> QsennError:
-    return QsennError(f"IDX file {path} is malformed ({problem}); replace it with the original download")
+    return QsennError(f"IDX file {path} is malformed ({problem}); "
+                      f"replace it with the original download")
 
 
 def _parse_header(path: Path, stream, ndim: int) -> tuple[int, ...]:
