@@ -98,6 +98,12 @@ def data_synth(out, n_classes, train_per_class, test_per_class, image_size, seed
     click.echo(f"wrote {n_classes * (train_per_class + test_per_class)} images to {folder}")
 
 
+# ---- export (qsenn_export) ---------------------------------------------------------------
+
+
+# ---- runtime (qsenn_runtime; never imports torch) -----------------------------------------
+
+
 # ---- entry point ------------------------------------------------------------------------
 
 def main() -> None:
