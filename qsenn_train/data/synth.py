@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -130,9 +131,10 @@ def class_table(spec: SynthSpec) -> tuple[SynthClass, ...]:
 
     Each group uses at most n_classes // 2 of its values, so every used value recurs in at
     least two classes (from 4 classes on) and no single group names the class. Classes are
-    then picked greedily, each time a not yet chosen combination whose values are the least
-    used so far, which keeps the value counts within a group balanced; ties are broken by a
-    seeded shuffle.
+    then picked greedily: each time a not yet chosen combination whose values are the least
+    used so far (balanced counts within every group), among those the one whose value pairs
+    across groups are the least used (groups vary independently, e.g. not every yellow class
+    is a circle); remaining ties go by a seeded shuffle.
     """
     rng = np.random.default_rng([spec.seed, _CLASS_TABLE_STREAM])
     used_values = []
@@ -141,17 +143,26 @@ def class_table(spec: SynthSpec) -> tuple[SynthClass, ...]:
         used_values.append(np.sort(rng.permutation(len(values))[:n_used]))
     combos = np.array(list(itertools.product(*used_values)))
     combos = combos[rng.permutation(len(combos))]
-    usage = [np.zeros(len(values)) for _, values in CLASS_GROUPS]
+    group_pairs = list(itertools.combinations(range(len(CLASS_GROUPS)), 2))
+    value_usage = [np.zeros(len(values)) for _, values in CLASS_GROUPS]
+    pair_usage = {(g, h): np.zeros((len(CLASS_GROUPS[g][1]), len(CLASS_GROUPS[h][1])))
+                  for g, h in group_pairs}
+    # Value balance outranks pair balance: no pair total can reach this weight.
+    value_weight = len(group_pairs) * spec.n_classes + 1
     taken = np.zeros(len(combos), dtype=bool)
     classes = []
     for class_id in range(1, spec.n_classes + 1):
-        cost = sum(usage[g][combos[:, g]] for g in range(len(CLASS_GROUPS)))
+        cost = value_weight * sum(usage[combos[:, g]] for g, usage in enumerate(value_usage))
+        cost += sum(pair_usage[g, h][combos[:, g], combos[:, h]] for g, h in group_pairs)
         cost[taken] = np.inf
         pick = int(np.argmin(cost))
         taken[pick] = True
-        for g, value in enumerate(combos[pick]):
-            usage[g][value] += 1
-        shape, color, pattern, count, outline = (int(v) for v in combos[pick])
+        combo = combos[pick]
+        for g, usage in enumerate(value_usage):
+            usage[combo[g]] += 1
+        for g, h in group_pairs:
+            pair_usage[g, h][combo[g], combo[h]] += 1
+        shape, color, pattern, count, outline = (int(v) for v in combo)
         classes.append(SynthClass(class_id, SHAPES[shape], tuple(COLORS)[color],
                                   PATTERNS[pattern], count + 1, bool(outline)))
     return tuple(classes)
@@ -170,49 +181,45 @@ def _star() -> np.ndarray:
     return points
 
 
-def _cross(arm: float = 0.34) -> np.ndarray:
-    a = arm
+def _cross() -> np.ndarray:
+    a = 0.34   # half-width of an arm
     return np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1),
                      (-a, a), (-1, a), (-1, -a), (-a, -a)], dtype=float)
 
 
-def _triangle() -> np.ndarray:
-    # Circumradius slightly above 1 so its area is comparable to the other shapes.
-    return _regular_polygon(3) * 1.15 + np.array([0.0, 0.1])
-
-
-# Outlines at unit radius, centred on the origin.
-_SHAPE_POLYGONS = {
+# Outlines scaled into the unit circle, centred on the origin: an object of radius r never
+# reaches beyond r, which is what placement relies on.
+_SHAPE_POLYGONS = {name: polygon / np.linalg.norm(polygon, axis=1).max() for name, polygon in {
     "circle": _regular_polygon(28),
     "square": _regular_polygon(4, math.pi / 4),
-    "triangle": _triangle(),
+    "triangle": _regular_polygon(3),
     "star": _star(),
     "cross": _cross(),
     "diamond": np.array([(0, -1), (0.6, 0), (0, 1), (-0.6, 0)], dtype=float),
-}
+}.items()}
 
 
-def _muted_color(rng: np.random.Generator) -> np.ndarray:
-    """A greyish colour, so backgrounds never read as one of the saturated object colours."""
-    return np.clip(rng.uniform(70, 200) + rng.uniform(-30, 30, 3), 0, 255)
+def _muted_colors(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n greyish colours (n×3, within 40..230), so backgrounds never read as one of the
+    saturated object colours."""
+    return rng.uniform(70, 200, (n, 1)) + rng.uniform(-30, 30, (n, 3))
 
 
 def _background(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A size×size×3 uint8 background of the given style."""
     if style == "plain":
-        return np.broadcast_to(_muted_color(rng), (size, size, 3)).astype(np.float32)
+        return np.broadcast_to(_muted_colors(rng, 1).astype(np.uint8), (size, size, 3))
     if style == "gradient":
         angle = rng.uniform(0, 2 * math.pi)
-        axis = np.linspace(-1, 1, size, dtype=np.float32)
+        axis = np.linspace(-1, 1, size)
         ramp = (math.cos(angle) * axis[None, :] + math.sin(angle) * axis[:, None])
         ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
-        start, end = _muted_color(rng), _muted_color(rng)
-        return (start + ramp[..., None] * (end - start)).astype(np.float32)
+        start, end = _muted_colors(rng, 2)
+        return (start + ramp[..., None] * (end - start)).astype(np.uint8)
     # "noise": smooth colour blotches, a coarse random grid upsampled.
     cells = int(rng.integers(3, 8))
-    coarse = np.stack([_muted_color(rng) for _ in range(cells * cells)])
-    coarse = coarse.reshape(cells, cells, 3).astype(np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR),
-                      dtype=np.float32)
+    coarse = _muted_colors(rng, cells * cells).reshape(cells, cells, 3).astype(np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR))
 
 
 def _draw_distractors(draw: ImageDraw.ImageDraw, size: int, rng: np.random.Generator):
@@ -222,7 +229,7 @@ def _draw_distractors(draw: ImageDraw.ImageDraw, size: int, rng: np.random.Gener
         if rng.random() < 0.5:
             color = np.array(list(COLORS.values())[rng.integers(len(COLORS))], float)
         else:
-            color = _muted_color(rng) * rng.choice([0.5, 1.3])
+            color = _muted_colors(rng, 1)[0] * rng.choice([0.5, 1.3])
         color = tuple(int(c) for c in np.clip(color + rng.normal(0, 15, 3), 0, 255))
         if rng.random() < 0.5:
             start = rng.uniform(0, size, 2)
@@ -274,13 +281,12 @@ def _pattern_mask(pattern: str, xs: np.ndarray, ys: np.ndarray, centre, angle: f
 
 
 def _draw_image(cls: SynthClass, background: str, size: int, rng: np.random.Generator):
-    """One image of `cls` as uint8 H×W×3 and the union box (x, y, w) of its objects."""
-    canvas = Image.fromarray(np.clip(_background(background, size, rng), 0, 255)
-                             .astype(np.uint8))
+    """One image of `cls` as uint8 H×W×3 and the union box (x, y, w, h) of its objects."""
+    canvas = Image.fromarray(_background(background, size, rng))
     _draw_distractors(ImageDraw.Draw(canvas), size, rng)
 
-    pixels = np.array(canvas, dtype=np.float32)
-    outline_width = max(2, size // 24)
+    pixels = np.array(canvas)   # writable uint8 copy
+    outline_width = max(1, size // 32)
     centres, radii = _place_objects(cls.count, size, rng)
     polygons = []
     for centre, radius in zip(centres, radii):
@@ -303,20 +309,20 @@ def _draw_image(cls: SynthClass, background: str, size: int, rng: np.random.Gene
             pixels[ys, xs] = np.where(second[:, None], light, tone)
 
     if cls.outlined:
-        canvas = Image.fromarray(pixels.astype(np.uint8))
+        canvas = Image.fromarray(pixels)
         draw = ImageDraw.Draw(canvas)
         for polygon in polygons:
             points = [tuple(p) for p in polygon]
             draw.line(points + points[:1], fill=_OUTLINE_COLOR, width=outline_width,
                       joint="curve")
-        pixels = np.asarray(canvas, dtype=np.float32)
+        pixels = np.asarray(canvas)
 
-    pixels += rng.normal(0, rng.uniform(3, 10), pixels.shape).astype(np.float32)
+    noisy = pixels + rng.uniform(3, 10) * rng.standard_normal(pixels.shape, dtype=np.float32)
     extent = np.concatenate(polygons)
     pad = outline_width / 2 if cls.outlined else 0
-    x0, y0 = np.clip(extent.min(0) - pad, 0, size)
-    x1, y1 = np.clip(extent.max(0) + pad, 0, size)
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), (x0, y0, x1 - x0, y1 - y0)
+    x0, y0 = extent.min(0) - pad
+    x1, y1 = extent.max(0) + pad
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8), (x0, y0, x1 - x0, y1 - y0)
 
 
 def _annotation_rows(image_id: int, present: np.ndarray, rng: np.random.Generator) -> list[str]:
@@ -434,7 +440,7 @@ def is_complete(cub_dir: Path) -> bool:
     return (Path(cub_dir) / INFO_FILENAME).is_file()
 
 
-def ensure_synth(root: Path, spec: SynthSpec) -> Path:
+def ensure_synth(root: Path, spec: SynthSpec, echo: Callable[[str], None] = lambda line: None) -> Path:
     """The CUB folder `root/synth/<spec.tag()>/CUB_200_2011`, generated if not there yet."""
     dataset_dir = Path(root) / "synth" / spec.tag()
     cub_dir = dataset_dir / CUB_DIRNAME
@@ -443,6 +449,7 @@ def ensure_synth(root: Path, spec: SynthSpec) -> Path:
     if cub_dir.exists():
         # Not written by generate() (which renames only finished folders): rebuild it.
         shutil.rmtree(cub_dir)
+    echo(f"generating the embedded synthetic dataset ({spec.tag()}) in {dataset_dir}")
     try:
         return generate(spec, dataset_dir)
     except QsennError:
