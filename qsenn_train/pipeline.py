@@ -1,99 +1,23 @@
-"""`qsenn train`: the stages in order, each cached in the run directory under a key of its inputs."""
+"""`qsenn train` and `qsenn evaluate`: the stages in order, each cached in the run directory."""
 from __future__ import annotations
 
-import platform
-import random
-import shutil
-from dataclasses import dataclass
+import json
+import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-import torchvision
-
-from .checkpoint import model_from_record, model_record
-from .data import open_dataset
-from .data.base import DatasetInfo
-from .data.transforms import build_transform
-from .errors import QsennError
+from .checkpoint import load_checkpoint, model_from_record, model_record
+from .context import RunContext, RunOptions, prepare, seed_stage, timed
+from .evaluation import evaluate_metrics
 from .model import QResNet, build_model
 from .recipes import Recipe
-from .rundir import CONFIG, RunDir, stage_key
-from .training import Device, Schedule, evaluate, make_loader, make_sgd, run_epochs
+from .rundir import stage_key, write_json_atomic
+from .sparsify import sparse_folder, sparsify
+from .training import Schedule, make_sgd, run_epochs
 
+METRIC_KEYS = ("Accuracy", "NFfeatures", "PerClass", "diversity", "Dependence", "Alignment")
+FINAL_LINK = "final.pt"
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run a recipe (none of this changes the result, except the seed)."""
-
-    seed: int | None
-    data_root: Path
-    out: Path
-    device: str = "auto"
-    amp: bool = False
-    channels_last: bool = False
-    resume: bool = False
-    overwrite: bool = False
-
-
-@dataclass
-class RunContext:
-    recipe: Recipe
-    seed: int
-    run: RunDir
-    device: Device
-    info: DatasetInfo
-    train_set: torch.utils.data.Dataset   # training transform
-    test_set: torch.utils.data.Dataset    # test transform
-    train_eval_set: torch.utils.data.Dataset  # training images, test transform (extraction, metrics)
-    echo: Callable[[str], None]
-
-
-def run_dir_for(recipe: Recipe, seed: int, out: Path) -> Path:
-    """<out>/<arch>/<dataset>[_crop]/<seed> as in the reference (§12.2), so Q-SENN and SLDD
-    runs with the same seed share one dense model."""
-    dataset = recipe.dataset + ("_crop" if recipe.crop_gt else "")
-    return Path(out) / recipe.arch / dataset / str(seed)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print) -> RunContext:
-    seed = opts.seed if opts.seed is not None else random.randrange(1_000_000)
-    seed_everything(seed)
-    device = Device.resolve(opts.device, opts.amp, opts.channels_last)
-    train_raw, test_raw, info = open_dataset(recipe, opts.data_root, echo=echo)
-
-    path = run_dir_for(recipe, seed, opts.out)
-    if path.exists() and opts.overwrite:
-        shutil.rmtree(path)
-    run = RunDir(path, echo=echo)
-    if run.has_results() and not opts.resume:
-        raise QsennError(f"{path} already holds results of an earlier run; add --resume to continue "
-                         f"it (finished stages are reused), --overwrite to start over, or another --seed/--out")
-    run.save_json(CONFIG, {"recipe": recipe.to_json(), "seed": seed, "dataset": info.to_json(),
-                           "device": str(device.torch_device), "versions": library_versions()})
-    run.event("start", recipe=recipe.name, seed=seed, resume=opts.resume)
-    echo(f"run directory: {path}  (seed {seed}; resume with --seed {seed} --resume)")
-    return RunContext(
-        recipe=recipe, seed=seed, run=run, device=device, info=info,
-        train_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=True)),
-        test_set=test_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
-        train_eval_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
-        echo=echo)
-
-
-def library_versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__}
-
-
-# ---- stage: dense model ----------------------------------------------------------------
 
 def dense_key(ctx: RunContext) -> str:
     r = ctx.recipe
@@ -101,15 +25,16 @@ def dense_key(ctx: RunContext) -> str:
                      r.pretrained, r.do_dense, r.dense, r.fdl_beta, r.dense_dropout, ctx.seed)
 
 
-def dense_stage(ctx: RunContext) -> QResNet:
-    """Dense training (spec §3), or the pretrained/initial model when dense training is off."""
+def dense_stage(ctx: RunContext, key: str) -> QResNet:
+    """Dense training (spec §3), or the pretrained/initial network when dense training is off."""
     r = ctx.recipe
-    name = f"dense-{dense_key(ctx)}.pt"
+    name, partial = f"dense-{key}.pt", f"dense-{key}.partial.pt"
     record = ctx.run.load_torch(name)
     if record is not None:
         ctx.echo(f"dense model: reusing {ctx.run.file(name)}")
         return ctx.device.prepare(model_from_record(record))
 
+    seed_stage(ctx, "dense")
     model = ctx.device.prepare(build_model(r.arch, ctx.info.num_classes, reduced_strides=r.reduced_strides,
                                            pretrained=r.pretrained, dropout=r.dense_dropout))
     history: list[dict] = []
@@ -118,28 +43,113 @@ def dense_stage(ctx: RunContext) -> QResNet:
             [{"params": model.backbone_parameters(), "lr": r.dense.lr},
              {"params": model.head_parameters(), "lr": r.dense.head_lr}], r.dense)
         sched = Schedule("dense", optimizer, scheduler, r.dense.epochs, r.dense.batch_size,
-                         r.eval_every, partial_name=f"dense-{dense_key(ctx)}.partial.pt")
-        history = run_epochs(model, ctx.train_set, ctx.test_set, sched, device=ctx.device,
-                             fdl_beta=r.fdl_beta, seed=ctx.seed, workers=r.workers, run=ctx.run,
-                             echo=ctx.echo)
-    ctx.run.save_torch(name, model_record(model, ctx.info, r.img_size, recipe=r.name,
-                                          seed=ctx.seed, stage="dense", history=history))
-    ctx.run.remove(f"dense-{dense_key(ctx)}.partial.pt")
+                         r.eval_every, partial_name=partial)
+        with timed(ctx, "dense training"):
+            history = run_epochs(model, ctx.train_set, ctx.test_set, sched, device=ctx.device,
+                                 fdl_beta=r.fdl_beta, seed=ctx.seed, workers=r.workers, run=ctx.run,
+                                 echo=ctx.echo)
+    ctx.run.save_torch(name, model_record(model, ctx.info, r.img_size, recipe=r.name, seed=ctx.seed,
+                                          stage="dense", history=history))
+    ctx.run.remove(partial)
     return model
 
 
-def test_accuracy(ctx: RunContext, model: QResNet) -> float:
-    loader = make_loader(ctx.test_set, ctx.recipe.metrics_batch_size, shuffle=False,
-                         workers=ctx.recipe.workers)
-    return evaluate(model, loader, ctx.device)["acc"]
+def metrics_stage(ctx: RunContext, model: QResNet, name: str, key: str, label: str) -> dict:
+    """The metrics of a model, cached by the key of the model they describe."""
+    cached = ctx.run.load_json(name)
+    if cached is not None and cached.get("model") == key:
+        return cached
+    r = ctx.recipe
+    with timed(ctx, f"metrics ({label})"):
+        result = evaluate_metrics(model, ctx.train_eval_set, ctx.test_set, ctx.info, device=ctx.device,
+                                  batch_size=r.metrics_batch_size, workers=r.workers)
+    result["model"] = key
+    ctx.run.save_json(name, result)
+    return result
+
+
+def link_final(ctx: RunContext, target: str) -> None:
+    """RUN/final.pt → the last finished model (a relative symlink, swapped atomically)."""
+    link = ctx.run.file(FINAL_LINK)
+    tmp = link.with_name(f".{FINAL_LINK}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def final_model_name(ctx: RunContext, folder: str) -> str:
+    if ctx.recipe.model_type == "sldd":
+        return f"{folder}/model.pt"
+    return f"{folder}/iter{ctx.recipe.finetune.iterations - 1}/model.pt"
 
 
 def train(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print) -> dict:
-    """Run every stage of the recipe; return the final metrics."""
+    """Run every stage of the recipe; return the dense and final metrics."""
     ctx = prepare(recipe, opts, echo)
-    dense = dense_stage(ctx)
-    metrics = {"Accuracy": test_accuracy(ctx, dense)}
-    ctx.run.save_json("metrics_dense.json", metrics)
-    ctx.run.event("done", metrics=metrics)
-    echo(f"dense model: test accuracy {metrics['Accuracy']:.4f}")
-    return {"run_dir": str(ctx.run.path), "dense": metrics}
+    key = dense_key(ctx)
+    model = dense_stage(ctx, key)
+    dense_metrics = metrics_stage(ctx, model, "metrics_dense.json", key, "dense")
+    folder = sparse_folder(ctx, key)
+    model = sparsify(ctx, model, folder)
+    final_metrics = metrics_stage(ctx, model, f"metrics_{recipe.model_type}.json", folder, recipe.model_type)
+    link_final(ctx, final_model_name(ctx, folder))
+    record_timings(ctx)
+    ctx.run.event("done", dense=dense_metrics, final=final_metrics)
+    echo(summary_table({"dense": dense_metrics, recipe.model_type: final_metrics}))
+    echo(class_explanation(model, ctx.info.class_names))
+    echo(f"final model: {ctx.run.file(FINAL_LINK)}")
+    return {"run_dir": str(ctx.run.path), "dense": dense_metrics, recipe.model_type: final_metrics,
+            "timings": dict(ctx.timings)}
+
+
+def record_timings(ctx: RunContext) -> None:
+    """timings.json: seconds per stage; a resumed run keeps the times of the stages it reused."""
+    path = ctx.run.file("timings.json")
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings.update({k: round(v, 2) for k, v in ctx.timings.items()})
+    write_json_atomic(path, timings)
+
+
+def summary_table(rows: dict[str, dict]) -> str:
+    header = f"{'model':<8}" + "".join(f"{k:>12}" for k in METRIC_KEYS)
+    lines = [header, "-" * len(header)]
+    for label, m in rows.items():
+        cells = "".join(f"{m[k]:>12d}" if k == "NFfeatures" else f"{m[k]:>12.4f}" for k in METRIC_KEYS)
+        lines.append(f"{label:<8}{cells}")
+    return "\n".join(lines)
+
+
+def class_explanation(model: QResNet, class_names: tuple[str, ...], k: int = 0) -> str:
+    """One class's features and their signs: what the sparse head makes the class mean."""
+    if not model.is_sparse:
+        return ""
+    row = model.head_weight[k].detach().cpu()
+    selection = model.linear.selection.cpu()
+    terms = [f"{'+' if row[j] > 0 else '-'}feature {j} (channel {int(selection[j])}, w {row[j]:+.3f})"
+             for j in row.nonzero().flatten().tolist()]
+    bias = float(model.head_bias[k])
+    return f"class {class_names[k]!r}: " + ", ".join(terms) + f"; bias {bias:+.3f}"
+
+
+def evaluate_run(run_dir: Path, data_root: Path, device: str = "auto",
+                 echo: Callable[[str], None] = print) -> dict:
+    """`qsenn evaluate RUN`: recompute the metrics of the run's dense and final models."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    recipe = Recipe.from_json(config["recipe"])
+    opts = RunOptions(seed=config["seed"], data_root=data_root, out=Path(run_dir).parents[2],
+                      device=device, resume=True)
+    ctx = prepare(recipe, opts, echo)
+    rows = {}
+    dense_name = f"dense-{dense_key(ctx)}.pt"
+    for label, path in (("dense", ctx.run.file(dense_name)), (recipe.model_type, ctx.run.file(FINAL_LINK))):
+        if not path.exists():
+            echo(f"{label}: {path} not found (stage not finished), skipped")
+            continue
+        model, _ = load_checkpoint(path)
+        model = ctx.device.prepare(model)
+        rows[label] = evaluate_metrics(model, ctx.train_eval_set, ctx.test_set, ctx.info,
+                                       device=ctx.device, batch_size=recipe.metrics_batch_size,
+                                       workers=recipe.workers)
+        ctx.run.save_json(f"metrics_{label}.json", {**rows[label], "model": "evaluate"})
+    echo(summary_table(rows))
+    return rows

@@ -69,7 +69,8 @@ class RunDir:
         return self.path / name
 
     def has_results(self) -> bool:
-        return bool(self._manifest)
+        """Whether anything but the configuration was saved."""
+        return any(name != CONFIG for name in self._manifest)
 
     # -- writing ------------------------------------------------------------------------
     def _record(self, name: str) -> None:

@@ -13,11 +13,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .errors import QsennError
 from .fdl import feature_diversity_loss
 from .model import QResNet
+from .progress import progress
 from .recipes import SGDSchedule
 from .rundir import RunDir
 
@@ -54,9 +54,9 @@ class Device:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int,
-                generator: torch.Generator | None = None) -> DataLoader:
-    # A trailing batch of one image would break BatchNorm on 1×1 maps; drop only that one.
-    drop_last = shuffle and len(dataset) % batch_size == 1
+                generator: torch.Generator | None = None, train: bool = False) -> DataLoader:
+    # In training, a trailing batch of one image would break BatchNorm on 1×1 maps; drop only that one.
+    drop_last = train and len(dataset) % batch_size == 1
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       generator=generator, drop_last=drop_last, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
@@ -81,7 +81,7 @@ def train_epoch(model: QResNet, loader: DataLoader, optimizer, scaler, device: D
                 fdl_beta: float, desc: str) -> dict:
     model.train()
     totals = {"loss": 0.0, "ce": 0.0, "fdl": 0.0, "correct": 0, "seen": 0}
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    bar = progress(loader, desc=desc)
     for images, labels in bar:
         images, labels = device.batch(images), labels.to(device.torch_device)
         with device.autocast():
@@ -113,7 +113,7 @@ def evaluate(model: QResNet, loader: DataLoader, device: Device, desc: str = "te
     """Top-1 accuracy (a fraction) and mean cross-entropy, eval mode."""
     model.eval()
     loss, correct, seen = 0.0, 0, 0
-    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, labels in progress(loader, desc=desc):
         images, labels = device.batch(images), labels.to(device.torch_device)
         with device.autocast():
             logits = model(images).logits.float()
@@ -159,7 +159,7 @@ def run_epochs(model: QResNet, train_set: Dataset, test_set: Dataset, sched: Sch
     test_loader = make_loader(test_set, sched.batch_size, shuffle=False, workers=workers)
     for epoch in range(start, sched.epochs):
         loader = make_loader(train_set, sched.batch_size, shuffle=True, workers=workers,
-                             generator=epoch_generator(seed, sched.label, epoch))
+                             generator=epoch_generator(seed, sched.label, epoch), train=True)
         lrs = [g["lr"] for g in sched.optimizer.param_groups]
         stats = train_epoch(model, loader, sched.optimizer, scaler, device, fdl_beta,
                             desc=f"{sched.label} {epoch + 1}/{sched.epochs}")

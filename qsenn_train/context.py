@@ -1,0 +1,113 @@
+"""What every stage of a run shares: the recipe, the seed, the run directory, the device and data."""
+from __future__ import annotations
+
+import platform
+import random
+import shutil
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import Dataset
+
+from .data import open_dataset
+from .data.base import DatasetInfo
+from .data.transforms import build_transform
+from .errors import QsennError
+from .recipes import Recipe
+from .rundir import CONFIG, RunDir, stage_key
+from .training import Device
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a recipe (none of this changes the result, except the seed)."""
+
+    seed: int | None
+    data_root: Path
+    out: Path
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    seed: int
+    run: RunDir
+    device: Device
+    info: DatasetInfo
+    train_set: Dataset        # training images, training transform
+    test_set: Dataset         # test images, test transform
+    train_eval_set: Dataset   # training images, test transform (extraction, metrics)
+    echo: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+def run_dir_for(recipe: Recipe, seed: int, out: Path) -> Path:
+    """<out>/<arch>/<dataset>[_crop]/<seed> as in the reference (§12.2), so Q-SENN and SLDD
+    runs with the same seed share one dense model."""
+    dataset = recipe.dataset + ("_crop" if recipe.crop_gt else "")
+    return Path(out) / recipe.arch / dataset / str(seed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def seed_stage(ctx: RunContext, label: str) -> int:
+    """Reseed the global RNG from (run seed, stage), so a stage draws the same numbers whether
+    the stages before it ran or were loaded from the run directory; returns that seed."""
+    seed = int(stage_key(ctx.seed, label), 16) % (1 << 62)
+    torch.manual_seed(seed)
+    return seed
+
+
+@contextmanager
+def timed(ctx: RunContext, label: str):
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    ctx.timings[label] += seconds
+    ctx.run.event("stage_time", stage=label, seconds=round(seconds, 3))
+
+
+def library_versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__}
+
+
+def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print) -> RunContext:
+    seed = opts.seed if opts.seed is not None else random.randrange(1_000_000)
+    seed_everything(seed)
+    device = Device.resolve(opts.device, opts.amp, opts.channels_last)
+    train_raw, test_raw, info = open_dataset(recipe, opts.data_root, echo=echo)
+
+    path = run_dir_for(recipe, seed, opts.out)
+    if path.exists() and opts.overwrite:
+        shutil.rmtree(path)
+    run = RunDir(path, echo=echo)
+    if run.has_results() and not opts.resume:
+        raise QsennError(f"{path} already holds results of an earlier run; add --resume to continue "
+                         f"it (finished stages are reused), --overwrite to start over, or another --seed/--out")
+    run.save_json(CONFIG, {"recipe": recipe.to_json(), "seed": seed, "dataset": info.to_json(),
+                           "device": str(device.torch_device), "versions": library_versions()})
+    run.event("start", recipe=recipe.name, seed=seed, resume=opts.resume)
+    echo(f"run directory: {path}  (seed {seed}; resume with --seed {seed} --resume)")
+    return RunContext(
+        recipe=recipe, seed=seed, run=run, device=device, info=info,
+        train_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=True)),
+        test_set=test_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
+        train_eval_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
+        echo=echo)

@@ -1,0 +1,185 @@
+"""Feature extraction for the GLM steps (spec §4), written to disk as memory-mapped arrays.
+
+Training images go through the test transform in eval mode; the pooled features (the
+model's own selection once a sparse head is installed) stream into preallocated `.npy`
+files, so memory stays flat however large the dataset is (ImageNet: 1.28 M × 2048).
+Statistics are accumulated in float64 on the way: μ, σ (divisor N) and the "group"
+maximal regularisation G on raw features (odd-F).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import QsennError
+from .model import QResNet
+from .progress import progress
+from .rundir import RunDir
+from .training import Device, make_loader
+
+CHUNK_ROWS = 65536   # rows copied at a time when writing the split files
+
+
+@dataclass
+class FeatureStats:
+    """Train-set statistics over all N training images (before the validation split)."""
+
+    mean: torch.Tensor        # μ (C)
+    std: torch.Tensor         # σ, population std (C), not clamped here
+    max_reg_group: float      # G of §4 step 4 (raw features)
+    n_total: int              # N
+    n_classes: int
+
+    def to_record(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "max_reg_group": self.max_reg_group,
+                "n_total": self.n_total, "n_classes": self.n_classes}
+
+    @classmethod
+    def from_record(cls, r: dict) -> "FeatureStats":
+        return cls(r["mean"], r["std"], float(r["max_reg_group"]), int(r["n_total"]), int(r["n_classes"]))
+
+
+class StatsAccumulator:
+    """Streaming Σf, Σf², and per-class Σf in float64."""
+
+    def __init__(self, dim: int, n_classes: int):
+        self.total = torch.zeros(dim, dtype=torch.float64)
+        self.squares = torch.zeros(dim, dtype=torch.float64)
+        self.per_class = torch.zeros(n_classes, dim, dtype=torch.float64)
+        self.counts = torch.zeros(n_classes, dtype=torch.float64)
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        f = features.double()
+        self.total += f.sum(0)
+        self.squares += (f * f).sum(0)
+        self.per_class.index_add_(0, labels, f)
+        self.counts += torch.bincount(labels, minlength=len(self.counts)).double()
+
+    def finish(self) -> FeatureStats:
+        n = self.counts.sum()
+        mean = self.total / n
+        var = (self.squares / n - mean * mean).clamp(min=0)
+        # Σ_i f_ij (e_{y_i} − ȳ) = per-class sums − ȳ·Σ_i f_ij   (D×K)
+        class_freq = self.counts / n
+        inner = self.per_class.T - self.total[:, None] * class_freq[None, :]
+        g = (inner.norm(dim=1).max() / n).item()
+        return FeatureStats(mean.float(), var.sqrt().float(), g, int(n), len(self.counts))
+
+
+def _new_array(run: RunDir, name: str, rows: int, cols: int, dtype) -> tuple[np.memmap, Path]:
+    """A preallocated .npy under a temporary name (renamed into place once complete)."""
+    final = run.file(name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial")
+    shape = (rows, cols) if cols else (rows,)
+    return np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape), tmp
+
+
+def _commit(run: RunDir, name: str, array: np.memmap, tmp: Path) -> None:
+    array.flush()
+    run.save_with(name, lambda dst: tmp.replace(dst))
+
+
+@torch.no_grad()
+def extract_split(model: QResNet, dataset: Dataset, run: RunDir, prefix: str, *, batch_size: int,
+                  workers: int, device: Device, shuffle_seed: int | None, n_classes: int,
+                  desc: str) -> StatsAccumulator:
+    """Pooled features and labels of one split into `<prefix>features.npy` / `<prefix>labels.npy`.
+
+    With shuffle_seed the images are visited in a seeded random order, as the reference's
+    shuffled training loader does (the stored order is that order).
+    """
+    model.eval()
+    dim = len(model.linear.selection) if model.is_sparse else model.feature_dim
+    n = len(dataset)
+    if n == 0:
+        raise QsennError(f"cannot extract features: the {desc} set is empty")
+    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    loader = make_loader(dataset, batch_size, shuffle=shuffle_seed is not None, workers=workers,
+                         generator=generator)
+    features, features_tmp = _new_array(run, f"{prefix}features.npy", n, dim, np.float32)
+    labels, labels_tmp = _new_array(run, f"{prefix}labels.npy", n, 0, np.int64)
+    stats = StatsAccumulator(dim, n_classes)
+    row = 0
+    for images, y in progress(loader, desc=f"features ({desc})"):
+        with device.autocast():
+            pooled = model(device.batch(images)).pooled.float().cpu()
+        features[row:row + len(y)] = pooled.numpy()
+        labels[row:row + len(y)] = y.numpy()
+        stats.update(pooled, y)
+        row += len(y)
+    if row != n:   # a dropped trailing batch would leave zero rows behind
+        raise RuntimeError(f"extracted {row} of {n} images")
+    _commit(run, f"{prefix}features.npy", features, features_tmp)
+    _commit(run, f"{prefix}labels.npy", labels, labels_tmp)
+    return stats
+
+
+def validation_split(n_total: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the train and validation splits, with `random_split` semantics (§4 step 5)."""
+    n_val = int(np.floor(val_fraction * n_total))
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed)).numpy()
+    return perm[: n_total - n_val], perm[n_total - n_val:]
+
+
+def write_rows(run: RunDir, source: np.ndarray, positions: np.ndarray, name: str) -> None:
+    """Gather rows of a (memory-mapped) array into a new .npy, a chunk at a time."""
+    cols = source.shape[1] if source.ndim == 2 else 0
+    out, tmp = _new_array(run, name, len(positions), cols, source.dtype)
+    for start in range(0, len(positions), CHUNK_ROWS):
+        chunk = positions[start:start + CHUNK_ROWS]
+        order = np.argsort(chunk)          # sorted reads are sequential on disk
+        out[start + order] = source[chunk[order]]
+    _commit(run, name, out, tmp)
+
+
+@dataclass
+class FeatureSet:
+    """Memory-mapped features of one sparsification step, restricted on demand to S."""
+
+    train: np.ndarray         # train split (N_tr × C), raw
+    train_labels: np.ndarray
+    val: np.ndarray
+    val_labels: np.ndarray
+    test: np.ndarray          # test set (N_test × C), dataset order
+    test_labels: np.ndarray
+    stats: FeatureStats
+
+
+FEATURE_FILES = ("train_features.npy", "train_labels.npy", "val_features.npy", "val_labels.npy",
+                 "test_features.npy", "test_labels.npy")
+
+
+def load_feature_set(run: RunDir, folder: str) -> FeatureSet | None:
+    """The cached features of a step, or None unless every file is intact."""
+    record = run.load_torch(f"{folder}/feature_stats.pt")
+    if record is None or not all(run.intact(f"{folder}/{name}") for name in FEATURE_FILES):
+        return None
+    arrays = [np.load(run.file(f"{folder}/{name}"), mmap_mode="r") for name in FEATURE_FILES]
+    return FeatureSet(*arrays, stats=FeatureStats.from_record(record))
+
+
+def extract_features(model: QResNet, train_eval_set: Dataset, test_set: Dataset, run: RunDir,
+                     folder: str, *, batch_size: int, workers: int, device: Device, seed: int,
+                     val_fraction: float, n_classes: int) -> FeatureSet:
+    """§4 steps 1–5: extract, compute statistics, split 90/10 into `folder`."""
+    stats = extract_split(model, train_eval_set, run, f"{folder}/all_train_", batch_size=batch_size,
+                          workers=workers, device=device, shuffle_seed=seed, n_classes=n_classes,
+                          desc="train").finish()
+    extract_split(model, test_set, run, f"{folder}/test_", batch_size=batch_size, workers=workers,
+                  device=device, shuffle_seed=None, n_classes=n_classes, desc="test")
+    all_features = np.load(run.file(f"{folder}/all_train_features.npy"), mmap_mode="r")
+    all_labels = np.load(run.file(f"{folder}/all_train_labels.npy"), mmap_mode="r")
+    train_pos, val_pos = validation_split(stats.n_total, val_fraction, seed)
+    for split, positions in (("train", train_pos), ("val", val_pos)):
+        write_rows(run, all_features, positions, f"{folder}/{split}_features.npy")
+        write_rows(run, all_labels, positions, f"{folder}/{split}_labels.npy")
+    del all_features, all_labels
+    for name in ("all_train_features.npy", "all_train_labels.npy"):
+        run.remove(f"{folder}/{name}")
+    run.save_torch(f"{folder}/feature_stats.pt", stats.to_record())
+    return load_feature_set(run, folder)

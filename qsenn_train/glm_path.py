@@ -1,0 +1,111 @@
+"""The elastic-net regularisation path on the selected features (spec §6), with glm-saga.
+
+The standardisation x̂ = (f − μ)/max(σ, 1e-5) runs inside glm-saga as its `preprocess`
+module, so λ_max and n_ex are computed from the standardised train split exactly as the
+reference does (metadata=None).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from contextlib import contextmanager
+from typing import Callable
+
+import numpy as np
+import torch
+from glm_saga import elasticnet
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .features import FeatureSet
+from .recipes import SagaSettings
+
+GLM_STD_CLAMP = 1e-5   # odd-V: the GLM steps clamp σ at 1e-5, the model head at 1e-6
+READ_CHUNK = 65536
+
+
+class Standardize(nn.Module):
+    """x ↦ (x − μ)/max(σ, 1e-5); carries `.device` because glm-saga asks its preprocess for one."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, device: torch.device):
+        super().__init__()
+        self.device = device
+        self.register_buffer("mean", mean.float().to(device))
+        self.register_buffer("std", torch.clamp(std.float(), min=GLM_STD_CLAMP).to(device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def columns(array: np.ndarray, selection: list[int] | None) -> torch.Tensor:
+    """Rows of a memory-mapped array restricted to `selection`, read a chunk at a time so the
+    full N×D matrix never sits in memory."""
+    cols = slice(None) if selection is None else np.asarray(selection)
+    parts = [np.asarray(array[i:i + READ_CHUNK])[:, cols] for i in range(0, len(array), READ_CHUNK)]
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts))).float()
+
+
+@contextmanager
+def _count_lambdas(tick: Callable[[], None]):
+    """glm-saga (pinned 0.1.2) calls elasticnet.train_saga once per λ: count the calls."""
+    original = elasticnet.train_saga
+
+    def counted(*args, **kwargs):
+        state = original(*args, **kwargs)
+        tick()
+        return state
+
+    elasticnet.train_saga = counted
+    try:
+        yield
+    finally:
+        elasticnet.train_saga = original
+
+
+def fit_path(features: FeatureSet, selection: list[int] | None, settings: SagaSettings, *,
+             n_classes: int, device: torch.device, tick: Callable[[], None] = lambda: None,
+             log: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """101 solutions (100 log-spaced λ's and λ = 0), each with weight K×F and bias K.
+
+    `selection` restricts D-dimensional features to S (first iteration); None when the
+    features are already the model's F selected ones.
+    """
+    mean, std = features.stats.mean, features.stats.std
+    if selection is not None:
+        mean, std = mean[selection], std[selection]
+    x_train = columns(features.train, selection)
+    # np.array copies: torch wants writable memory, the memory-mapped labels are read-only
+    y_train = torch.from_numpy(np.array(features.train_labels))
+    x_val, y_val = columns(features.val, selection), torch.from_numpy(np.array(features.val_labels))
+    x_test, y_test = columns(features.test, selection), torch.from_numpy(np.array(features.test_labels))
+
+    batch = settings.batch_size
+    train_loader = DataLoader(elasticnet.IndexedTensorDataset(x_train, y_train), batch_size=batch, shuffle=True)
+    val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=batch, shuffle=True) if len(x_val) else None
+    test_loader = DataLoader(TensorDataset(x_test, y_test), batch_size=batch, shuffle=True)
+
+    linear = nn.Linear(x_train.shape[1], n_classes).to(device)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+    captured = io.StringIO()
+    with _count_lambdas(tick), contextlib.redirect_stdout(captured), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax")
+        result = elasticnet.glm_saga(
+            linear, train_loader, settings.lr, settings.max_epochs, settings.alpha,
+            k=settings.n_lambdas, epsilon=settings.epsilon, tol=settings.tol,
+            lookbehind=settings.lookbehind, group=False, do_zero=True, lr_decay_factor=1,
+            preprocess=Standardize(mean, std, device), n_classes=n_classes,
+            val_loader=val_loader, test_loader=test_loader, table_device=device, checkpoint=None)
+    for line in captured.getvalue().splitlines():
+        log(line)
+    return [_plain(entry) for entry in result["path"]]
+
+
+def _plain(entry: dict) -> dict:
+    """A path entry as plain numbers and CPU tensors (safe to save and reload)."""
+    return {"lam": float(entry["lam"]), "lr": float(entry["lr"]), "alpha": float(entry["alpha"]),
+            "time": float(entry["time"]), "loss": float(entry["loss"]),
+            "metrics": {k: float(v) for k, v in entry["metrics"].items()},
+            "weight": entry["weight"].cpu(), "bias": entry["bias"].cpu()}
