@@ -99,14 +99,171 @@ def data_synth(out, n_classes, train_per_class, test_per_class, image_size, seed
 
 
 # ---- export (qsenn_export) ---------------------------------------------------------------
+# The format table is torch-free; it drives the option checks and the help below.
+from qsenn_export import formats as export_formats  # noqa: E402
+
+_FORMATS_HELP = ("\b\nFormats: name, artifact, suffix, runs on, precisions (verification tolerance: "
+                 "relative max|Δ|), options, install\n"
+                 + export_formats.help_table())
+
+
+@qsenn.command("export", epilog=_FORMATS_HELP)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(list(export_formats.FORMATS)), default="onnx",
+              show_default=True, help="Artifact to write (table below).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output file (default: RUN/model.<suffix>, or the checkpoint's name with the suffix).")
+@click.option("--batch", type=int, default=None,
+              help=export_formats.option_help("batch", "ONNX: static batch size (default: dynamic). TensorRT: "
+                                              f"largest batch of the engine (default {export_formats.DEFAULT_TRT_BATCH})."))
+@click.option("--half", is_flag=True, help=export_formats.option_help("half", "FP16 engine."))
+@click.option("--int8", is_flag=True, help=export_formats.option_help("int8", "INT8 engine, calibrated on --calib."))
+@click.option("--calib", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help=export_formats.option_help("calib", "Calibration images for --int8."))
+@click.option("--workspace", type=float, default=None, metavar="GIB",
+              help=export_formats.option_help("workspace", f"Builder workspace (default {export_formats.DEFAULT_WORKSPACE_GIB:g} GiB)."))
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare the artifact with its source (PyTorch for ONNX, the ONNX model for TensorRT); "
+                   "out of tolerance: non-zero exit, artifact kept only as *.failed.<suffix>.")
+@click.option("--verify-count", type=int, default=export_formats.DEFAULT_VERIFY_COUNT, show_default=True,
+              help="Number of test images to verify on (the first ones of the checkpoint's dataset).")
+@click.option("--verify-images", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Verify on these image files instead of the dataset's test images.")
+def export_command(source, fmt, out, batch, half, int8, calib, workspace, verify, verify_count,
+                   verify_images) -> None:
+    """Export a trained Q-SENN model: SOURCE is a run directory (RUN/final.pt), a folder of runs
+    (the newest finished one) or a checkpoint file. The graph normalises its input, computes only
+    the selected channels and holds the ternary matrix T as int8; the qsenn metadata travels with it."""
+    from qsenn_export import export
+
+    options = export_formats.make_options(fmt, out=out, batch=batch, half=half, int8=int8, calib=calib,
+                                          workspace=workspace, verify=verify, verify_count=verify_count,
+                                          verify_images=verify_images)
+    export_formats.validate(options)   # before torch loads: a refused option answers at once
+    export(source, options, echo=click.echo)
+
+
+@qsenn.command("import-reference")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--dataset", type=click.Choice(DATASETS), required=True,
+              help="Dataset the original run trained on (sets normalisation and resize mode).")
+@click.option("--class-names", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Class names, one per line in class-index order (default: class 0..K-1).")
+@click.option("--img-size", type=int, default=448, show_default=True, help="Input size the model was trained at.")
+@click.option("--crop-gt", is_flag=True, help="The run used the ground-truth-cropped images (square resize).")
+@click.option("--reduced-strides", is_flag=True, help="The run used --reduced_strides.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=DEFAULT_DATA_ROOT, show_default=True,
+              help="Where the dataset lies (export verifies on its test images when present).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="qsenn checkpoint to write (.pt).")
+def import_reference_command(checkpoint, dataset, class_names, img_size, crop_gt, reduced_strides, data_root,
+                             out) -> None:
+    """Convert a checkpoint of the original Q-SENN code (state dict, spec §12.3) into a qsenn
+    checkpoint that `qsenn export` takes. Only ternary (Q-SENN) heads are accepted."""
+    from qsenn_export.reference_import import import_reference, save_record
+
+    record = import_reference(checkpoint, dataset, data_root=data_root, class_names=class_names,
+                              img_size=img_size, crop_gt=crop_gt, reduced_strides=reduced_strides)
+    save_record(record, out)
+    state = record["state_dict"]
+    click.echo(f"imported {checkpoint} ({record['arch']}, {record['num_classes']} classes, "
+               f"{len(state['linear.selection'])} features) to {out}; export it with `qsenn export {out}`")
 
 
 # ---- runtime (qsenn_runtime; never imports torch) -----------------------------------------
+from qsenn_runtime.report import FORMATS as INSPECT_FORMATS  # noqa: E402  (torch- and numpy-free)
+
+_PROVIDER_HELP = ("onnxruntime execution provider: cpu, cuda, tensorrt or a full name such as "
+                  "CUDAExecutionProvider (default: the best available; engines always run on TensorRT).")
+
+
+def _load_model(model_path: Path, provider: str | None, batch_size: int = 16):
+    import warnings
+
+    import qsenn_runtime
+    from PIL import Image
+
+    # The runtime refuses oversized images with its own message; Pillow's warning would only repeat it.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    return qsenn_runtime.load(model_path, provider, batch_size=batch_size)
+
+
+@qsenn.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (one object per image) for machines.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Contributions listed per image (largest magnitude first).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per inference call.")
+@click.option("--provider", default=None, help=_PROVIDER_HELP)
+@click.option("--class", "classes", multiple=True, metavar="CLASS",
+              help="Also explain this class (name or index); repeatable.")
+def predict(model_path, images, as_json, top_k, batch_size, provider, classes) -> None:
+    """Classify images with an exported model (.onnx or TensorRT engine) and show why: the class,
+    its probability and the signed feature contributions that sum, with the bias, to its logit.
+    Exits with 1 when any image could not be read (the others are still predicted)."""
+    import json
+
+    from qsenn_runtime.report import prediction_table
+
+    model = _load_model(model_path, provider, batch_size)
+    results = model.predict([str(image) for image in images], classes=classes)
+    if as_json:
+        click.echo(json.dumps([result.to_dict(top_k) for result in results], indent=2))
+    else:
+        click.echo(prediction_table(results, top_k))
+    failed = sum(not result.ok for result in results)
+    if failed:
+        click.echo(f"error: {failed} of {len(results)} images could not be used (see above)", err=True)
+        sys.exit(1)
+
+
+@qsenn.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="PNG to write.")
+@click.option("--top-k", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Features drawn as heat maps (the bar chart shows all of the class's features).")
+@click.option("--class", "class_", default=None, metavar="CLASS",
+              help="Explain this class (name or index) instead of the predicted one.")
+@click.option("--provider", default=None, help=_PROVIDER_HELP)
+def explain(model_path, image, out, top_k, class_, provider) -> None:
+    """Draw why the model classified IMAGE as it did: the image, heat maps of the top contributing
+    features, and the signed contributions plus the bias adding up to the logit (needs qsenn[plot])."""
+    from qsenn_runtime.explain_plot import save_explanation   # first: a missing matplotlib fails fast
+
+    explained = _load_model(model_path, provider).explain(str(image), class_)
+    save_explanation(explained, out, top_k)
+    explanation = explained.explanation
+    click.echo(f"wrote {out}: {explained.prediction.class_name} "
+               f"(probability {explained.prediction.probability:.3f}); "
+               f"explained class {explanation.class_name}, logit {explanation.logit:.3f}")
+
+
+@qsenn.command("inspect")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(INSPECT_FORMATS), default="table", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file instead of standard output.")
+def inspect_model(model_path, fmt, out) -> None:
+    """The global explanation: every class with the features that raise (+1) and lower (−1) its
+    logit, and every feature with the classes it serves. Reads only the metadata (no backend)."""
+    from qsenn_runtime import read_metadata
+    from qsenn_runtime.report import render
+
+    text = render(read_metadata(model_path), fmt, source=str(model_path))
+    if out is None:
+        click.echo(text)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}")
 
 
 # ---- entry point ------------------------------------------------------------------------
 
 def main() -> None:
+    from qsenn_runtime.errors import QsennRuntimeError
     from qsenn_train.errors import QsennError
 
     try:
@@ -116,7 +273,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except QsennError as exc:
+    except (QsennError, QsennRuntimeError) as exc:
         _fail(str(exc))
 
 

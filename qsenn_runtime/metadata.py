@@ -16,14 +16,19 @@ from typing import Any
 
 import numpy as np
 
+from .errors import QsennRuntimeError
+
 METADATA_KEY = "qsenn"
 FORMAT_VERSION = 1
 RESIZE_MODES = ("shorter", "square", "imagenet")
 OUTPUT_NAMES = ("logits", "features", "feature_maps")
 INPUT_NAME = "images"
+# Keys of the `engine` section: a TensorRT plan runs only with the TensorRT version and on the GPU
+# model it was built with; `precision` (fp32, fp16, int8) sets the runtime's identity-check tolerance.
+ENGINE_TENSORRT_KEY, ENGINE_GPU_KEY, ENGINE_PRECISION_KEY = "tensorrt", "gpu", "precision"
 
 
-class MetadataError(ValueError):
+class MetadataError(QsennRuntimeError, ValueError):
     """The metadata is missing or does not describe a valid qsenn model (one-line message)."""
 
 

@@ -1,0 +1,223 @@
+"""Checks an exported model against its source on test images, with explicit tolerances.
+
+Compared: logits, features c and feature maps (max |Δ| and max |Δ| / max(1, max|reference|)),
+the predicted class, and the contract's identity logit_k = Σ_j T[k, j]·c_j + b_k computed
+from the metadata read back from the artifact, so a graph or metadata that disagrees with
+the model fails.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+
+from qsenn_runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
+from qsenn_train.data.base import DatasetInfo, open_rgb
+from qsenn_train.data.layouts import _images_in, load_splits
+from qsenn_train.data.transforms import build_transform
+from qsenn_train.errors import QsennError
+from qsenn_train.model import STD_CLAMP, QResNet
+
+from .fold import TERNARY_INITIALIZER, input_normalisation
+from .formats import Tolerance
+
+Outputs = dict[str, np.ndarray]   # OUTPUT_NAMES → N×… arrays
+CHUNK = 16                        # images per forward pass while verifying
+RANDOM_IMAGES_SEED = 0
+
+
+# ---- images -------------------------------------------------------------------------------
+
+def _unnormalised_test_transform(info: DatasetInfo, img_size: int):
+    """The checkpoint's test transform without Normalize: the graph normalises itself."""
+    return build_transform(dataclasses.replace(info, mean=None, std=None), img_size, train=False)
+
+
+def folder_images(folder: Path, info: DatasetInfo, img_size: int, limit: int | None = None) -> torch.Tensor:
+    """Image files below `folder` (sorted), preprocessed like the test set."""
+    if not Path(folder).is_dir():
+        raise QsennError(f"image folder {folder} does not exist")
+    files = _images_in(Path(folder))[:limit]
+    if not files:
+        raise QsennError(f"no image files in {folder}; put .jpg/.png images there")
+    transform = _unnormalised_test_transform(info, img_size)
+    return torch.stack([transform(open_rgb(f)) for f in files])
+
+
+def verification_images(info: DatasetInfo, img_size: int, count: int, folder: Path | None = None,
+                        echo: Callable[[str], None] = print) -> tuple[torch.Tensor, str]:
+    """(N×3×H×W images in [0, 1], what they are): `folder`'s images, else the first `count`
+    test images of the checkpoint's dataset, else (dataset not on this machine) random ones."""
+    if folder is not None:
+        images = folder_images(folder, info, img_size, count)
+        return images, f"{len(images)} images of {folder}"
+    try:
+        _, test_set, _ = load_splits(info.name, info.root, crop_gt=info.crop_gt)
+    except QsennError as exc:
+        echo(f"the {info.name} test images are not available ({str(exc).split(';')[0]}); verifying on "
+             f"random images instead, pass --verify-images DIR for real ones")
+        generator = torch.Generator().manual_seed(RANDOM_IMAGES_SEED)
+        return torch.rand(count, 3, img_size, img_size, generator=generator), f"{count} random images"
+    test_set = test_set.with_transform(_unnormalised_test_transform(info, img_size))
+    n = min(count, len(test_set))
+    return torch.stack([test_set[i][0] for i in range(n)]), f"{n} test images of {info.name}"
+
+
+# ---- running the two sides ------------------------------------------------------------------
+
+def torch_outputs(model: QResNet, magnitude: float, info: DatasetInfo, images: torch.Tensor) -> Outputs:
+    """The trained model as training evaluates it: Normalize, forward, c = a·(f − μ)/σ."""
+    model = model.eval().cpu()
+    mean, std = input_normalisation(info.mean, info.std)
+    head = model.linear
+    chunks = []
+    with torch.no_grad():
+        for batch in images.split(CHUNK):
+            out = model((batch - mean) / std)
+            features = magnitude * (out.pooled - head.mean) / torch.clamp(head.std, min=STD_CLAMP)
+            chunks.append((out.logits, features, out.feature_maps))
+    return {name: torch.cat(parts).numpy() for name, parts in zip(OUTPUT_NAMES, zip(*chunks))}
+
+
+def onnx_session(model: Path | bytes) -> ort.InferenceSession:
+    source = str(model) if isinstance(model, Path) else model
+    try:
+        return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise QsennError(f"onnxruntime cannot load the exported model: {str(exc).splitlines()[0]}") from None
+
+
+def read_metadata(session: ort.InferenceSession) -> ModelMetadata:
+    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if text is None:
+        raise QsennError(f"the exported model carries no {METADATA_KEY!r} metadata")
+    try:
+        return ModelMetadata.from_json(text)
+    except MetadataError as exc:
+        raise QsennError(f"the exported model's metadata is unusable: {exc}") from None
+
+
+def run_in_batches(run: Callable[[np.ndarray], Outputs], images: np.ndarray, batch_size: int,
+                   pad: bool = False) -> Outputs:
+    """Feed `run` `batch_size` images at a time; with `pad` (a static batch) the last batch is
+    filled up with zeros whose outputs are dropped."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        n = len(batch)
+        if pad and n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        parts.append({k: v[:n] for k, v in run(batch).items()})
+    return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}
+
+
+def onnx_outputs(session: ort.InferenceSession, images: np.ndarray) -> Outputs:
+    batch_dim = session.get_inputs()[0].shape[0]
+    static = isinstance(batch_dim, int)
+
+    def run(batch: np.ndarray) -> Outputs:
+        return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})))
+    return run_in_batches(run, images, batch_dim if static else CHUNK, pad=static)
+
+
+def check_int8_ternary(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """The file holds T as an INT8 initializer in {−1, 0, +1}, equal to the metadata's T."""
+    init = next((i for i in model.graph.initializer if i.name == TERNARY_INITIALIZER), None)
+    if init is None or init.data_type != onnx.TensorProto.INT8:
+        raise QsennError("the exported graph does not hold T as an INT8 initializer")
+    values = numpy_helper.to_array(init)
+    if not np.isin(values, (-1, 0, 1)).all():
+        raise QsennError("the exported graph's T holds values outside {-1, 0, +1}")
+    if not any(values.shape == t.shape and np.array_equal(values, t)
+               for t in (metadata.ternary, metadata.ternary.T)):
+        raise QsennError("the exported graph's T differs from the metadata's T")
+
+
+# ---- comparison --------------------------------------------------------------------------------
+
+def _relative(delta: float, reference: np.ndarray) -> float:
+    return delta / max(1.0, float(np.abs(reference).max()))
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b).max())
+
+
+@dataclass(frozen=True)
+class Report:
+    images: str                 # what was compared, e.g. "64 test images of synth"
+    tolerance: Tolerance
+    logit: float                # max |Δ logit|
+    logit_rel: float
+    feature: float
+    feature_rel: float
+    feature_map: float
+    feature_map_rel: float
+    argmax_agreement: float     # fraction
+    identity: float             # max |logit − (T·c + b)| of the candidate
+    identity_rel: float
+
+    @property
+    def failures(self) -> list[str]:
+        tol = self.tolerance.rel
+        checks = [("rel Δlogit", self.logit_rel), ("rel Δfeature", self.feature_rel),
+                  ("rel Δfeature map", self.feature_map_rel), ("rel identity residual", self.identity_rel)]
+        failed = [f"{name} {value:.1e} > {tol:.0e}" for name, value in checks if not value <= tol]
+        if self.argmax_agreement < self.tolerance.argmax:
+            failed.append(f"argmax agreement {100 * self.argmax_agreement:.2f}% < "
+                          f"{100 * self.tolerance.argmax:.0f}%")
+        return failed
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def line(self) -> str:
+        verdict = "OK" if self.ok else "FAILED (" + "; ".join(self.failures) + ")"
+        return (f"verified on {self.images}: max|Δlogit| {self.logit:.1e} (rel {self.logit_rel:.1e}), "
+                f"max|Δfeature| {self.feature:.1e}, max|Δmap| {self.feature_map:.1e}, "
+                f"argmax agreement {100 * self.argmax_agreement:.2f}%, "
+                f"identity residual {self.identity:.1e} — {verdict}")
+
+
+def argmax_agreement(reference: np.ndarray, candidate: np.ndarray, tie: float) -> float:
+    """Share of rows whose candidate class is the reference's best class, or tied with it
+    within `tie` (absolute), so that float noise between equal logits is no disagreement."""
+    picked = reference[np.arange(len(reference)), candidate.argmax(axis=1)]
+    return float(np.mean(reference.max(axis=1) - picked <= tie))
+
+
+def compare(reference: Outputs, candidate: Outputs, metadata: ModelMetadata, tolerance: Tolerance,
+            images: str) -> Report:
+    ref_logits, logits, features = reference["logits"], candidate["logits"], candidate["features"]
+    logit = _max_abs_diff(logits, ref_logits)
+    feature = _max_abs_diff(features, reference["features"])
+    feature_map = _max_abs_diff(candidate["feature_maps"], reference["feature_maps"])
+    # float64 so that the residual measures the artifact, not this sum.
+    identity_logits = features.astype(np.float64) @ metadata.ternary.T.astype(np.float64) + metadata.bias
+    identity = _max_abs_diff(logits, identity_logits)
+    tie = tolerance.rel * max(1.0, float(np.abs(ref_logits).max()))
+    return Report(
+        images=images, tolerance=tolerance,
+        logit=logit, logit_rel=_relative(logit, ref_logits),
+        feature=feature, feature_rel=_relative(feature, reference["features"]),
+        feature_map=feature_map, feature_map_rel=_relative(feature_map, reference["feature_maps"]),
+        argmax_agreement=argmax_agreement(ref_logits, logits, tie),
+        identity=identity, identity_rel=_relative(identity, logits),
+    )
+
+
+def verify_onnx(path: Path, reference: Outputs, images: torch.Tensor, description: str,
+                tolerance: Tolerance) -> Report:
+    """Read the written file back (int8 T, metadata) and compare onnxruntime with `reference`."""
+    session = onnx_session(path)
+    metadata = read_metadata(session)
+    check_int8_ternary(onnx.load(str(path)), metadata)
+    return compare(reference, onnx_outputs(session, images.numpy()), metadata, tolerance, description)

@@ -1,0 +1,209 @@
+"""A loaded model: predictions with their exact explanations, checked on every call.
+
+A Model holds no mutable state after construction, so one instance serves many threads
+(the backends make their own runs thread-safe).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import IdentityCheckError, InputError, QsennRuntimeError
+from .metadata import ModelMetadata
+from .preprocess import MAX_IMAGE_PIXELS, ImageSource, describe, load_rgb, resize_and_crop, to_chw
+from .report import ClassRule, class_rules
+from .results import Contribution, Explanation, ExplainedImage, Prediction, PredictionError
+
+# Identity check |logit − (Σ contributions + bias)| ≤ RTOL·(Σ|contributions| + |bias|) + ATOL.
+# Float32 summation of F terms errs by at most ~F·2⁻²⁴ of that scale (3e-6 for F = 50), so 1e-4
+# leaves room for any summation order yet catches a wrong T or b entry that matters. Engines in
+# reduced precision round c and the logits to ~1e-3 each, hence the looser bound for them.
+FP32_RTOL = 1e-4
+REDUCED_PRECISION_RTOL = 2e-2
+REDUCED_PRECISIONS = ("fp16", "bf16", "int8", "fp8")
+ATOL = 1e-5
+PREDICT_OUTPUTS = ("logits", "features")
+
+
+class Model:
+    def __init__(self, metadata: ModelMetadata, backend, *, source: str, batch_size: int,
+                 max_image_pixels: int | None = MAX_IMAGE_PIXELS):
+        self.metadata = metadata
+        self.backend = backend
+        self.source = source
+        self.batch_size = batch_size
+        self.max_image_pixels = max_image_pixels
+        self._ternary = metadata.ternary.astype(np.float64)
+        self._abs_ternary = np.abs(self._ternary)
+        self._bias = metadata.bias.astype(np.float64)
+        self._class_features = [np.flatnonzero(row) for row in metadata.ternary]
+        self._rtol = REDUCED_PRECISION_RTOL if backend.precision in REDUCED_PRECISIONS else FP32_RTOL
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.metadata.class_names
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def __repr__(self) -> str:
+        return (f"Model({self.source!r}, {self.metadata.num_classes} classes, "
+                f"{self.metadata.num_features} features, {self.backend.name})")
+
+    # -- prediction -----------------------------------------------------------------------
+    def predict(self, images: ImageSource | Sequence[ImageSource], *, classes: Iterable[int | str] = (),
+                batch_size: int | None = None):
+        """One image -> a Prediction (a bad image raises InputError). A list or tuple -> a list
+        with, per input in order, a Prediction or a PredictionError; good images are predicted
+        even when others fail. `classes`: explain these classes too (index or name)."""
+        single = not isinstance(images, (list, tuple))
+        sources = [images] if single else list(images)
+        class_ids = self._class_ids(classes)
+        chunk = self._chunk_size(batch_size)
+        results: list[Prediction | PredictionError | None] = [None] * len(sources)
+        pending: list[tuple[int, str, Image.Image]] = []     # decoded, waiting for a full batch
+        for index, source in enumerate(sources):
+            name = describe(source, index)
+            try:
+                pending.append((index, name, self._crop(source, name)))
+            except InputError as exc:
+                results[index] = PredictionError(name, str(exc))
+            if pending and (len(pending) == chunk or index == len(sources) - 1):
+                size = self.metadata.input.size
+                batch = np.empty((len(pending), 3, size, size), dtype=np.float32)
+                for row, (_, _, crop) in enumerate(pending):
+                    to_chw(crop, out=batch[row])
+                names = [name for _, name, _ in pending]
+                for (i, _, _), prediction in zip(pending, self._predict_batch(batch, names, class_ids)):
+                    results[i] = prediction
+                pending = []
+        if single and not results[0].ok:
+            raise InputError(results[0].error)
+        return results[0] if single else results
+
+    def predict_tensor(self, batch: np.ndarray, *, sources: Sequence[str] | None = None,
+                       classes: Iterable[int | str] = ()) -> list[Prediction | PredictionError]:
+        """An already preprocessed float32 N×3×size×size batch in [0, 1] -> one result per row;
+        rows holding NaN or infinity get a PredictionError."""
+        size = self.metadata.input.size
+        if batch.ndim != 4 or batch.shape[1:] != (3, size, size):
+            raise InputError(f"tensor of shape {batch.shape}; expected N×3×{size}×{size}")
+        names = list(sources) if sources is not None else [f"<row #{i}>" for i in range(len(batch))]
+        # A row's sum is NaN or infinite iff the row holds NaN or infinity (or values near the
+        # float32 limit, invalid too); one pass, half the cost of isfinite().all().
+        finite = np.isfinite(batch.reshape(len(batch), -1).sum(axis=1, dtype=np.float32))
+        results: list[Prediction | PredictionError | None] = [None] * len(batch)
+        for i in np.flatnonzero(~finite):
+            results[i] = PredictionError(names[i], f"{names[i]}: tensor row contains NaN or infinity")
+        class_ids = self._class_ids(classes)
+        good, all_good = np.flatnonzero(finite), bool(finite.all())
+        chunk = self._chunk_size(None)
+        for start in range(0, len(good), chunk):
+            rows = good[start:start + chunk]
+            part = batch[start:start + chunk] if all_good else batch[rows]   # a slice copies nothing
+            part = np.asarray(part, dtype=np.float32)
+            for i, prediction in zip(rows, self._predict_batch(part, [names[i] for i in rows], class_ids)):
+                results[i] = prediction
+        return results
+
+    def explain(self, image: ImageSource, class_: int | str | None = None) -> ExplainedImage:
+        """Predict one image and keep what a picture of the explanation needs (the crop the model
+        saw, the feature maps); `class_` picks the explained class (default: the predicted one)."""
+        name = describe(image, 0)
+        crop = self._crop(image, name)
+        class_ids = self._class_ids(() if class_ is None else (class_,))
+        logits, features, maps = self._run(to_chw(crop)[None], ("logits", "features", "feature_maps"))
+        self._check_identity(logits, features, [name])
+        prediction = self._prediction(name, logits[0], features[0], class_ids)
+        explained = prediction.class_index if class_ is None else class_ids[0]
+        return ExplainedImage(prediction, explained, np.asarray(crop), maps[0])
+
+    def global_explanation(self) -> tuple[ClassRule, ...]:
+        """Every class with the features that raise (T = +1) and lower (T = −1) its logit."""
+        return class_rules(self.metadata)
+
+    # -- internals ------------------------------------------------------------------------
+    def _crop(self, source: ImageSource, name: str) -> Image.Image:
+        return resize_and_crop(load_rgb(source, name, self.max_image_pixels), self.metadata.input)
+
+    def _chunk_size(self, batch_size: int | None) -> int:
+        size = self.batch_size if batch_size is None else batch_size
+        if size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, not {size}")
+        largest = self.backend.batch_range[1]
+        return size if largest is None else min(size, largest)
+
+    def _class_ids(self, classes: Iterable[int | str]) -> list[int]:
+        ids = []
+        for class_ in classes:
+            if isinstance(class_, (int, np.integer)) and 0 <= class_ < self.metadata.num_classes:
+                ids.append(int(class_))
+            elif isinstance(class_, str) and class_ in self.class_names:
+                ids.append(self.class_names.index(class_))
+            elif isinstance(class_, str) and class_.isdigit() and int(class_) < self.metadata.num_classes:
+                ids.append(int(class_))
+            else:
+                raise QsennRuntimeError(f"unknown class {class_!r}: give a name or an index below "
+                                        f"{self.metadata.num_classes} (`qsenn inspect MODEL` lists them)")
+        return ids
+
+    def _run(self, batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+        """Run the backend, padding the batch up to the smallest size it accepts."""
+        smallest, n = self.backend.batch_range[0], len(batch)
+        if n < smallest:
+            batch = np.concatenate([batch, np.zeros((smallest - n, *batch.shape[1:]), batch.dtype)])
+        return [result[:n] for result in self.backend.run(batch, outputs)]
+
+    def _predict_batch(self, batch: np.ndarray, names: Sequence[str], class_ids: list[int]
+                       ) -> list[Prediction]:
+        logits, features = self._run(batch, PREDICT_OUTPUTS)
+        self._check_identity(logits, features, names)
+        return [self._prediction(name, logits[i], features[i], class_ids) for i, name in enumerate(names)]
+
+    def _check_identity(self, logits: np.ndarray, features: np.ndarray, names: Sequence[str]) -> None:
+        """Every logit must equal its contributions plus bias (all classes, every image)."""
+        c = features.astype(np.float64)
+        recomputed = c @ self._ternary.T + self._bias
+        scale = np.abs(c) @ self._abs_ternary.T + np.abs(self._bias)
+        error = np.abs(logits - recomputed)
+        tolerance = self._rtol * scale + ATOL
+        broken = ~(error <= tolerance)          # NaN fails too
+        if not broken.any():
+            return
+        i, k = np.argwhere(broken)[0]
+        if not (np.isfinite(logits[i]).all() and np.isfinite(features[i]).all()):
+            raise IdentityCheckError(f"{self.source} produced NaN or infinite outputs for {names[i]}; "
+                                     f"the model is broken (or overflows in {self.backend.precision})")
+        raise IdentityCheckError(
+            f"{self.source} is broken: for {names[i]} the logit of class {k} "
+            f"({self.class_names[k]}) is {logits[i, k]:.6g} but its contributions plus bias sum to "
+            f"{recomputed[i, k]:.6g} (difference {error[i, k]:.3g} > tolerance {tolerance[i, k]:.3g}); "
+            f"the graph's head does not match the metadata's T and b, export the model again")
+
+    def _prediction(self, name: str, logits: np.ndarray, features: np.ndarray,
+                    class_ids: list[int]) -> Prediction:
+        shifted = np.exp(logits.astype(np.float64) - logits.max())
+        predicted = int(np.argmax(logits))
+        explained = [predicted] + [k for k in dict.fromkeys(class_ids) if k != predicted]
+        return Prediction(
+            source=name, class_index=predicted, class_name=self.class_names[predicted],
+            probability=float(shifted[predicted] / shifted.sum()),
+            logits=tuple(logits.tolist()), features=tuple(features.tolist()),
+            explanations=tuple(self._explanation(k, float(logits[k]), features) for k in explained))
+
+    def _explanation(self, k: int, logit: float, features: np.ndarray) -> Explanation:
+        used = self._class_features[k]
+        weights = self.metadata.ternary[k, used]
+        values = weights * features[used]
+        order = sorted(range(len(used)), key=lambda n: (-abs(values[n]), used[n]))
+        described = self.metadata.features
+        return Explanation(
+            class_index=k, class_name=self.class_names[k], logit=logit, bias=float(self._bias[k]),
+            contributions=tuple(
+                Contribution(feature=int(used[n]), channel=described[used[n]].channel,
+                             name=described[used[n]].name, weight=int(weights[n]),
+                             activation=float(features[used[n]]), value=float(values[n]))
+                for n in order))

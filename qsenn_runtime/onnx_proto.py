@@ -1,0 +1,142 @@
+"""Reads what the runtime checks in an ONNX file — its metadata_props and its int8 initializers —
+with a minimal protobuf wire-format walker, so that the runtime needs no `onnx` package.
+
+The file is memory-mapped and walked by offsets: the weights are skipped, never copied.
+Field numbers are those of onnx.proto (ModelProto, GraphProto, TensorProto).
+"""
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+_MODEL_IR_VERSION, _MODEL_GRAPH, _MODEL_METADATA_PROPS = 1, 7, 14
+_GRAPH_INITIALIZER = 5
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
+_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_INT32_DATA, _TENSOR_NAME, _TENSOR_RAW_DATA = 1, 2, 5, 8, 9
+_ONNX_INT8 = 3
+
+
+class NotOnnxError(ValueError):
+    """The bytes are not a protobuf-encoded ONNX model."""
+
+
+@dataclass(frozen=True)
+class Int8Tensor:
+    dims: tuple[int, ...]
+    values: np.ndarray | None    # None where the data lives outside the file
+
+
+@dataclass(frozen=True)
+class OnnxSummary:
+    metadata_props: dict[str, str]
+    int8_initializers: dict[str, Int8Tensor]
+
+
+def read_onnx_summary(path: str | Path) -> OnnxSummary:
+    with open(path, "rb") as file:
+        if not file.seek(0, 2):
+            raise NotOnnxError("the file is empty")
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+            return summarise(buffer)
+
+
+def summarise(buffer) -> OnnxSummary:
+    """`buffer`: bytes or an mmap holding a serialized ModelProto."""
+    props: dict[str, str] = {}
+    initializers: dict[str, Int8Tensor] = {}
+    seen_ir_version = seen_graph = False
+    for field, wire, start, end in _fields(buffer, 0, len(buffer)):
+        if field == _MODEL_IR_VERSION and wire == _VARINT:
+            seen_ir_version = True
+        elif field == _MODEL_GRAPH and wire == _LENGTH_DELIMITED:
+            seen_graph = True
+            for gfield, gwire, gstart, gend in _fields(buffer, start, end):
+                if gfield == _GRAPH_INITIALIZER and gwire == _LENGTH_DELIMITED:
+                    name, tensor = _int8_tensor(buffer, gstart, gend)
+                    if tensor is not None:
+                        initializers[name] = tensor
+        elif field == _MODEL_METADATA_PROPS and wire == _LENGTH_DELIMITED:
+            entry = {f: _text(buffer, s, e) for f, w, s, e in _fields(buffer, start, end)
+                     if w == _LENGTH_DELIMITED}
+            props[entry.get(_ENTRY_KEY, "")] = entry.get(_ENTRY_VALUE, "")
+    if not (seen_ir_version and seen_graph):
+        raise NotOnnxError("it holds no ONNX model (no IR version or no graph)")
+    return OnnxSummary(props, initializers)
+
+
+def _int8_tensor(buffer, start: int, end: int) -> tuple[str, Int8Tensor | None]:
+    dims: list[int] = []
+    name, data_type, raw, int32_data = "", None, None, []
+    for field, wire, s, e in _fields(buffer, start, end):
+        if field == _TENSOR_DIMS:
+            dims += [e] if wire == _VARINT else _packed_varints(buffer, s, e)
+        elif field == _TENSOR_DATA_TYPE and wire == _VARINT:
+            data_type = e
+        elif field == _TENSOR_NAME and wire == _LENGTH_DELIMITED:
+            name = _text(buffer, s, e)
+        elif field == _TENSOR_RAW_DATA and wire == _LENGTH_DELIMITED:
+            raw = (s, e)
+        elif field == _TENSOR_INT32_DATA:
+            int32_data += [e] if wire == _VARINT else _packed_varints(buffer, s, e)
+    if data_type != _ONNX_INT8:
+        return name, None
+    count = int(np.prod(dims)) if dims else 1
+    if raw is not None and raw[1] - raw[0] == count:
+        values = np.frombuffer(buffer[raw[0]:raw[1]], dtype=np.int8).reshape(dims)
+    elif len(int32_data) == count:    # negative int32s are 64-bit two's-complement varints
+        values = np.array([v - (1 << 64) if v >= 1 << 63 else v for v in int32_data]).reshape(dims)
+    else:
+        values = None
+    return name, Int8Tensor(tuple(dims), values)
+
+
+def _fields(buffer, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, start, end) per field; a varint yields (…, 0, value)."""
+    while pos < end:
+        key, pos = _varint(buffer, pos, end)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise NotOnnxError("invalid protobuf field number 0")
+        if wire == _VARINT:
+            value, pos = _varint(buffer, pos, end)
+            yield field, wire, 0, value
+            continue
+        if wire == _LENGTH_DELIMITED:
+            length, pos = _varint(buffer, pos, end)
+        elif wire in (_FIXED64, _FIXED32):
+            length = 8 if wire == _FIXED64 else 4
+        else:
+            raise NotOnnxError(f"unsupported protobuf wire type {wire}")
+        if pos + length > end:
+            raise NotOnnxError("a protobuf field runs past the end of its message (truncated file?)")
+        yield field, wire, pos, pos + length
+        pos += length
+
+
+def _varint(buffer, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < end and shift < 70:
+        byte = buffer[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    raise NotOnnxError("truncated or overlong protobuf varint")
+
+
+def _packed_varints(buffer, pos: int, end: int) -> list[int]:
+    values = []
+    while pos < end:
+        value, pos = _varint(buffer, pos, end)
+        values.append(value)
+    return values
+
+
+def _text(buffer, start: int, end: int) -> str:
+    return bytes(buffer[start:end]).decode("utf-8", errors="replace")

@@ -1,0 +1,81 @@
+"""The folded graph in torch: ternary split, exact last-block slicing, MAC counting."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qsenn_export.fold import FoldedQSENN, count_macs, slice_last_block, ternary_head
+from qsenn_export.verify import torch_outputs
+from qsenn_train.errors import QsennError
+from qsenn_train.model import build_model
+
+from export_models import ABSENT_DATASET, MAGNITUDE, ternary_model
+
+
+def test_ternary_head_splits_weight_into_T_and_magnitude():
+    model = ternary_model()
+    head = ternary_head(model, "ckpt")
+    assert head.ternary.dtype == torch.int8
+    assert set(head.ternary.unique().tolist()) <= {-1, 0, 1}
+    assert head.magnitude == pytest.approx(MAGNITUDE)
+    assert torch.equal(head.weight, model.head_weight)
+    assert torch.equal(head.bias, model.head_bias)
+
+
+def test_real_valued_head_is_refused_as_sldd():
+    model = ternary_model()
+    with torch.no_grad():
+        model.linear.layer.weight.mul_(1 + torch.rand_like(model.linear.layer.weight))
+    with pytest.raises(QsennError, match="not ternary.*SLDD") as exc:
+        ternary_head(model, "ckpt.pt")
+    assert "\n" not in str(exc.value)
+
+
+def test_dense_model_is_refused():
+    with pytest.raises(QsennError, match="dense model"):
+        ternary_head(build_model("resnet10", 3), "ckpt.pt")
+
+
+def _selected_channel_macs_saved(block: nn.Module, maps_hw: int, n_all: int, n_selected: int) -> int:
+    """MACs the slicing saves: the dropped channels of the final conv and of the projection."""
+    last_conv = block.conv3 if hasattr(block, "conv3") else block.conv2
+    per_channel = last_conv.in_channels * last_conv.kernel_size[0] * last_conv.kernel_size[1]
+    if block.downsample is not None:
+        per_channel += block.downsample[0].in_channels
+    return (n_all - n_selected) * per_channel * maps_hw
+
+
+@pytest.mark.parametrize("arch, img_size", [("resnet10", 64), ("resnet50", 64)])
+def test_sliced_last_block_gives_the_same_outputs_with_fewer_macs(arch, img_size):
+    # resnet10's last block has a projection shortcut, resnet50's an identity one.
+    model = ternary_model(arch, num_classes=5, n_features=7, per_class=2)
+    head = ternary_head(model, "ckpt")
+    folded = FoldedQSENN(model, head, ABSENT_DATASET.mean, ABSENT_DATASET.std)
+    images = torch.rand(3, 3, img_size, img_size)
+    reference = torch_outputs(model, head.magnitude, ABSENT_DATASET, images)
+    with torch.no_grad():
+        logits, features, maps = folded(images)
+    for name, value in (("logits", logits), ("features", features), ("feature_maps", maps)):
+        expected = torch.from_numpy(reference[name])
+        assert torch.allclose(value, expected, rtol=1e-5, atol=1e-5 * expected.abs().max()), name
+
+    before, after = count_macs(model, img_size), count_macs(folded, img_size)
+    hw = maps.shape[2] * maps.shape[3]
+    saved = _selected_channel_macs_saved(model.layer4[-1], hw, model.feature_dim, 7)
+    # Both heads are K×F linear layers, so only the last block differs.
+    assert before - after == saved > 0
+
+
+def test_slicing_keeps_the_selection_order():
+    model = ternary_model("resnet10")
+    block = model.layer4[-1]
+    channels = torch.tensor([9, 2, 40])
+    x = torch.rand(2, 256, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(slice_last_block(block, channels)(x), block(x)[:, channels], atol=1e-6)
+
+
+def test_count_macs_matches_a_hand_count():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    assert count_macs(net, 10) == 8 * 10 * 10 * 3 * 3 * 3 + 5 * 8
