@@ -59,6 +59,9 @@ class ModelMetadata:
     provenance: dict = field(default_factory=dict)   # dataset, crop_gt, arch, recipe, seed, metrics
     exporter: dict = field(default_factory=dict)     # qsenn / torch / onnx versions, opset
     engine: dict | None = None                       # TensorRT version, GPU, precision (engines only)
+    # INT8 ONNX only: how the backbone was quantised (precision, format, calibration); the head
+    # (c, T, b) stays float, so contributions and the identity keep fp32 exactness.
+    quantization: dict | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -83,6 +86,8 @@ class ModelMetadata:
             d = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise MetadataError(f"qsenn metadata is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise MetadataError("qsenn metadata is nested too deeply to be qsenn metadata") from None
         if not isinstance(d, dict) or d.get("format") != METADATA_KEY:
             raise MetadataError("metadata is not qsenn metadata (no \"format\": \"qsenn\" entry)")
         version = d.get("format_version")
@@ -104,9 +109,10 @@ class ModelMetadata:
                 provenance=dict(d.get("provenance", {})),
                 exporter=dict(d.get("exporter", {})),
                 engine=None if d.get("engine") is None else dict(d["engine"]),
+                quantization=None if d.get("quantization") is None else dict(d["quantization"]),
                 format_version=version,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:   # int(Infinity)…
             raise MetadataError(f"qsenn metadata is malformed: {type(exc).__name__} {exc}") from None
         meta.validate()
         return meta
@@ -131,9 +137,16 @@ class ModelMetadata:
             raise MetadataError(f"qsenn metadata: unknown resize mode {self.input.resize_mode!r}")
         if self.input.size < 1:
             raise MetadataError(f"qsenn metadata: input size {self.input.size} must be positive")
+        for name, values in (("mean", self.input.mean), ("std", self.input.std)):
+            if values is not None and not all(math.isfinite(v) and (name == "mean" or v > 0) for v in values):
+                raise MetadataError(f"qsenn metadata: normalisation {name} {list(values)} must be finite"
+                                    f"{' and positive' if name == 'std' else ''}")
 
     def with_engine(self, engine: dict) -> "ModelMetadata":
         return ModelMetadata(**{**self.__dict__, "engine": dict(engine)})
+
+    def with_quantization(self, quantization: dict) -> "ModelMetadata":
+        return ModelMetadata(**{**self.__dict__, "quantization": dict(quantization)})
 
 
 def _int_matrix(rows: Any) -> np.ndarray:

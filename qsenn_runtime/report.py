@@ -86,7 +86,8 @@ def prediction_table(results: Sequence[Prediction | PredictionError], top_k: int
 def _summary(metadata: ModelMetadata, source: str) -> dict:
     return {"source": source, "model_type": metadata.model_type, "classes": metadata.num_classes,
             "features": metadata.num_features, "scale": metadata.scale, "input": asdict(metadata.input),
-            "provenance": metadata.provenance, "exporter": metadata.exporter, "engine": metadata.engine}
+            "provenance": metadata.provenance, "exporter": metadata.exporter, "engine": metadata.engine,
+            "quantization": metadata.quantization}
 
 
 def _header(metadata: ModelMetadata, source: str) -> str:
@@ -96,6 +97,9 @@ def _header(metadata: ModelMetadata, source: str) -> str:
               if isinstance(value, (str, int, float, bool))]
     if metadata.engine:
         facts += [f"engine {', '.join(f'{k} {v}' for k, v in sorted(metadata.engine.items()))}"]
+    if metadata.quantization:
+        facts += [f"{metadata.quantization.get('precision', 'quantised')} backbone "
+                  f"({metadata.quantization.get('format', '?')}), exact float head"]
     return f"{source}: " + ", ".join(facts)
 
 

@@ -1,6 +1,34 @@
-"""Progress bars for long work: shown on a terminal, silent in logs and pipes (disable=None)."""
-from tqdm.auto import tqdm
+"""Progress bars for long work: shown on a terminal, silent in logs and pipes (disable=None).
+Without tqdm (a bare machine that only exports or benchmarks) the bars are silent stand-ins."""
+try:
+    from tqdm.auto import tqdm
+except ImportError:
+    tqdm = None
+
+
+class SilentBar:
+    """The part of tqdm's interface that qsenn_train uses, doing nothing."""
+
+    def __init__(self, iterable=None, **_):
+        self.iterable, self.n = iterable, 0
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **_) -> None:
+        return None
 
 
 def progress(iterable=None, **kwargs):
+    if tqdm is None:
+        return SilentBar(iterable)
     return tqdm(iterable, leave=False, dynamic_ncols=True, disable=None, **kwargs)

@@ -1,8 +1,10 @@
 """The run directory: atomically written stage results with a sha256 manifest, and an event log.
 
 Every result is written to a temporary name and renamed, so a crash never leaves a file
-that looks finished. The manifest records each result's sha256; a file whose hash does not
-match (truncated, altered) is reported in one line and treated as absent, never loaded.
+that looks finished. Temporaries carry their writer's pid (`.name.tmpPID`, `.name.partialPID`):
+the next run deletes those whose process is gone. The manifest records each result's sha256;
+a file whose hash does not match (truncated, altered) is reported in one line and treated as
+absent, never loaded.
 """
 from __future__ import annotations
 
@@ -10,17 +12,21 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from . import faults
 from .errors import QsennError
 
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
 CONFIG = "config.json"
+FINAL_LINK = "final.pt"   # a link to the checkpoint of the run's final model
+_TEMPORARY = re.compile(r"^\..+\.(?:tmp|partial)(\d+)$")
 
 
 def stage_key(*parts: Any) -> str:
@@ -37,10 +43,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def temporary_name(path: Path, kind: str = "tmp") -> Path:
+    """Where `path` is written before it is renamed into place (hidden, tagged with our pid)."""
+    return path.with_name(f".{path.name}.{kind}{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process
+        return True
+    return True
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) then rename tmp over path; the temporary is removed on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
@@ -91,6 +112,17 @@ class RunDir:
     def save_json(self, name: str, obj: Any) -> Path:
         return self.save_with(name, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
+    def remove_stale_temporaries(self) -> int:
+        """Delete the temporaries that killed processes left behind (those of live ones stay)."""
+        removed = 0
+        for folder, _, files in os.walk(self.path):
+            for name in files:
+                match = _TEMPORARY.match(name)
+                if match and not _alive(int(match.group(1))):
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     def remove(self, name: str) -> None:
         self.file(name).unlink(missing_ok=True)
         if self._manifest.pop(name, None) is not None:
@@ -126,6 +158,6 @@ class RunDir:
 
     # -- log ----------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
-        record = {"time": round(time.time(), 3), "event": kind, **fields}
+        record = {"time": round(time.time(), 3), "event": kind, **fields, **faults.counted()}
         with open(self.path / EVENTS, "a") as fh:
             fh.write(json.dumps(record, default=str) + "\n")

@@ -64,3 +64,20 @@ def test_stage_key_depends_on_every_input():
     assert stage_key("dense", 1, {"a": 1}) == stage_key("dense", 1, {"a": 1})
     assert stage_key("dense", 1, {"a": 1}) != stage_key("dense", 2, {"a": 1})
     assert stage_key("dense", 1, {"a": 1}) != stage_key("dense", 1, {"a": 2})
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    run = RunDir(tmp_path)
+    run.save_torch("iter0/model.partial.pt", {"w": torch.ones(1)})      # a resume point, not a temporary
+    stale = [tmp_path / f".a.pt.tmp{dead}", tmp_path / "iter0" / f".train_features.npy.partial{dead}"]
+    live = tmp_path / f".b.pt.tmp{os.getpid()}"
+    for path in stale + [live]:
+        path.write_bytes(b"half")
+    assert run.remove_stale_temporaries() == 2
+    assert not any(path.exists() for path in stale)
+    assert live.exists() and run.intact("iter0/model.partial.pt")
