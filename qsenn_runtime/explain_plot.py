@@ -34,7 +34,8 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
     figure = Figure(figsize=(2.9 * max(columns, 4), 3.1 + 0.42 * bar_rows), layout="constrained")
     FigureCanvasAgg(figure)
     grid = figure.add_gridspec(2, columns, height_ratios=(3.1, 0.42 * bar_rows))
-    title = f"{prediction.source}: predicted {prediction.class_name} ({prediction.probability:.1%})"
+    # The file name, not its whole path: a long path would run off the figure.
+    title = f"{Path(prediction.source).name}: predicted {prediction.class_name} ({prediction.probability:.1%})"
     if explanation.class_index != prediction.class_index:
         logits = np.asarray(prediction.logits)
         probability = 1 / np.exp(logits - logits[explanation.class_index]).sum()
@@ -51,7 +52,7 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
     for column, contribution in enumerate(shown, start=1):
         axes = figure.add_subplot(grid[0, column])
         axes.imshow(explained.image)
-        axes.imshow(_heat_map(explained.feature_maps[contribution.feature], explained.image.shape[:2]),
+        axes.imshow(heat_map(explained.feature_maps[contribution.feature], explained.image.shape[:2]),
                     cmap="inferno", alpha=HEAT_ALPHA, vmin=0, vmax=1)
         colour = POSITIVE if contribution.value >= 0 else NEGATIVE
         axes.set_title(f"#{column} {contribution.name}\n{contribution.value:+.3f} = "
@@ -69,7 +70,7 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
     return path
 
 
-def _heat_map(feature_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def heat_map(feature_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear upsampling to the image, scaled to [0, 1] per map (where the feature fires most)."""
     upsampled = np.asarray(Image.fromarray(feature_map.astype(np.float32)).resize(
         (shape[1], shape[0]), Image.Resampling.BILINEAR))

@@ -16,6 +16,7 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
+from . import faults
 from .data import open_dataset
 from .data.base import DatasetInfo
 from .data.transforms import build_transform
@@ -54,9 +55,9 @@ class RunContext:
 
 
 def run_dir_for(recipe: Recipe, seed: int, out: Path) -> Path:
-    """<out>/<arch>/<dataset>[_crop]/<seed> as in the reference (§12.2), so Q-SENN and SLDD
-    runs with the same seed share one dense model."""
-    dataset = recipe.dataset + ("_crop" if recipe.crop_gt else "")
+    """<out>/<arch>/<dataset>[_crop][_trainN_testM]/<seed> as in the reference (§12.2), so
+    Q-SENN and SLDD runs with the same seed share one dense model."""
+    dataset = recipe.dataset + ("_crop" if recipe.crop_gt else "") + recipe.subset_tag
     return Path(out) / recipe.arch / dataset / str(seed)
 
 
@@ -76,11 +77,29 @@ def seed_stage(ctx: RunContext, label: str) -> int:
 
 @contextmanager
 def timed(ctx: RunContext, label: str):
+    """Time a stage and log it; the one place where the test-only fault injection can arm (faults.py)."""
     start = time.perf_counter()
-    yield
+    with faults.armed(label):
+        yield
+        calls = faults.counted()
     seconds = time.perf_counter() - start
     ctx.timings[label] += seconds
-    ctx.run.event("stage_time", stage=label, seconds=round(seconds, 3))
+    ctx.run.event("stage_time", stage=label, seconds=round(seconds, 3), **calls)
+
+
+@contextmanager
+def saga_threads(ctx: RunContext):
+    """One CPU thread for the SAGA solvers: their minibatch matmuls are too small to split,
+    and a second OpenMP thread only spin-waits (10–30× slower on a busy 2-core machine)."""
+    if ctx.device.torch_device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def library_versions() -> dict:
@@ -101,13 +120,18 @@ def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = prin
     if run.has_results() and not opts.resume:
         raise QsennError(f"{path} already holds results of an earlier run; add --resume to continue "
                          f"it (finished stages are reused), --overwrite to start over, or another --seed/--out")
+    if removed := run.remove_stale_temporaries():
+        echo(f"removed {removed} temporary files left behind by an interrupted run")
+        run.event("stale_temporaries_removed", count=removed)
     run.save_json(CONFIG, {"recipe": recipe.to_json(), "seed": seed, "dataset": info.to_json(),
+                           "data_root": str(Path(opts.data_root).resolve()),
                            "device": str(device.torch_device), "versions": library_versions()})
     run.event("start", recipe=recipe.name, seed=seed, resume=opts.resume)
     echo(f"run directory: {path}  (seed {seed}; resume with --seed {seed} --resume)")
     return RunContext(
         recipe=recipe, seed=seed, run=run, device=device, info=info,
-        train_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=True)),
+        train_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=True,
+                                                           augment=recipe.augment)),
         test_set=test_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
         train_eval_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
         echo=echo)

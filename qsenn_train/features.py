@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from .errors import QsennError
 from .model import QResNet
 from .progress import progress
-from .rundir import RunDir
+from .rundir import RunDir, temporary_name
 from .training import Device, make_loader
 
 CHUNK_ROWS = 65536   # rows copied at a time when writing the split files
@@ -74,7 +74,7 @@ def _new_array(run: RunDir, name: str, rows: int, cols: int, dtype) -> tuple[np.
     """A preallocated .npy under a temporary name (renamed into place once complete)."""
     final = run.file(name)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial")
+    tmp = temporary_name(final, "partial")
     shape = (rows, cols) if cols else (rows,)
     return np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape), tmp
 

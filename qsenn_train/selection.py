@@ -190,7 +190,9 @@ def select_features(features, labels, mean, std, *, n_features: int, n_total: in
         raise ValueError(f"{len(labels)} labels and n_total={n_total} for {n_samples} feature rows")
     lams = lambda_grid(max_reg_group, settings).tolist()
     device = torch.device(device)
-    labels = torch.as_tensor(np.array(labels), dtype=torch.int64).to(device)   # copy: memmaps are read-only
+    if not isinstance(labels, torch.Tensor):
+        labels = np.array(labels)   # a copy: memmaps are read-only and torch wants writable memory
+    labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
     n_classes = n_classes or int(labels.max()) + 1
     solver = ProximalSaga(standardised_batches(features, mean, std, device), labels, n_classes,
                           n_total, settings, device)

@@ -15,7 +15,7 @@ from .recipes import SGDSchedule
 from .rundir import stage_key
 from .selection import select_features
 from .sldd import sldd_head
-from .context import RunContext, seed_stage, timed
+from .context import RunContext, saga_threads, seed_stage, timed
 from .training import Schedule, make_sgd, run_epochs
 
 
@@ -60,17 +60,18 @@ def _selection(ctx: RunContext, model: QResNet, features: FeatureSet, step: str)
     if cached is not None:
         return cached["selected"]
     seed_stage(ctx, f"{step}/selection")
-    with timed(ctx, f"{step}: feature selection"), progress(total=r.n_features, desc="selecting features") as bar:
-        result = select_features(
-            features.train, features.train_labels, features.stats.mean, features.stats.std,
-            n_features=r.n_features, n_total=features.stats.n_total,
-            max_reg_group=features.stats.max_reg_group, settings=r.selection,
-            device=ctx.device.torch_device, n_classes=ctx.info.num_classes,
-            progress=lambda admitted, total, lam_index: bar.update(admitted - bar.n))
-    # Per-round K×D solutions are large (ImageNet: ~400 MB); keep the admission log only.
-    rounds = [{k: v for k, v in entry.items() if k not in ("weight", "bias")} for entry in result.rounds]
-    ctx.run.save_torch(name, {"selected": result.selected, "rounds": rounds,
-                              "weight": result.weight.cpu(), "bias": result.bias.cpu()})
+    with timed(ctx, f"{step}: feature selection"), saga_threads(ctx):
+        with progress(total=r.n_features, desc="selecting features") as bar:
+            result = select_features(
+                features.train, features.train_labels, features.stats.mean, features.stats.std,
+                n_features=r.n_features, n_total=features.stats.n_total,
+                max_reg_group=features.stats.max_reg_group, settings=r.selection,
+                device=ctx.device.torch_device, n_classes=ctx.info.num_classes,
+                progress=lambda admitted, total, lam_index: bar.update(admitted - bar.n))
+        # Per-round K×D solutions are large (ImageNet: ~400 MB); keep the admission log only.
+        rounds = [{k: v for k, v in entry.items() if k not in ("weight", "bias")} for entry in result.rounds]
+        ctx.run.save_torch(name, {"selected": result.selected, "rounds": rounds,
+                                  "weight": result.weight.cpu(), "bias": result.bias.cpu()})
     ctx.run.event("selection", step=step, selected=result.selected)
     return result.selected
 
@@ -83,11 +84,12 @@ def _path(ctx: RunContext, features: FeatureSet, selection: list[int] | None, st
         return cached["path"]
     settings = ctx.recipe.glm_path
     seed_stage(ctx, f"{step}/glm_path")
-    with timed(ctx, f"{step}: regularisation path"), progress(total=settings.n_lambdas + 1, desc="glm-saga path") as bar:
-        path = fit_path(features, selection, settings, n_classes=ctx.info.num_classes,
-                        device=ctx.device.torch_device, tick=lambda: bar.update(1),
-                        log=lambda line: ctx.run.event("glm_saga", step=step, line=line))
-    ctx.run.save_torch(name, {"path": path})
+    with timed(ctx, f"{step}: regularisation path"), saga_threads(ctx):
+        with progress(total=settings.n_lambdas + 1, desc="glm-saga path") as bar:
+            path = fit_path(features, selection, settings, n_classes=ctx.info.num_classes,
+                            device=ctx.device.torch_device, tick=lambda: bar.update(1),
+                            log=lambda line: ctx.run.event("glm_saga", step=step, line=line))
+        ctx.run.save_torch(name, {"path": path})
     return path
 
 
@@ -112,9 +114,10 @@ def _finetune(ctx: RunContext, model: QResNet, step: str, schedule: SGDSchedule,
         history = run_epochs(model, ctx.train_set, ctx.test_set, sched, device=ctx.device,
                              fdl_beta=ctx.recipe.fdl_beta, seed=ctx.seed, workers=ctx.recipe.workers,
                              run=ctx.run, echo=ctx.echo)
-    ctx.run.save_torch(f"{step}/model.pt", model_record(model, ctx.info, ctx.recipe.img_size, recipe=ctx.recipe.name,
-                                          seed=ctx.seed, stage=step, history=history))
-    ctx.run.remove(f"{step}/model.partial.pt")
+        ctx.run.save_torch(f"{step}/model.pt", model_record(model, ctx.info, ctx.recipe.img_size,
+                                                            recipe=ctx.recipe.name, seed=ctx.seed,
+                                                            stage=step, history=history))
+        ctx.run.remove(f"{step}/model.partial.pt")
 
 
 # ---- Q-SENN ------------------------------------------------------------------------------
@@ -126,10 +129,11 @@ def _ternary_head(ctx: RunContext, path: list[dict], step: str) -> TernaryHead:
     if cached is not None:
         return TernaryHead(cached["ternary"], cached["magnitude"], cached["bias"])
     entry = path[quantization_entry(len(path))]
-    head = quantize(entry["weight"], entry["bias"], ctx.recipe.n_per_class,
-                    reference_compat=ctx.recipe.reference_compat)
-    ctx.run.save_torch(name, {"ternary": head.ternary, "magnitude": head.magnitude, "bias": head.bias,
-                              "lam": entry["lam"]})
+    with timed(ctx, f"{step}: quantisation"):
+        head = quantize(entry["weight"], entry["bias"], ctx.recipe.n_per_class,
+                        reference_compat=ctx.recipe.reference_compat)
+        ctx.run.save_torch(name, {"ternary": head.ternary, "magnitude": head.magnitude,
+                                  "bias": head.bias, "lam": entry["lam"]})
     ctx.run.event("quantised", step=step, magnitude=head.magnitude,
                   nonzeros=int((head.ternary != 0).sum()))
     return head

@@ -9,7 +9,7 @@ from qsenn_train import training
 from qsenn_train.checkpoint import load_checkpoint
 from qsenn_train.context import RunOptions
 from qsenn_train.errors import QsennError
-from qsenn_train.pipeline import METRIC_KEYS, train
+from qsenn_train.pipeline import METRIC_KEYS, evaluate_run, train
 from qsenn_train.recipes import resolve_recipe
 
 pytestmark = pytest.mark.slow
@@ -65,6 +65,19 @@ def test_final_head_is_ternary_with_r_times_k_weights(qsenn_run):
     assert len(nonzero) <= recipe.n_per_class * model.num_classes
     assert result["qsenn"]["PerClass"] <= recipe.n_per_class
     assert not weight.requires_grad and model.linear.std.requires_grad
+
+
+def test_evaluate_recomputes_the_same_metrics(qsenn_run):
+    result, _ = qsenn_run
+    rows = evaluate_run(result["run_dir"], echo=lambda line: None)
+    for label in ("dense", "qsenn"):
+        for key in METRIC_KEYS:
+            assert rows[label][key] == pytest.approx(result[label][key], rel=1e-5, abs=1e-7), (label, key)
+
+
+def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(QsennError, match="not a run directory"):
+        evaluate_run(tmp_path)
 
 
 def test_existing_run_needs_resume(qsenn_run, data_root):
@@ -144,3 +157,20 @@ def test_sldd_run_shares_the_dense_model(qsenn_run, data_root):
     recipe = resolve_recipe("tiny")
     assert model.is_sparse and (model.head_weight != 0).sum() <= recipe.n_per_class * model.num_classes
     assert "metrics_sldd.json" in os.listdir(sldd["run_dir"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_tiny_run_on_cuda_with_amp_and_channels_last(data_root, tmp_path):
+    recipe = resolve_recipe("tiny")
+    opts = RunOptions(seed=3, data_root=data_root, out=tmp_path, device="cuda", amp=True, channels_last=True)
+    result = train(recipe, opts, echo=lambda line: None)
+    model, _ = load_checkpoint(os.path.join(result["run_dir"], "final.pt"))
+    weight = model.head_weight
+    assert len(weight[weight != 0].abs().unique()) == 1
+
+
+def test_amp_and_channels_last_are_refused_on_the_cpu(data_root, tmp_path):
+    opts = RunOptions(seed=3, data_root=data_root, out=tmp_path, device="cpu", amp=True)
+    with pytest.raises(QsennError, match="need --device cuda"):
+        train(resolve_recipe("tiny"), opts, echo=lambda line: None)
