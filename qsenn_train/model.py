@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet
 
 from .errors import QsennError
+from .names import SMALL_STEM_ARCHS
 
 STD_CLAMP = 1e-6   # the head's lower bound on σ (spec §1.4; the GLM steps use 1e-5, odd-V)
 
@@ -21,6 +22,8 @@ STD_CLAMP = 1e-6   # the head's lower bound on σ (spec §1.4; the GLM steps use
 ARCHS = {
     "resnet10": (resnet.BasicBlock, [1, 1, 1, 1], None),   # tests and tiny runs only
     "resnet18": (resnet.BasicBlock, [2, 2, 2, 2], resnet.ResNet18_Weights.IMAGENET1K_V1),
+    # Small images (Fashion-MNIST at 28 px): 3×3 stride-1 stem, so 28 px give 2×2 last-stage maps.
+    "resnet18s": (resnet.BasicBlock, [2, 2, 2, 2], None),
     "resnet34": (resnet.BasicBlock, [3, 4, 6, 3], resnet.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (resnet.Bottleneck, [3, 4, 6, 3], resnet.ResNet50_Weights.IMAGENET1K_V1),
 }
@@ -68,6 +71,9 @@ class QResNet(nn.Module):
         body = resnet.ResNet(block, layers)
         self.arch = arch
         self.conv1, self.bn1, self.relu, self.maxpool = body.conv1, body.bn1, body.relu, body.maxpool
+        if arch in SMALL_STEM_ARCHS:
+            self.conv1 = nn.Conv2d(3, self.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")   # as torchvision's
         self.layer1, self.layer2, self.layer3, self.layer4 = body.layer1, body.layer2, body.layer3, body.layer4
         if reduced_strides:
             _set_stride_one(self.layer3)
@@ -167,7 +173,8 @@ def load_pretrained(model: QResNet, arch: str) -> None:
     try:
         state = torch.load(found, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise QsennError(f"cannot read pretrained weights {found} ({exc}); delete it and copy it again") from None
+        raise QsennError(f"cannot read pretrained weights {found} ({str(exc).splitlines()[0]}); "
+                         f"delete it and copy it again") from None
     fc_weight, fc_bias = state.pop("fc.weight", None), state.pop("fc.bias", None)
     missing, unexpected = model.load_state_dict(state, strict=False)
     backbone_missing = [k for k in missing if not k.startswith("linear.")]

@@ -3,5 +3,11 @@
 The registries in model.py and data/layouts.py are keyed by exactly these names (tested).
 """
 DATASETS = ("synth", "CUB2011", "TravelingBirds", "StanfordCars", "ImageNet", "folder", "fashion-mnist")
-ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50")
+ARCHS = ("resnet10", "resnet18", "resnet18s", "resnet34", "resnet50")
+# Small-image variants: a 3×3 stride-1 stem conv instead of 7×7 stride 2 (total stride 16, not 32).
+SMALL_STEM_ARCHS = ("resnet18s",)
 MODEL_TYPES = ("qsenn", "sldd")
+# Training augmentation: spec §3.2 in full, or "flip": its resize/crop and horizontal flip only,
+# without colour jitter and TrivialAugmentWide (whose shifts of up to 32 px and shears of up
+# to 0.99 ruin 28 px images and slow a schedule of a few epochs).
+AUGMENTATIONS = ("paper", "flip")

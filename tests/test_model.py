@@ -36,6 +36,20 @@ def test_dense_forward_shapes(arch, dim):
     assert torch.allclose(out.pooled, out.feature_maps.mean((2, 3)))
 
 
+def test_small_image_stem_gives_2x2_maps_at_28_px_and_round_trips(tmp_path):
+    model = build_model("resnet18s", 10).eval()
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+    assert out.feature_maps.shape == (2, 512, 2, 2)      # total stride 16: 28 → 14 → 7 → 4 → 2
+    torch.save(model_record(model, INFO, 28), tmp_path / "m.pt")
+    loaded, record = load_checkpoint(tmp_path / "m.pt")
+    assert record["arch"] == "resnet18s"
+    with torch.no_grad():
+        assert torch.equal(out.logits, loaded.eval()(x).logits)
+
+
 @pytest.mark.parametrize("arch", ["resnet10", "resnet50"])
 def test_reduced_strides_gives_stride_8(arch):
     model = build_model(arch, 5, reduced_strides=True).eval()

@@ -54,6 +54,16 @@ def test_pipelines_in_spec_order():
         assert step_names(build_transform(info_for(mode), 32, train)) == names, (mode, train)
 
 
+def test_flip_augmentation_drops_jitter_and_trivial_augment():
+    for mode, names in ((RESIZE_SHORTER, ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]),
+                        (RESIZE_SQUARE, ["Resize", "RandomHorizontalFlip", "ToTensor", "Normalize"])):
+        assert step_names(build_transform(info_for(mode), 28, train=True, augment="flip")) == names, mode
+        assert step_names(build_transform(info_for(mode), 28, train=False, augment="flip")) == \
+            step_names(build_transform(info_for(mode), 28, train=False))
+    with pytest.raises(QsennError, match="unknown augmentation"):
+        build_transform(info_for(RESIZE_SQUARE), 28, train=True, augment="strong")
+
+
 def test_train_step_parameters():
     shorter = build_transform(info_for(RESIZE_SHORTER), 448, train=True).transforms
     assert shorter[0].size == 448 and shorter[1].size == (448, 448) and shorter[1].padding == 4

@@ -6,7 +6,8 @@ from typing import Callable
 
 
 def open_dataset(recipe, data_root: Path, echo: Callable[[str], None] = print):
-    """(train set, test set, DatasetInfo), without transforms.
+    """(train set, test set, DatasetInfo), without transforms, limited to the recipe's
+    `limit_train` / `limit_test` images.
 
     The embedded synthetic dataset is generated under data_root on first use.
     """
@@ -14,5 +15,16 @@ def open_dataset(recipe, data_root: Path, echo: Callable[[str], None] = print):
     from .synth import ensure_synth
 
     if recipe.dataset == "synth":
-        return load_synth_splits(ensure_synth(Path(data_root), recipe.synth, echo=echo))
-    return load_splits(recipe.dataset, Path(data_root), crop_gt=recipe.crop_gt)
+        train, test, info = load_synth_splits(ensure_synth(Path(data_root), recipe.synth, echo=echo))
+    else:
+        train, test, info = load_splits(recipe.dataset, Path(data_root), crop_gt=recipe.crop_gt)
+    return spread_subset(train, recipe.limit_train), spread_subset(test, recipe.limit_test), info
+
+
+def spread_subset(dataset, limit: int | None):
+    """`limit` images evenly spaced over the dataset (every class of a class-ordered layout
+    keeps its share), in dataset order; the whole dataset when limit is None or not smaller."""
+    n = len(dataset)
+    if limit is None or limit >= n:
+        return dataset
+    return dataset.subset([i * n // limit for i in range(limit)])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import QsennError
@@ -67,8 +67,11 @@ def open_rgb(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         raise QsennError(f"image file missing: {path}; the dataset folder is incomplete, "
                          f"re-extract it or point --data-root at a complete copy") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise QsennError(f"cannot read image {path} ({exc}); replace or remove that file") from None
+    except MemoryError:
+        raise
+    except Exception as exc:   # Pillow's plugins raise OSError, SyntaxError, struct.error, DecompressionBombError…
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QsennError(f"cannot read image {path} ({reason}); replace or remove that file") from None
 
 
 class ImageListDataset(Dataset):
@@ -101,6 +104,14 @@ class ImageListDataset(Dataset):
         view.transform = transform
         return view
 
+    def subset(self, indices: Sequence[int]) -> "ImageListDataset":
+        """A view of the samples at `indices`, in that order (same transform)."""
+        view = copy.copy(self)
+        view.samples = [self.samples[i] for i in indices]
+        if self.image_ids is not None:
+            view.image_ids = [self.image_ids[i] for i in indices]
+        return view
+
 
 class ArrayImageDataset(ImageListDataset):
     """Images held in memory as uint8 arrays (N×H×W grey or N×H×W×3), e.g. Fashion-MNIST."""
@@ -111,3 +122,8 @@ class ArrayImageDataset(ImageListDataset):
 
     def load_image(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index]).convert("RGB")
+
+    def subset(self, indices: Sequence[int]) -> "ArrayImageDataset":
+        view = super().subset(indices)
+        view.images = self.images[np.asarray(indices, dtype=np.int64)]
+        return view

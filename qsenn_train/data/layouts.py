@@ -284,7 +284,7 @@ def _class_folders(split_dir: Path) -> list[str]:
                   if entry.is_dir() and not entry.name.startswith("."))
 
 
-def _images_in(class_dir: Path) -> list[str]:
+def image_files(class_dir: Path) -> list[str]:
     # os.walk needs no stat per file, which matters for ImageNet's 1.28 M images.
     found = []
     for folder, _, files in os.walk(class_dir, followlinks=True):
@@ -301,7 +301,7 @@ def _folder_samples(dataset: str, split_dir: Path, class_names: Sequence[str],
         if folder not in index:
             raise QsennError(f"{dataset}: class folder {split_dir / folder} has no counterpart "
                              f"in {train_dir}; every class needs training images")
-        samples += [(path, index[folder]) for path in _images_in(split_dir / folder)]
+        samples += [(path, index[folder]) for path in image_files(split_dir / folder)]
     return samples
 
 

@@ -9,6 +9,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from ..errors import QsennError
+from ..names import AUGMENTATIONS
 from .base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, DatasetInfo
 
 # PCA of ImageNet's RGB pixels (AlexNet lighting noise), spec §3.3.
@@ -50,15 +51,16 @@ def _resize(size) -> T.Resize:
     return T.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
-def _fine_grained_steps(mode: str, img_size: int, train: bool) -> list[Callable]:
+def _fine_grained_steps(mode: str, img_size: int, train: bool, augment: str) -> list[Callable]:
     if mode == RESIZE_SHORTER:
         steps = [_resize(img_size),
                  T.RandomCrop(img_size, padding=CROP_PADDING) if train else T.CenterCrop(img_size)]
     else:  # square: aspect not kept, nothing cropped
         steps = [_resize((img_size, img_size))]
     if train:
-        steps += [T.RandomHorizontalFlip(), T.ColorJitter(JITTER, JITTER, JITTER, 0),
-                  T.TrivialAugmentWide()]
+        steps.append(T.RandomHorizontalFlip())
+        if augment == "paper":
+            steps += [T.ColorJitter(JITTER, JITTER, JITTER, 0), T.TrivialAugmentWide()]
     return steps + [T.ToTensor()]
 
 
@@ -69,13 +71,18 @@ def _imagenet_steps(img_size: int, train: bool) -> list[Callable]:
     return [_resize(round(img_size * IMAGENET_RESIZE_RATIO)), T.CenterCrop(img_size), T.ToTensor()]
 
 
-def build_transform(info: DatasetInfo, img_size: int, train: bool
+def build_transform(info: DatasetInfo, img_size: int, train: bool, augment: str = "paper"
                     ) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image -> normalised float CHW tensor of img_size × img_size."""
+    """PIL RGB image -> normalised float CHW tensor of img_size × img_size.
+
+    `augment` (names.AUGMENTATIONS) picks the training augmentation of the non-ImageNet modes.
+    """
+    if augment not in AUGMENTATIONS:
+        raise QsennError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
     if info.resize_mode == RESIZE_IMAGENET:
         steps = _imagenet_steps(img_size, train)
     elif info.resize_mode in (RESIZE_SHORTER, RESIZE_SQUARE):
-        steps = _fine_grained_steps(info.resize_mode, img_size, train)
+        steps = _fine_grained_steps(info.resize_mode, img_size, train, augment)
     else:
         raise QsennError(f"unknown resize mode {info.resize_mode!r} in the dataset description; "
                          f"expected {RESIZE_SHORTER}, {RESIZE_SQUARE} or {RESIZE_IMAGENET}")
