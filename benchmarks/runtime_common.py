@@ -1,5 +1,6 @@
-"""Shared by the runtime benchmarks: a toy model of realistic size when no export is given,
-the trtexec-style latency summary, and result files named by CPU and library versions."""
+"""Shared by the runtime benchmarks: a toy model of realistic size when no export is given and
+result files named by CPU and library versions. The trtexec-style latency summary and the CPU
+name come from qsenn_export.timing, which `qsenn bench` uses too."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
+from qsenn_export.timing import cpu_name, latency_summary  # noqa: F401  (the scripts import both from here)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -24,23 +25,6 @@ def toy_model_file(folder: Path, size: int = 448, classes: int = 200, features: 
     path = folder / f"toy-{size}px-{classes}c-{features}f.onnx"
     save_toy_model(path, toy_metadata(classes, features, size=size, channels=widths[-1]), widths=widths)
     return path
-
-
-def latency_summary(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1e3
-    return {"n": len(ms), "min_ms": float(ms.min()), "mean_ms": float(ms.mean()),
-            **{f"{name}_ms": float(np.percentile(ms, q))
-               for name, q in (("median", 50), ("p90", 90), ("p95", 95), ("p99", 99))}}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_results(kind: str, model: Path, data: dict) -> Path:

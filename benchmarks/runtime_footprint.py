@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from qsenn_export.timing import PEAK_RSS_KIB
 from runtime_common import toy_model_file, write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,15 +33,15 @@ IMPORT_FULL = """
 import time; start = time.perf_counter(); import qsenn_runtime.loader, qsenn_runtime.backends, onnxruntime
 print(time.perf_counter() - start)"""
 PEAK_RUNTIME = """
-import resource, sys, qsenn_runtime
+import sys, qsenn_runtime
 qsenn_runtime.load(sys.argv[1]).predict(sys.argv[2])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"""
+""" + PEAK_RSS_KIB
 PEAK_BARE = """
-import resource, sys, numpy as np, onnxruntime as ort
+import sys, numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 size = session.get_inputs()[0].shape[2]
 session.run(["logits"], {"images": np.zeros((1, 3, size, size), np.float32)})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"""
+""" + PEAK_RSS_KIB
 
 
 def run(code: str, *args: str) -> float:

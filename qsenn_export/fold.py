@@ -135,10 +135,17 @@ class FoldedQSENN(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        maps = self.backbone((images - self.input_mean) / self.input_std)
+    def normalise(self, images: Tensor) -> Tensor:
+        return (images - self.input_mean) / self.input_std
+
+    def head(self, maps: Tensor) -> tuple[Tensor, Tensor]:
+        """maps → (logits, features c)."""
         features = (maps.mean(dim=(2, 3)) - self.feature_mean) * self.feature_scale
-        return self.classifier(features), features, maps
+        return self.classifier(features), features
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        maps = self.backbone(self.normalise(images))
+        return (*self.head(maps), maps)
 
 
 # ---- MAC counting ----------------------------------------------------------------------

@@ -19,9 +19,8 @@ from qsenn_train.context import library_versions
 from qsenn_train.data.base import DatasetInfo
 from qsenn_train.errors import QsennError
 from qsenn_train.model import QResNet
-from qsenn_train.pipeline import FINAL_LINK
 from qsenn_train.quantize import TernaryHead
-from qsenn_train.rundir import CONFIG
+from qsenn_train.rundir import CONFIG, FINAL_LINK
 
 from .fold import ternary_head
 
@@ -101,18 +100,54 @@ def load_source(path: Path) -> ExportSource:
                         model_type=model_type, metrics=metrics, head=ternary_head(model, str(checkpoint)))
 
 
+def qsenn_version() -> str:
+    try:
+        return importlib.metadata.version("qsenn")
+    except importlib.metadata.PackageNotFoundError:   # run from a source tree that is not installed
+        return "source tree"
+
+
 def exporter_versions(opset: int) -> dict:
-    return {"name": "qsenn export", "qsenn": importlib.metadata.version("qsenn"),
+    return {"name": "qsenn export", "qsenn": qsenn_version(),
             **library_versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "opset": opset}
 
 
-def build_metadata(source: ExportSource, opset: int) -> ModelMetadata:
+def read_feature_names(path: Path, n_features: int) -> list[str]:
+    """Names of the F features from a JSON list (one per feature) or an {index: name} object
+    (features it leaves out keep `feature j`)."""
+    names = [f"feature {j}" for j in range(n_features)]
+    try:
+        given = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise QsennError(f"cannot read feature names from {path} ({exc})") from None
+    if isinstance(given, list):
+        if len(given) != n_features:
+            raise QsennError(f"{path} lists {len(given)} feature names; the model has {n_features} features")
+        entries = dict(enumerate(given))
+    elif isinstance(given, dict):
+        try:
+            entries = {int(j): name for j, name in given.items()}
+        except ValueError:
+            raise QsennError(f"{path}: the keys must be feature indices 0..{n_features - 1}") from None
+    else:
+        raise QsennError(f"{path} must hold a JSON list of names or an object {{index: name}}")
+    for j, name in entries.items():
+        if not 0 <= j < n_features or not isinstance(name, str) or not name.strip():
+            raise QsennError(f"{path}: entry {j}: {name!r} is not a non-empty name of a feature "
+                             f"0..{n_features - 1}")
+        names[j] = name.strip()
+    return names
+
+
+def build_metadata(source: ExportSource, opset: int, feature_names: Path | None = None) -> ModelMetadata:
     info, record, head = source.info, source.record, source.head
     selection = source.model.linear.selection.tolist()
+    names = (read_feature_names(feature_names, len(selection)) if feature_names is not None
+             else [f"feature {j}" for j in range(len(selection))])
     metadata = ModelMetadata(
         class_names=info.class_names,
-        features=tuple(Feature(j, int(channel), f"feature {j}") for j, channel in enumerate(selection)),
+        features=tuple(Feature(j, int(channel), names[j]) for j, channel in enumerate(selection)),
         ternary=head.ternary.numpy().astype("int8"),
         bias=head.bias.numpy().astype("float32"),
         scale=head.magnitude,

@@ -1,5 +1,6 @@
 """`qsenn export --format onnx`: fold, export with torch.onnx (dynamo), store T as int8,
-attach the metadata, check, write atomically and verify against the PyTorch model."""
+attach the metadata, check, (with --int8) quantise the backbone, write atomically and verify
+against the PyTorch model."""
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,10 @@ from qsenn_train.errors import QsennError
 from qsenn_train.rundir import atomic_write
 
 from .fold import FoldedQSENN, count_macs, store_ternary_as_int8
-from .formats import ExportOptions, validate
+from .formats import CALIBRATION_LIMIT, ExportOptions, validate
+from .int8 import Int8Settings, quantize_backbone
 from .metadata import ExportSource, build_metadata, load_source
-from .verify import Report, torch_outputs, verification_images, verify_onnx
+from .verify import Report, folder_images, torch_outputs, verification_images, verify_onnx
 
 OPSET = 18          # the dynamo exporter's native opset (≥ 17 as TensorRT 10 and ORT ≥ 1.14 read)
 EXAMPLE_BATCH = 2   # a batch of 1 would let torch.export specialise the batch dimension
@@ -31,18 +33,39 @@ def fold_source(source: ExportSource) -> FoldedQSENN:
     return FoldedQSENN(source.model, source.head, info.mean, info.std)
 
 
+def have_onnxscript() -> bool:
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+    except ImportError:
+        return False
+    return True
+
+
+def _export_graph(folded: FoldedQSENN, example: torch.Tensor, dynamic_batch: bool) -> onnx.ModelProto:
+    """torch.onnx's dynamo exporter; where onnxscript is missing (a bare GPU machine that only
+    benchmarks) the TorchScript exporter, which writes the same contract (names, shapes, a float T
+    feeding the logits node) at the same opset."""
+    if have_onnxscript():
+        dynamic = {INPUT_NAME: {0: torch.export.Dim("batch")}} if dynamic_batch else None
+        program = torch.onnx.export(folded, (example,), None, input_names=[INPUT_NAME],
+                                    output_names=list(OUTPUT_NAMES), opset_version=OPSET,
+                                    dynamo=True, dynamic_shapes=dynamic, verbose=False)
+        return program.model_proto
+    buffer = io.BytesIO()
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)} if dynamic_batch else None
+    torch.onnx.export(folded, (example,), buffer, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                      opset_version=OPSET, dynamo=False, dynamic_axes=axes)
+    return onnx.load_from_string(buffer.getvalue())
+
+
 def to_onnx(folded: FoldedQSENN, metadata: ModelMetadata, batch: int | None) -> onnx.ModelProto:
     """The checked ONNX model: `batch` None gives a dynamic batch dimension named "batch"."""
     size = metadata.input.size
     example = torch.rand(batch or EXAMPLE_BATCH, 3, size, size)
-    dynamic = None if batch else {INPUT_NAME: {0: torch.export.Dim("batch")}}
     # The exporter narrates every step on stdout and warns about internals; keep the CLI quiet.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(folded, (example,), None, input_names=[INPUT_NAME],
-                                    output_names=list(OUTPUT_NAMES), opset_version=OPSET,
-                                    dynamo=True, dynamic_shapes=dynamic, verbose=False)
-    model = program.model_proto
+        model = _export_graph(folded, example, dynamic_batch=batch is None)
     store_ternary_as_int8(model, metadata.ternary)
     onnx.helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
     try:
@@ -110,13 +133,21 @@ def report_macs(source: ExportSource, folded: FoldedQSENN, echo: Callable[[str],
 def export_onnx(source_path: Path, options: ExportOptions, echo: Callable[[str], None] = print) -> Path:
     validate(options)
     source = load_source(source_path)
-    out = options.out or default_output(source, options.export_format.suffix)
+    # An INT8 model sits beside the fp32 one (model.int8.onnx) instead of replacing it.
+    out = options.out or default_output(source, (".int8" if options.int8 else "") + options.export_format.suffix)
     echo(f"exporting {source.checkpoint} ({describe(source)}) to ONNX opset {OPSET}, "
          f"{'batch ' + str(options.batch) if options.batch else 'dynamic batch'}")
     folded = fold_source(source)
     report_macs(source, folded, echo)
-    metadata = build_metadata(source, OPSET)
-    data = to_onnx(folded, metadata, options.batch).SerializeToString()
+    metadata = build_metadata(source, OPSET, options.feature_names)
+    model = to_onnx(folded, metadata, options.batch)
+    if options.int8:
+        calibration = folder_images(options.calib, source.info, source.img_size, CALIBRATION_LIMIT, spread=True)
+        settings = Int8Settings()
+        echo(f"quantising the backbone to INT8 ({settings.describe()}; the head stays float), "
+             f"calibrating on {len(calibration)} images of {options.calib}")
+        model = quantize_backbone(model, calibration.numpy(), metadata, str(options.calib), settings)
+    data = model.SerializeToString()
 
     verify = None
     if options.verify:

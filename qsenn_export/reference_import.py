@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from qsenn_train.checkpoint import SPARSE_KEYS, model_record
+from qsenn_train.checkpoint import SPARSE_KEYS, model_record, refused_global
 from qsenn_train.data.base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, DatasetInfo
 from qsenn_train.data.layouts import (CUB_MEAN, CUB_STD, STANFORD_CARS_MEAN, STANFORD_CARS_STD,
                                       TRAVELING_BIRDS_MEAN, TRAVELING_BIRDS_STD)
@@ -42,7 +42,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise QsennError(f"reference checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if not refused_global(exc):
+            raise QsennError(f"cannot read {path}: it is not a torch.save file, or a corrupt one") from None
         raise QsennError(f"{path} holds a pickled model object, which qsenn does not load (loading "
                          f"it would run code from the file); in the original code run "
                          f"torch.save(model.state_dict(), 'weights.pth') and import that") from None

@@ -22,7 +22,8 @@ from qsenn_train.errors import QsennError
 from qsenn_train.rundir import atomic_write
 
 from .fold import ternary_as_float
-from .formats import DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB, ExportOptions, Tolerance, validate
+from .formats import (CALIBRATION_LIMIT, DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB, ExportOptions, Tolerance,
+                      validate)
 from .metadata import build_metadata, load_source
 from .onnx_export import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
 from .verify import (CHUNK, Outputs, Report, compare, folder_images, onnx_outputs, onnx_session,
@@ -30,7 +31,6 @@ from .verify import (CHUNK, Outputs, Report, compare, folder_images, onnx_output
 
 INSTALL_HINT = "pip install 'qsenn[trt]'"
 CALIBRATION_BATCH = 8
-CALIBRATION_LIMIT = 512   # images; entropy calibration gains little beyond a few hundred
 
 
 def cache_dir() -> Path:
@@ -201,11 +201,11 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
     echo(f"exporting {source.checkpoint} ({describe(source)}) to a TensorRT {trt.__version__} engine")
     folded = fold_source(source)
     report_macs(source, folded, echo)
-    metadata = build_metadata(source, OPSET)
+    metadata = build_metadata(source, OPSET, options.feature_names)
     model = to_onnx(folded, metadata, batch=None)
     calibration = None
     if options.int8:
-        calibration = folder_images(options.calib, source.info, source.img_size, CALIBRATION_LIMIT)
+        calibration = folder_images(options.calib, source.info, source.img_size, CALIBRATION_LIMIT, spread=True)
         echo(f"calibrating on {len(calibration)} images of {options.calib}")
     plan = build_engine(trt, model, shapes, options, calibration, echo)
     device = torch.cuda.current_device()

@@ -1,9 +1,9 @@
 """Checks an exported model against its source on test images, with explicit tolerances.
 
 Compared: logits, features c and feature maps (max |Δ| and max |Δ| / max(1, max|reference|)),
-the predicted class, and the contract's identity logit_k = Σ_j T[k, j]·c_j + b_k computed
-from the metadata read back from the artifact, so a graph or metadata that disagrees with
-the model fails.
+the predicted class, the top contributing features, and the contract's identity
+logit_k = Σ_j T[k, j]·c_j + b_k computed from the metadata read back from the artifact, so a
+graph or metadata that disagrees with the model fails.
 """
 from __future__ import annotations
 
@@ -19,14 +19,16 @@ import torch
 from onnx import numpy_helper
 
 from qsenn_runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
+from qsenn_train.data import spread_subset
 from qsenn_train.data.base import DatasetInfo, open_rgb
-from qsenn_train.data.layouts import _images_in, load_splits
+from qsenn_train.data.layouts import image_files, load_splits
 from qsenn_train.data.transforms import build_transform
 from qsenn_train.errors import QsennError
 from qsenn_train.model import STD_CLAMP, QResNet
 
 from .fold import TERNARY_INITIALIZER, input_normalisation
-from .formats import Tolerance
+from .formats import TOP_FEATURES, Tolerance
+from .int8 import quantised_head_nodes
 
 Outputs = dict[str, np.ndarray]   # OUTPUT_NAMES → N×… arrays
 CHUNK = 16                        # images per forward pass while verifying
@@ -40,11 +42,17 @@ def _unnormalised_test_transform(info: DatasetInfo, img_size: int):
     return build_transform(dataclasses.replace(info, mean=None, std=None), img_size, train=False)
 
 
-def folder_images(folder: Path, info: DatasetInfo, img_size: int, limit: int | None = None) -> torch.Tensor:
-    """Image files below `folder` (sorted), preprocessed like the test set."""
+def folder_images(folder: Path, info: DatasetInfo, img_size: int, limit: int | None = None,
+                  spread: bool = False) -> torch.Tensor:
+    """Image files below `folder` (sorted; the first `limit`, or with `spread` `limit` of them
+    evenly spaced over the folder like spread_subset, so that calibration sees every class of a
+    class-ordered folder), preprocessed like the test set."""
     if not Path(folder).is_dir():
         raise QsennError(f"image folder {folder} does not exist")
-    files = _images_in(Path(folder))[:limit]
+    files = image_files(Path(folder))
+    if spread and limit is not None and limit < len(files):
+        files = [files[i * len(files) // limit] for i in range(limit)]
+    files = files[:limit]
     if not files:
         raise QsennError(f"no image files in {folder}; put .jpg/.png images there")
     transform = _unnormalised_test_transform(info, img_size)
@@ -70,19 +78,39 @@ def verification_images(info: DatasetInfo, img_size: int, count: int, folder: Pa
     return torch.stack([test_set[i][0] for i in range(n)]), f"{n} test images of {info.name}"
 
 
+def training_images(info: DatasetInfo, img_size: int, count: int) -> torch.Tensor:
+    """`count` training images of the checkpoint's dataset, evenly spaced over the split
+    (unnormalised test transform): calibration data when no folder is given."""
+    train_set, _, _ = load_splits(info.name, info.root, crop_gt=info.crop_gt)
+    train_set = spread_subset(train_set, count).with_transform(_unnormalised_test_transform(info, img_size))
+    return torch.stack([train_set[i][0] for i in range(len(train_set))])
+
+
 # ---- running the two sides ------------------------------------------------------------------
 
+class SourceForward(torch.nn.Module):
+    """The trained model as training evaluates it: Normalize, forward, c = a·(f − μ)/σ;
+    images in [0, 1] → (logits, features c, selected feature maps)."""
+
+    def __init__(self, model: QResNet, magnitude: float, info: DatasetInfo):
+        super().__init__()
+        self.model = model.eval()
+        self.magnitude = magnitude
+        mean, std = input_normalisation(info.mean, info.std)
+        self.register_buffer("input_mean", mean)
+        self.register_buffer("input_std", std)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model((images - self.input_mean) / self.input_std)
+        head = self.model.linear
+        features = self.magnitude * (out.pooled - head.mean) / torch.clamp(head.std, min=STD_CLAMP)
+        return out.logits, features, out.feature_maps
+
+
 def torch_outputs(model: QResNet, magnitude: float, info: DatasetInfo, images: torch.Tensor) -> Outputs:
-    """The trained model as training evaluates it: Normalize, forward, c = a·(f − μ)/σ."""
-    model = model.eval().cpu()
-    mean, std = input_normalisation(info.mean, info.std)
-    head = model.linear
-    chunks = []
+    forward = SourceForward(model.cpu(), magnitude, info)
     with torch.no_grad():
-        for batch in images.split(CHUNK):
-            out = model((batch - mean) / std)
-            features = magnitude * (out.pooled - head.mean) / torch.clamp(head.std, min=STD_CLAMP)
-            chunks.append((out.logits, features, out.feature_maps))
+        chunks = [forward(batch) for batch in images.split(CHUNK)]
     return {name: torch.cat(parts).numpy() for name, parts in zip(OUTPUT_NAMES, zip(*chunks))}
 
 
@@ -161,18 +189,22 @@ class Report:
     feature_map: float
     feature_map_rel: float
     argmax_agreement: float     # fraction
+    top_feature_agreement: float   # fraction, see top_feature_agreement()
     identity: float             # max |logit − (T·c + b)| of the candidate
     identity_rel: float
 
     @property
     def failures(self) -> list[str]:
-        tol = self.tolerance.rel
-        checks = [("rel Δlogit", self.logit_rel), ("rel Δfeature", self.feature_rel),
-                  ("rel Δfeature map", self.feature_map_rel), ("rel identity residual", self.identity_rel)]
-        failed = [f"{name} {value:.1e} > {tol:.0e}" for name, value in checks if not value <= tol]
-        if self.argmax_agreement < self.tolerance.argmax:
-            failed.append(f"argmax agreement {100 * self.argmax_agreement:.2f}% < "
-                          f"{100 * self.tolerance.argmax:.0f}%")
+        tol = self.tolerance
+        checks = [("rel Δlogit", self.logit_rel, tol.rel), ("rel Δfeature", self.feature_rel, tol.rel),
+                  ("rel Δfeature map", self.feature_map_rel, tol.rel),
+                  ("rel identity residual", self.identity_rel, tol.identity_rel)]
+        failed = [f"{name} {value:.1e} > {bound:.0e}" for name, value, bound in checks if not value <= bound]
+        if self.argmax_agreement < tol.argmax:
+            failed.append(f"argmax agreement {100 * self.argmax_agreement:.2f}% < {100 * tol.argmax:.0f}%")
+        if self.top_feature_agreement < tol.top_features:
+            failed.append(f"top-{TOP_FEATURES} feature agreement {100 * self.top_feature_agreement:.2f}% < "
+                          f"{100 * tol.top_features:.0f}%")
         return failed
 
     @property
@@ -184,6 +216,7 @@ class Report:
         return (f"verified on {self.images}: max|Δlogit| {self.logit:.1e} (rel {self.logit_rel:.1e}), "
                 f"max|Δfeature| {self.feature:.1e}, max|Δmap| {self.feature_map:.1e}, "
                 f"argmax agreement {100 * self.argmax_agreement:.2f}%, "
+                f"top-{TOP_FEATURES} features {100 * self.top_feature_agreement:.2f}%, "
                 f"identity residual {self.identity:.1e} — {verdict}")
 
 
@@ -192,6 +225,30 @@ def argmax_agreement(reference: np.ndarray, candidate: np.ndarray, tie: float) -
     within `tie` (absolute), so that float noise between equal logits is no disagreement."""
     picked = reference[np.arange(len(reference)), candidate.argmax(axis=1)]
     return float(np.mean(reference.max(axis=1) - picked <= tie))
+
+
+def top_features(features: np.ndarray, ternary: np.ndarray, classes: np.ndarray, k: int = TOP_FEATURES
+                 ) -> list[frozenset[int]]:
+    """Per image, the (at most) k features with the largest |T[class, j]·c_j| among the class's
+    features (T ≠ 0); equal magnitudes are ordered by feature index."""
+    contributions = np.abs(ternary[classes].astype(np.float64) * features)
+    used = ternary[classes] != 0
+    result = []
+    for row, mask in zip(contributions, used):
+        candidates = np.flatnonzero(mask)
+        order = candidates[np.lexsort((candidates, -row[candidates]))]
+        result.append(frozenset(order[:k].tolist()))
+    return result
+
+
+def top_feature_agreement(reference: Outputs, candidate: Outputs, ternary: np.ndarray,
+                          k: int = TOP_FEATURES) -> float:
+    """Share of images whose k largest |contributions| to the reference's predicted class come
+    from the same features in both models. A class with at most k features agrees trivially."""
+    classes = reference["logits"].argmax(axis=1)
+    pairs = zip(top_features(reference["features"], ternary, classes, k),
+                top_features(candidate["features"], ternary, classes, k))
+    return float(np.mean([a == b for a, b in pairs]))
 
 
 def compare(reference: Outputs, candidate: Outputs, metadata: ModelMetadata, tolerance: Tolerance,
@@ -203,21 +260,28 @@ def compare(reference: Outputs, candidate: Outputs, metadata: ModelMetadata, tol
     # float64 so that the residual measures the artifact, not this sum.
     identity_logits = features.astype(np.float64) @ metadata.ternary.T.astype(np.float64) + metadata.bias
     identity = _max_abs_diff(logits, identity_logits)
-    tie = tolerance.rel * max(1.0, float(np.abs(ref_logits).max()))
+    tie = tolerance.tie_rel * max(1.0, float(np.abs(ref_logits).max()))
     return Report(
         images=images, tolerance=tolerance,
         logit=logit, logit_rel=_relative(logit, ref_logits),
         feature=feature, feature_rel=_relative(feature, reference["features"]),
         feature_map=feature_map, feature_map_rel=_relative(feature_map, reference["feature_maps"]),
         argmax_agreement=argmax_agreement(ref_logits, logits, tie),
+        top_feature_agreement=top_feature_agreement(reference, candidate, metadata.ternary),
         identity=identity, identity_rel=_relative(identity, logits),
     )
 
 
 def verify_onnx(path: Path, reference: Outputs, images: torch.Tensor, description: str,
                 tolerance: Tolerance) -> Report:
-    """Read the written file back (int8 T, metadata) and compare onnxruntime with `reference`."""
+    """Read the written file back (int8 T, float head, metadata) and compare onnxruntime with
+    `reference`."""
     session = onnx_session(path)
     metadata = read_metadata(session)
-    check_int8_ternary(onnx.load(str(path)), metadata)
+    model = onnx.load(str(path))
+    quantised_head = quantised_head_nodes(model)
+    if quantised_head:
+        raise QsennError(f"the exported graph quantises its head ({', '.join(quantised_head)}); "
+                         f"only the backbone may be INT8, c and T·c + b must stay float")
+    check_int8_ternary(model, metadata)
     return compare(reference, onnx_outputs(session, images.numpy()), metadata, tolerance, description)

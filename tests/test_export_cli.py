@@ -48,9 +48,15 @@ def test_export_a_checkpoint_file_verifies_on_its_test_images(synth_checkpoint):
 
 
 def test_refused_option_exits_2_with_one_line(synth_checkpoint, monkeypatch, capsys):
-    code, out, err = run_main(monkeypatch, capsys, "export", str(synth_checkpoint), "--int8")
+    code, out, err = run_main(monkeypatch, capsys, "export", str(synth_checkpoint), "--half")
     assert code == 2 and out == ""
-    assert err == "error: --int8 is not available for ONNX export; formats that take it: trt\n"
+    assert err == "error: --half is not available for ONNX export; formats that take it: trt\n"
+
+
+def test_int8_without_calibration_images_is_refused(synth_checkpoint, monkeypatch, capsys):
+    code, out, err = run_main(monkeypatch, capsys, "export", str(synth_checkpoint), "--int8")
+    assert code == 2 and out == "" and err.startswith("error: --int8 needs --calib DIR") and err.count("\n") == 1
+    assert not synth_checkpoint.with_suffix(".int8.onnx").exists()
 
 
 def test_trt_without_tensorrt_exits_2_and_writes_nothing(synth_checkpoint, monkeypatch, capsys, tmp_path):

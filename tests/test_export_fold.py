@@ -46,9 +46,9 @@ def _selected_channel_macs_saved(block: nn.Module, maps_hw: int, n_all: int, n_s
     return (n_all - n_selected) * per_channel * maps_hw
 
 
-@pytest.mark.parametrize("arch, img_size", [("resnet10", 64), ("resnet50", 64)])
+@pytest.mark.parametrize("arch, img_size", [("resnet10", 64), ("resnet50", 64), ("resnet18s", 28)])
 def test_sliced_last_block_gives_the_same_outputs_with_fewer_macs(arch, img_size):
-    # resnet10's last block has a projection shortcut, resnet50's an identity one.
+    # resnet10's last block has a projection shortcut, resnet50's and resnet18s's an identity one.
     model = ternary_model(arch, num_classes=5, n_features=7, per_class=2)
     head = ternary_head(model, "ckpt")
     folded = FoldedQSENN(model, head, ABSENT_DATASET.mean, ABSENT_DATASET.std)

@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from qsenn_export.formats import FORMATS, OPTION_FLAGS, formats_taking, help_table, make_options, validate
+from qsenn_export.formats import (BASELINE_BACKEND, BENCH_BACKENDS, FORMATS, OPTION_FLAGS, formats_taking,
+                                  help_table, make_options, validate)
 from qsenn_train.errors import QsennError
 
 
 @pytest.mark.parametrize("fmt, values, message", [
-    ("onnx", {"int8": True, "calib": Path("c")}, "--int8 is not available for ONNX export; formats that take it: trt"),
-    ("onnx", {"int8": True}, "--int8 is not available for ONNX export; formats that take it: trt"),
+    ("onnx", {"int8": True}, "--int8 needs --calib DIR"),
+    ("onnx", {"calib": Path("c")}, "--calib is only used with --int8"),
     ("onnx", {"half": True}, "--half is not available for ONNX export; formats that take it: trt"),
     ("onnx", {"workspace": 2.0}, "--workspace is not available for ONNX"),
     ("trt", {"int8": True}, "--int8 needs --calib DIR"),
@@ -30,7 +31,7 @@ def test_refused_options_say_why(fmt, values, message):
 
 @pytest.mark.parametrize("fmt, values", [
     ("onnx", {}), ("onnx", {"batch": 4}), ("trt", {}), ("trt", {"half": True, "batch": 8, "workspace": 2.0}),
-    ("trt", {"int8": True, "calib": Path("c")}),
+    ("trt", {"int8": True, "calib": Path("c")}), ("onnx", {"int8": True, "calib": Path("c"), "batch": 1}),
 ])
 def test_accepted_options(fmt, values):
     validate(make_options(fmt, **values))
@@ -43,11 +44,33 @@ def test_precision_selects_the_tolerance():
     assert make_options("trt", half=True).tolerance.rel == 2e-2
     int8 = make_options("trt", int8=True, calib=Path("c"))
     assert int8.precision == "int8" and int8.tolerance.argmax == 0.99
+    # ONNX INT8: loose logits, but the float head keeps the identity and argmax ties at fp32 bounds.
+    onnx_int8 = make_options("onnx", int8=True, calib=Path("c")).tolerance
+    assert onnx_int8.argmax == 0.99 and onnx_int8.top_features == 0.95
+    assert onnx_int8.rel > 1e-2 and onnx_int8.identity_rel == onnx_int8.tie_rel == 1e-4
+    assert make_options("onnx").tolerance.identity_rel == make_options("onnx").tolerance.tie_rel == 1e-4
 
 
 def test_table_drives_the_help_text():
     table = help_table()
     for f in FORMATS.values():
         assert f.suffix in table and f"qsenn[{f.extra}]" in table
+    assert "int8 0.25 argmax≥99% top-5 features≥95%" in table
     assert formats_taking("half") == ["trt"] and formats_taking("batch") == ["onnx", "trt"]
+    assert formats_taking("int8") == formats_taking("calib") == ["onnx", "trt"]
     assert all(option in OPTION_FLAGS for f in FORMATS.values() for option in f.options)
+
+
+def test_bench_backends_come_from_the_table():
+    """Every artifact backend of `qsenn bench` names a format and precision of the table, every
+    format is benchmarked, and the PyTorch baseline comes first."""
+    assert list(BENCH_BACKENDS)[0] == BASELINE_BACKEND == "torch"
+    for backend in BENCH_BACKENDS.values():
+        assert backend.devices and set(backend.devices) <= {"CPU", "GPU"}
+        if backend.format is not None:
+            fmt = FORMATS[backend.format]
+            assert backend in fmt.bench and backend.precision in fmt.tolerances
+            assert set(backend.devices) <= set(fmt.devices)
+    assert all(f.bench for f in FORMATS.values())
+    assert {b.name for b in FORMATS["onnx"].bench} == {"onnx", "onnx-int8"}
+    assert BENCH_BACKENDS["onnx-int8"].devices == ("CPU",)

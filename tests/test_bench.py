@@ -1,0 +1,188 @@
+"""`qsenn bench` on a tiny model: statistics, agreement, result files, skipped GPU backends,
+the GPU script's dry run."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import cli
+from qsenn_export.bench import (BenchConfig, ReducedPrecisionQSENN, bench_source, random_source, run_bench, table,
+                                write_csv, write_json)
+from qsenn_export.formats import BENCH_BACKENDS, TORCH_BENCH_BACKENDS
+from qsenn_export.onnx_export import fold_source
+from qsenn_export.verify import top_feature_agreement
+from qsenn_train.errors import QsennError
+
+from export_models import save_checkpoint, ternary_model
+
+REPO = Path(__file__).resolve().parents[1]
+LATENCY_FIELDS = ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms")
+GPU_ONLY = [b.name for b in BENCH_BACKENDS.values() if b.devices == ("GPU",)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_checkpoint(ternary_model(), tmp_path_factory.mktemp("bench") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def result(checkpoint):
+    lines = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)   # the same answer on a GPU machine
+        config = BenchConfig(backends=tuple(BENCH_BACKENDS), batches=(2,), warmup=1, iters=3, threads=1, images=8,
+                             calib_count=8)
+        data = run_bench(bench_source(checkpoint, None, None, False), config, echo=lines.append)
+    return data, lines
+
+
+def test_every_backend_and_batch_has_all_statistics(result):
+    data, _ = result
+    assert [(r["backend"], r["batch"]) for r in data["results"]] == [("torch", 2), ("onnx", 2), ("onnx-int8", 2)]
+    for row in data["results"]:
+        assert all(row[f] > 0 for f in (*LATENCY_FIELDS, "images_per_s", "speedup", "paired_speedup"))
+        assert row["min_ms"] <= row["median_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["images_per_s"] == pytest.approx(2e3 / row["median_ms"])
+        assert row["peak_memory_mib"] > 10 and row["memory_kind"] == "process-rss"
+    assert next(r for r in data["results"] if r["backend"] == "torch")["speedup"] == 1.0
+
+
+def test_onnx_agrees_fully_with_torch_and_int8_within_its_tolerance(result):
+    agreement = result[0]["agreement"]
+    assert agreement["onnx"]["top1"] == 1.0 and agreement["onnx"]["top5_features"] == 1.0
+    assert agreement["onnx"]["logit_rel_err"] < 1e-4 and agreement["onnx"]["verdict"] == "OK"
+    assert agreement["onnx-int8"]["identity_rel_err"] < 1e-4 and agreement["onnx-int8"]["images"] == 8
+
+
+def test_onnx_profiles_show_the_integer_kernels(result):
+    profiles = result[0]["onnx_profiles"]
+    assert "QLinearConv" in profiles["onnx-int8"] and "Conv" not in profiles["onnx-int8"]
+    assert "Conv" in profiles["onnx"] and sum(p["share"] for p in profiles["onnx"].values()) == pytest.approx(1, 1e-2)
+
+
+def test_gpu_backends_are_skipped_on_a_cpu_with_a_clear_line(result):
+    data, lines = result
+    assert set(data["skipped"]) == set(GPU_ONLY)
+    for name in GPU_ONLY:
+        assert f"{name}: skipped, needs an NVIDIA GPU (CUDA is not available)" in lines
+    assert "torch-fp16: skipped, needs an NVIDIA GPU" in table(data)
+
+
+def test_results_carry_device_and_versions(result, tmp_path):
+    data, _ = result
+    json_path, csv_path = write_json(data, tmp_path), write_csv(data, tmp_path)
+    assert json_path.name.startswith("bench_resnet10-32-cub2011_") and "_torch" in json_path.name
+    assert "_onnxruntime" in json_path.name and csv_path.suffix == ".csv"
+    env = json.loads(json_path.read_text())["environment"]
+    for key in ("device", "cpu", "python", "torch", "onnxruntime", "numpy", "threads", "load_average"):
+        assert env[key] not in (None, "")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 3 and {"device", "cpu", "torch", "onnxruntime", "top1", "top5_features"} <= set(rows[0])
+    assert rows[1]["backend"] == "onnx" and float(rows[1]["top1"]) == 1.0
+    assert write_json(data, tmp_path / "named.json") == tmp_path / "named.json"
+
+
+def test_cli_bench_prints_the_table_and_writes_files(checkpoint, tmp_path):
+    result = CliRunner().invoke(cli.qsenn, [
+        "bench", str(checkpoint), "--backends", "torch,onnx", "--batch", "1", "--warmup", "1", "--iters", "2",
+        "--images", "4", "--threads", "1", "--no-memory", "--json", str(tmp_path), "--csv", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    assert "backend" in result.output and "100.0%" in result.output
+    assert len(list(tmp_path.glob("bench_*.json"))) == 1 and (tmp_path / "r.csv").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "tflite"], "unknown backend 'tflite'; choose from torch, "),
+    (["--batch", "0"], "--batch needs positive batch sizes"),
+])
+def test_cli_refuses_bad_options(checkpoint, args, message):
+    result = CliRunner().invoke(cli.qsenn, ["bench", str(checkpoint), *args])
+    assert result.exit_code != 0 and message in str(result.exception)
+
+
+@pytest.mark.parametrize("path, arch, size, random_weights, message", [
+    (Path("x"), "resnet50", 448, True, "either MODEL_OR_RUN or --random"),
+    (None, None, None, True, "--random needs --arch and --img-size"),
+    (None, None, None, False, "pass a run directory or checkpoint"),
+    (Path("x"), "resnet50", None, False, "--arch and --img-size go with --random"),
+])
+def test_source_arguments(path, arch, size, random_weights, message):
+    with pytest.raises(QsennError, match=message):
+        bench_source(path, arch, size, random_weights)
+
+
+def test_random_source_has_the_papers_head():
+    source = random_source("resnet10", 32)
+    ternary = source.head.ternary
+    assert ternary.shape == (200, 50) and (ternary != 0).sum(dim=1).eq(5).all()
+    assert source.info.name == "random" and source.img_size == 32
+
+
+def test_reduced_precision_module_is_the_folded_graph_with_fused_batch_norms(checkpoint):
+    """In fp32 on the CPU the torch-fp16 backend's module must equal the folded graph (BN fused)."""
+    from qsenn_export.metadata import load_source
+
+    folded = fold_source(load_source(checkpoint))
+    fused = ReducedPrecisionQSENN(folded, torch.float32)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(folded(images), fused(images)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_top_feature_agreement_compares_sets_of_the_reference_class():
+    ternary = np.array([[1, 1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0, 1]], dtype=np.int8)
+    reference = {"logits": np.array([[1.0, 0.0]]), "features": np.array([[6.0, 5, 4, 3, 2, 1, 9]])}
+    reordered = {"logits": np.array([[0.0, 1.0]]), "features": np.array([[2.0, 3, 4, 5, 6, 1, 9]])}
+    swapped = {"logits": np.array([[1.0, 0.0]]), "features": np.array([[6.0, 5, 4, 3, 0.5, 1, 9]])}
+    assert top_feature_agreement(reference, reordered, ternary) == 1.0   # same set, other order and class
+    assert top_feature_agreement(reference, swapped, ternary) == 0.0     # feature 5 replaces feature 4
+
+
+def test_bench_backends_cover_the_torch_table():
+    assert [b.name for b in TORCH_BENCH_BACKENDS] == ["torch", "torch-fp16", "torch-compile", "torch-cudagraphs"]
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu_bench.py end to end with the GPU machine's setup: no install (PYTHONPATH=.),
+    tiny sizes; the GPU-only eager backend runs on the CPU, the ONNX check runs."""
+    completed = subprocess.run([sys.executable, "benchmarks/gpu_bench.py", "--dry-run", "--iters", "1", "--threads",
+                                "1", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", "HOME": str(tmp_path)})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    (path,) = tmp_path.glob("gpu_bench-dry-run_resnet10-64-random_*.json")
+    data = json.loads(path.read_text())
+    assert data["dry_run"] and data["goals"]["outputs_ok"]
+    assert {r["backend"] for r in data["results"]} == {"torch", "torch-fp16"}
+    assert data["agreement"]["onnx"]["top1"] == 1.0
+
+
+def test_a_failing_backend_is_skipped_with_its_error_and_the_rest_is_measured(checkpoint, monkeypatch):
+    """A backend that breaks at its first call (a compiler or driver error on a GPU) costs only itself."""
+    import qsenn_export.bench as bench
+
+    def broken_int8(backend, artifacts, device, config, chunk):
+        runner = build_runner(backend, artifacts, device, config, chunk)
+        if backend.name == "onnx-int8":
+            runner.outputs = lambda images: (_ for _ in ()).throw(RuntimeError("kernel not found\nsecond line"))
+        return runner
+
+    build_runner = bench.build_runner
+    monkeypatch.setattr(bench, "build_runner", broken_int8)
+    lines = []
+    data = run_bench(bench_source(checkpoint, None, None, False),
+                     BenchConfig(backends=("torch", "onnx", "onnx-int8"), batches=(1,), warmup=1, iters=2, threads=1,
+                                 images=4, calib_count=4, memory=False), echo=lines.append)
+    assert data["skipped"]["onnx-int8"] == "failed: RuntimeError: kernel not found"
+    assert "onnx-int8: failed: RuntimeError: kernel not found" in lines
+    assert [r["backend"] for r in data["results"]] == ["torch", "onnx"] and "onnx-int8" not in data["agreement"]
