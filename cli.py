@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from qsenn_train.names import ARCHS, DATASETS, MODEL_TYPES
+from qsenn_train.names import ARCHS, AUGMENTATIONS, DATASETS, MODEL_TYPES
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("QSENN_DATA_ROOT", Path.home() / "tmp" / "Datasets"))
 
@@ -30,7 +30,8 @@ def qsenn() -> None:
               help="Dataset (default: the recipe's; the embedded synthetic dataset for the demo recipe).")
 @click.option("--recipe", default=None, metavar="NAME",
               help="Named configuration: paper (the specification's numbers), paper-imagenet, demo, "
-                   "tiny. Default: demo for synth, paper-imagenet for ImageNet, paper otherwise.")
+                   "tiny, fashion-mnist. Default: demo for synth, paper-imagenet for ImageNet, "
+                   "fashion-mnist for fashion-mnist, paper otherwise.")
 @click.option("--arch", type=click.Choice(ARCHS), default=None, help="Backbone (recipe default).")
 @click.option("--model-type", type=click.Choice(MODEL_TYPES), default=None,
               help="qsenn (4 quantised fine-tuning rounds) or sldd (one pruned fine-tuning).")
@@ -55,11 +56,18 @@ def qsenn() -> None:
 @click.option("--amp", is_flag=True, help="Mixed precision (fp16 autocast) on CUDA.")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format on CUDA.")
 @click.option("--workers", type=int, default=None, help="Data-loader worker processes (recipe default).")
+@click.option("--augment", type=click.Choice(AUGMENTATIONS), default=None,
+              help="Training augmentation after the resize/crop: paper (§3.2: flip, colour jitter, "
+                   "TrivialAugmentWide) or flip (the flip only; for small images). Recipe default.")
+@click.option("--limit-train", type=int, default=None, metavar="N",
+              help="Smoke run: only N training images, evenly spaced (own run directory, *_trainN).")
+@click.option("--limit-test", type=int, default=None, metavar="N",
+              help="Smoke run: only N test images, evenly spaced (own run directory, *_testN).")
 @click.option("--resume", is_flag=True, help="Continue a run: finished stages are reused, a killed stage restarts from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Delete the run directory first.")
 def train(dataset, recipe, arch, model_type, seed, do_dense, crop_gt, n_features, n_per_class, img_size,
           reduced_strides, pretrained, reference_compat, data_root, out, device, amp, channels_last,
-          workers, resume, overwrite) -> None:
+          workers, augment, limit_train, limit_test, resume, overwrite) -> None:
     """Train a Q-SENN (or SLDD) model: dense training with the Feature Diversity Loss, then
     the sparsification stages. Every stage result is saved atomically in the run directory."""
     from qsenn_train.pipeline import RunOptions, train as run_training
@@ -68,10 +76,24 @@ def train(dataset, recipe, arch, model_type, seed, do_dense, crop_gt, n_features
     resolved = resolve_recipe(recipe, dataset, arch=arch, model_type=model_type, do_dense=do_dense,
                               crop_gt=crop_gt, n_features=n_features, n_per_class=n_per_class,
                               img_size=img_size, reduced_strides=reduced_strides, pretrained=pretrained,
-                              reference_compat=reference_compat, workers=workers)
+                              reference_compat=reference_compat, workers=workers, augment=augment,
+                              limit_train=limit_train, limit_test=limit_test)
     opts = RunOptions(seed=seed, data_root=data_root, out=out, device=device, amp=amp,
                       channels_last=channels_last, resume=resume, overwrite=overwrite)
     run_training(resolved, opts, echo=click.echo)
+
+
+@qsenn.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Folder holding the run's dataset (default: the one it was trained with).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def evaluate(run_dir, data_root, device) -> None:
+    """Recompute the metrics (Accuracy, NFfeatures, PerClass, diversity@5, Dependence,
+    Alignment) of a run's dense and final models and rewrite its metrics_*.json."""
+    from qsenn_train.pipeline import evaluate_run
+
+    evaluate_run(run_dir, data_root, device=device, echo=click.echo)
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -117,9 +139,14 @@ _FORMATS_HELP = ("\b\nFormats: name, artifact, suffix, runs on, precisions (veri
               help=export_formats.option_help("batch", "ONNX: static batch size (default: dynamic). TensorRT: "
                                               f"largest batch of the engine (default {export_formats.DEFAULT_TRT_BATCH})."))
 @click.option("--half", is_flag=True, help=export_formats.option_help("half", "FP16 engine."))
-@click.option("--int8", is_flag=True, help=export_formats.option_help("int8", "INT8 engine, calibrated on --calib."))
+@click.option("--int8", is_flag=True,
+              help=export_formats.option_help("int8", "INT8, calibrated on --calib: a TensorRT engine, or ONNX "
+                                                      "with an INT8 backbone and the exact float head "
+                                                      "(RUN/model.int8.onnx)."))
 @click.option("--calib", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help=export_formats.option_help("calib", "Calibration images for --int8."))
+              help=export_formats.option_help("calib", "Calibration images for --int8 (a few hundred training "
+                                                       "images; at most "
+                                                       f"{export_formats.CALIBRATION_LIMIT}, spread over the folder)."))
 @click.option("--workspace", type=float, default=None, metavar="GIB",
               help=export_formats.option_help("workspace", f"Builder workspace (default {export_formats.DEFAULT_WORKSPACE_GIB:g} GiB)."))
 @click.option("--verify/--no-verify", default=True, show_default=True,
@@ -129,8 +156,11 @@ _FORMATS_HELP = ("\b\nFormats: name, artifact, suffix, runs on, precisions (veri
               help="Number of test images to verify on (the first ones of the checkpoint's dataset).")
 @click.option("--verify-images", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Verify on these image files instead of the dataset's test images.")
+@click.option("--feature-names", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="JSON file of feature names for the metadata: a list of F names or {index: name} "
+                   "(`qsenn validate-run` writes RUN/feature_names.json). Default: feature 0..F-1.")
 def export_command(source, fmt, out, batch, half, int8, calib, workspace, verify, verify_count,
-                   verify_images) -> None:
+                   verify_images, feature_names) -> None:
     """Export a trained Q-SENN model: SOURCE is a run directory (RUN/final.pt), a folder of runs
     (the newest finished one) or a checkpoint file. The graph normalises its input, computes only
     the selected channels and holds the ternary matrix T as int8; the qsenn metadata travels with it."""
@@ -138,9 +168,30 @@ def export_command(source, fmt, out, batch, half, int8, calib, workspace, verify
 
     options = export_formats.make_options(fmt, out=out, batch=batch, half=half, int8=int8, calib=calib,
                                           workspace=workspace, verify=verify, verify_count=verify_count,
-                                          verify_images=verify_images)
+                                          verify_images=verify_images, feature_names=feature_names)
     export_formats.validate(options)   # before torch loads: a refused option answers at once
     export(source, options, echo=click.echo)
+
+
+@qsenn.command("validate-run")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Where the result JSON goes (default: RUN; `make validate` uses benchmarks/results).")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Contact sheet PNG of the top features (default: RUN/features.png; needs qsenn[plot]).")
+@click.option("--sheet-features", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Features on the contact sheet (the most used ones).")
+@click.option("--top-images", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Test images per feature (those that activate it most).")
+def validate_run_command(run_dir, results_dir, sheet, sheet_features, top_images) -> None:
+    """Check a trained run on its whole test set: dense, Q-SENN and SLDD metrics and stage times,
+    feature names from the global explanation (RUN/feature_names.json), the Q-SENN model exported
+    to ONNX with them, qsenn_runtime over every test image against PyTorch (argmax agreement,
+    identity residual), and a contact sheet of the top features; writes one JSON result."""
+    from qsenn_export.validation import validate_run
+
+    validate_run(run_dir, results_dir=results_dir, sheet=sheet, sheet_features=sheet_features,
+                 top_images=top_images, echo=click.echo)
 
 
 @qsenn.command("import-reference")
@@ -167,6 +218,71 @@ def import_reference_command(checkpoint, dataset, class_names, img_size, crop_gt
     state = record["state_dict"]
     click.echo(f"imported {checkpoint} ({record['arch']}, {record['num_classes']} classes, "
                f"{len(state['linear.selection'])} features) to {out}; export it with `qsenn export {out}`")
+
+
+# ---- bench (qsenn_export.bench) ----------------------------------------------------------------
+_BENCH_HELP = ("\b\nBackends (the first is the baseline of every ratio):\n"
+               + "\n".join(f"{b.name:<17} {'+'.join(b.devices):<8} {b.title}"
+                           for b in export_formats.BENCH_BACKENDS.values()))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(size) for size in _names(text))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give comma-separated batch sizes, e.g. 1,8,32") from None
+
+
+@qsenn.command("bench", epilog=_BENCH_HELP)
+@click.argument("source", metavar="[MODEL_OR_RUN]", required=False, type=click.Path(path_type=Path))
+@click.option("--arch", type=click.Choice(ARCHS), default=None, help="With --random: the backbone.")
+@click.option("--img-size", type=int, default=None, help="With --random: the input size in pixels.")
+@click.option("--random", "random_weights", is_flag=True,
+              help="Random weights and a random ternary head of the paper's size (200 classes, 50 features), "
+                   "exported on the fly: speed of an architecture no trained model exists for.")
+@click.option("--backends", default=",".join(export_formats.BENCH_BACKENDS), show_default=True,
+              help="Comma-separated backends to time; those this machine cannot run are skipped with the reason.")
+@click.option("--check", default="", metavar="BACKENDS",
+              help="Comma-separated backends only compared with the baseline (outputs), not timed.")
+@click.option("--batch", "batches", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per backend and batch.")
+@click.option("--iters", type=int, default=20, show_default=True, help="Timed calls per backend and batch.")
+@click.option("--threads", type=int, default=None, help="CPU threads of torch and onnxruntime (default: all usable CPUs).")
+@click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda or cuda:N.")
+@click.option("--provider", default=None, help="onnxruntime execution provider of the onnx backend (default: the best available).")
+@click.option("--images", type=int, default=64, show_default=True,
+              help="Images for the agreement with the baseline (the first test images; random ones for --random).")
+@click.option("--calib", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="INT8 calibration images (default: training images of the model's dataset).")
+@click.option("--calib-count", type=int, default=128, show_default=True, help="INT8 calibration images used.")
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="Measure peak memory (CPU: a fresh process per backend and batch).")
+@click.option("--artifacts", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Keep the exported models in DIR (default: a temporary folder).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write the results as JSON (a folder: a file named by model, device and versions).")
+@click.option("--csv", "csv_out", type=click.Path(path_type=Path), default=None,
+              help="Write one CSV row per backend and batch (a folder: named like --json).")
+def bench_command(source, arch, img_size, random_weights, backends, check, batches, warmup, iters, threads,
+                  device, provider, images, calib, calib_count, memory, artifacts, json_out, csv_out) -> None:
+    """Latency (min/median/p90/p99), images per second, peak memory, and top-1 and top-5-feature
+    agreement with the PyTorch fp32 baseline, per backend and batch size; the backends' timed calls
+    are interleaved so that ratios survive a noisy machine."""
+    from qsenn_export.bench import BenchConfig, bench_source, run_bench, table, write_csv, write_json
+
+    config = BenchConfig(backends=_names(backends), check_only=_names(check), batches=_sizes(batches),
+                         warmup=warmup, iters=iters, threads=threads, device=device, provider=provider,
+                         images=images, calib=calib, calib_count=calib_count, memory=memory, artifacts=artifacts)
+    config.validate()
+    result = run_bench(bench_source(source, arch, img_size, random_weights), config, echo=click.echo)
+    click.echo(table(result))
+    for out, write in ((json_out, write_json), (csv_out, write_csv)):
+        if out is not None:
+            click.echo(f"wrote {write(result, out)}")
 
 
 # ---- runtime (qsenn_runtime; never imports torch) -----------------------------------------
