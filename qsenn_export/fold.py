@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from torch import Tensor, nn
 from torchvision.models import resnet
 
+from qsenn_runtime.metadata import METADATA_KEY, ModelMetadata
 from qsenn_train.errors import QsennError
 from qsenn_train.model import STD_CLAMP, QResNet
 from qsenn_train.quantize import TernaryHead
@@ -236,4 +237,15 @@ def ternary_as_float(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.initializer.append(numpy_helper.from_array(
         numpy_helper.to_array(int8).astype(np.float32), cast.output[0]))
     graph.node.remove(cast)
+    return model
+
+
+def attach_metadata(model: onnx.ModelProto, metadata: ModelMetadata, what: str) -> onnx.ModelProto:
+    """Store the qsenn metadata in the model's properties and run the full ONNX checker; `what`
+    names the graph in the error ("the exported graph", "the INT8 graph")."""
+    helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise QsennError(f"internal error: {what} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
     return model

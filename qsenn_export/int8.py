@@ -26,10 +26,10 @@ import onnx
 import onnxruntime
 import onnxruntime.quantization
 
-from qsenn_runtime.metadata import INPUT_NAME, METADATA_KEY, ModelMetadata
+from qsenn_runtime.metadata import INPUT_NAME, ModelMetadata
 from qsenn_train.errors import QsennError
 
-from .fold import store_ternary_as_int8
+from .fold import attach_metadata, store_ternary_as_int8
 
 CALIBRATION_BATCH = 8
 QUANTISED_OP_PREFIXES = ("QLinear", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger",
@@ -135,10 +135,4 @@ def quantize_backbone(model: onnx.ModelProto, calibration: np.ndarray, metadata:
         **asdict(settings), "weights": "QInt8 per-channel symmetric",
         "calibration_images": int(len(calibration)), "calibration_source": calibration_source,
         "float_nodes": "head: pooling, c = a·(f − μ)/σ, logits = T·c + b (T: INT8 initializer + Cast)"})
-    onnx.helper.set_model_props(quantised, {METADATA_KEY: metadata.to_json()})
-    try:
-        onnx.checker.check_model(quantised, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise QsennError(f"internal error: the INT8 graph fails the ONNX checker: "
-                         f"{str(exc).splitlines()[0]}") from None
-    return quantised
+    return attach_metadata(quantised, metadata, "the INT8 graph")

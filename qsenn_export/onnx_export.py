@@ -14,11 +14,11 @@ from typing import Callable
 import onnx
 import torch
 
-from qsenn_runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ModelMetadata
+from qsenn_runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 from qsenn_train.errors import QsennError
 from qsenn_train.rundir import atomic_write
 
-from .fold import FoldedQSENN, count_macs, store_ternary_as_int8
+from .fold import FoldedQSENN, attach_metadata, count_macs, store_ternary_as_int8
 from .formats import CALIBRATION_LIMIT, ExportOptions, validate
 from .int8 import Int8Settings, quantize_backbone
 from .metadata import ExportSource, build_metadata, load_source
@@ -67,13 +67,7 @@ def to_onnx(folded: FoldedQSENN, metadata: ModelMetadata, batch: int | None) -> 
         warnings.simplefilter("ignore")
         model = _export_graph(folded, example, dynamic_batch=batch is None)
     store_ternary_as_int8(model, metadata.ternary)
-    onnx.helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise QsennError(f"internal error: the exported graph fails the ONNX checker: "
-                         f"{str(exc).splitlines()[0]}") from None
-    return model
+    return attach_metadata(model, metadata, "the exported graph")
 
 
 def default_output(source: ExportSource, suffix: str) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cli
+from cli_runner import run_cli
 from qsenn_runtime.metadata import Feature
 from qsenn_runtime.report import FORMATS, render
 from toy_onnx import save_toy_model, toy_metadata
@@ -28,20 +28,6 @@ def files(tmp_path_factory):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     return folder
 
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """cli.main() as the `qsenn` script runs it: (exit code, stdout, stderr)."""
-    argv = sys.argv
-    sys.argv = ["qsenn", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_predict_table_and_json(files, capsys):

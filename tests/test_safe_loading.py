@@ -6,14 +6,13 @@ from __future__ import annotations
 import ast
 import json
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import cli
+from cli_runner import run_cli
 from qsenn_train.errors import QsennError
 from qsenn_train.recipes import resolve_recipe
 
@@ -105,19 +104,6 @@ def evil(tmp_path):
     marker.unlink()
     return path, marker
 
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """cli.main() as the `qsenn` script runs it: (exit code, stdout, stderr)."""
-    argv, sys.argv = sys.argv, ["qsenn", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_refused(code: int, err: str, marker: Path, match: str) -> None:
