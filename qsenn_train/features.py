@@ -21,7 +21,7 @@ from .progress import progress
 from .rundir import RunDir, temporary_name
 from .training import Device, make_loader
 
-CHUNK_ROWS = 65536   # rows copied at a time when writing the split files
+CHUNK_BYTES = 16 * 2**20   # copied at a time when writing the split files (bounds the gather's copy)
 
 
 @dataclass
@@ -130,8 +130,9 @@ def write_rows(run: RunDir, source: np.ndarray, positions: np.ndarray, name: str
     """Gather rows of a (memory-mapped) array into a new .npy, a chunk at a time."""
     cols = source.shape[1] if source.ndim == 2 else 0
     out, tmp = _new_array(run, name, len(positions), cols, source.dtype)
-    for start in range(0, len(positions), CHUNK_ROWS):
-        chunk = positions[start:start + CHUNK_ROWS]
+    rows = max(1, CHUNK_BYTES // (source.dtype.itemsize * max(cols, 1)))
+    for start in range(0, len(positions), rows):
+        chunk = positions[start:start + rows]
         order = np.argsort(chunk)          # sorted reads are sequential on disk
         out[start + order] = source[chunk[order]]
     _commit(run, name, out, tmp)
