@@ -196,16 +196,11 @@ TINY = DEMO.replace(
 # * "flip", lr 0.02: test top-1 after 3 epochs on 12 000 of the images (lr ×0.4 per epoch):
 #   lr 0.05: flip 87.8 %, §3.2's augmentation 85.6 %, 4-px padded crop + flip 82.7 %;
 #   lr 0.02: flip 88.8 %, §3.2's 87.8 %; lr 0.01: flip about as 0.02; lr 0.1 barely learns.
-# * Measured on 2 cores of an AMD EPYC (load ≈ 1.2 from other jobs): training 5.6 ms per image
-#   (5.6 min per epoch of 60 000; 1 thread: 9.6 ms), a forward pass over the 70 000 images
-#   1.9 min; one glm-saga path 1.5–2.7 min (25 λ ≤ 20 epochs each: the paper's 100 λ × ≤ 2000
-#   cost 15 min per path for the same solution within 0.1 point); a selection ~1.5 min.
-#   dense 6 epochs + 4 tests             34.7 min
-#   fine-tuning 1+1+1+2 (Q-SENN) + 2 (SLDD) epochs + 5 tests   40.6 min
-#   5 extractions + 3 metrics passes (train and test)          15.5 min
-#   2 selections + 5 paths                                     11.6–16.5 min
-#   export, PyTorch and runtime over the test set, sheet        1.5 min
-#   total                                                     104–109 min
+# * Measured by `make validate` on 2 cores of an AMD EPYC (docs/validation.md): 4.2 min per
+#   training epoch, ~1.9 min per feature extraction and per glm-saga path (25 λ ≤ 20 epochs
+#   each: the paper's 100 λ × ≤ 2000 cost ~15 min per path for the same solution within 0.1
+#   point), under a minute per selection; dense 41.7 min (its first epoch slowed by other
+#   work), SLDD 17.8, Q-SENN 46.2, validation 0.6: 108 min in all, ~97 min on a quiet machine.
 FASHION_MNIST = DEMO.replace(
     name="fashion-mnist", dataset="fashion-mnist", arch="resnet18s", img_size=28, augment="flip",
     dense=dataclasses.replace(_PAPER_DENSE, lr=0.02, head_lr=0.02, epochs=6, step_size=2,
