@@ -27,7 +27,7 @@ from qsenn_train.data.base import ArrayImageDataset, DatasetInfo
 from qsenn_train.data.layouts import load_splits
 from qsenn_train.data.transforms import build_transform
 from qsenn_train.errors import QsennError
-from qsenn_train.model import STD_CLAMP
+from qsenn_train.model import QResNet
 from qsenn_train.pipeline import METRIC_KEYS
 from qsenn_train.recipes import Recipe
 from qsenn_train.rundir import CONFIG, FINAL_LINK, write_json_atomic
@@ -123,19 +123,16 @@ def runtime_input(dataset, index: int):
 
 
 @torch.no_grad()
-def torch_pass(checkpoint: Path, test, info: DatasetInfo, img_size: int) -> dict[str, np.ndarray]:
+def torch_pass(model: QResNet, magnitude: float, test, info: DatasetInfo, img_size: int) -> dict[str, np.ndarray]:
     """Logits and features c = a·(f − μ)/max(σ, 1e-6) of the trained model, training test transform."""
-    model, _ = load_checkpoint(checkpoint)
     model.eval()
-    magnitude = ternary_head(model, str(checkpoint)).magnitude
-    head = model.linear
     loader = make_loader(test.with_transform(build_transform(info, img_size, train=False)), BATCH,
                          shuffle=False, workers=0)
     logits, features, labels = [], [], []
     for images, y in loader:
         out = model(images)
         logits.append(out.logits)
-        features.append(magnitude * (out.pooled - head.mean) / torch.clamp(head.std, min=STD_CLAMP))
+        features.append(magnitude * model.linear.standardise(out.pooled))
         labels.append(y)
     return {"logits": torch.cat(logits).numpy(), "features": torch.cat(features).numpy(),
             "labels": torch.cat(labels).numpy()}
@@ -263,7 +260,8 @@ def validate_run(run_dir: Path, *, results_dir: Path | None = None, sheet: Path 
     times: dict[str, float] = {}
 
     model, _ = load_checkpoint(checkpoint)
-    names = feature_names(ternary_head(model, str(checkpoint)).ternary.numpy(), files.info.class_names)
+    head = ternary_head(model, str(checkpoint))
+    names = feature_names(head.ternary.numpy(), files.info.class_names)
     names_file = files.path / FEATURE_NAMES_FILE
     write_json_atomic(names_file, names)
     onnx_path = _timed(times, "export", lambda: export(files.path, make_options(
@@ -271,7 +269,7 @@ def validate_run(run_dir: Path, *, results_dir: Path | None = None, sheet: Path 
 
     test = test_split(files)
     reference = _timed(times, f"pytorch ({len(test)} test images)",
-                       lambda: torch_pass(checkpoint, test, files.info, files.recipe.img_size))
+                       lambda: torch_pass(model, head.magnitude, test, files.info, files.recipe.img_size))
     runtime = qsenn_runtime.load(onnx_path, "cpu", batch_size=BATCH)
     exported = _timed(times, f"runtime ({len(test)} test images)", lambda: runtime_pass(runtime, test))
     checked = agreement(reference, exported, runtime.metadata)
@@ -287,7 +285,7 @@ def validate_run(run_dir: Path, *, results_dir: Path | None = None, sheet: Path 
         f"and the test images that activate them most"))
     echo(f"wrote {sheet} and {names_file}")
 
-    result = _result(files, checked, summaries, times, onnx_path, sheet)
+    result = _result(files, model, checked, summaries, times, onnx_path, sheet)
     out = Path(results_dir or files.path) / (result_name(f"{files.info.name}-validation",
                                                          f"{files.recipe.arch}-{files.recipe.img_size}"
                                                          + files.recipe.subset_tag, result["environment"])
@@ -298,9 +296,8 @@ def validate_run(run_dir: Path, *, results_dir: Path | None = None, sheet: Path 
     return result
 
 
-def head_weights(checkpoint: Path) -> dict:
+def head_weights(model: QResNet) -> dict:
     """The sparse head's non-zero weights: how many, and whether they all are ±a."""
-    model, _ = load_checkpoint(checkpoint)
     weight = model.head_weight.detach().double()
     magnitudes = weight.abs()[weight != 0]
     low, high = float(magnitudes.min()), float(magnitudes.max())
@@ -308,14 +305,14 @@ def head_weights(checkpoint: Path) -> dict:
             "plus_minus_a": high - low <= MAGNITUDE_RTOL * high}
 
 
-def _result(files: RunFiles, checked: dict, summaries: list[FeatureSummary], times: dict,
-            onnx_path: Path, sheet: Path) -> dict:
+def _result(files: RunFiles, qsenn_model: QResNet, checked: dict, summaries: list[FeatureSummary],
+            times: dict, onnx_path: Path, sheet: Path) -> dict:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     models = {label: {k: metrics[k] for k in METRIC_KEYS if k in metrics} for label, metrics in files.metrics.items()}
-    checkpoints = {"qsenn": files.path / FINAL_LINK,
-                   "sldd": files.path / files.metrics.get("sldd", {}).get("model", "") / "model.pt"}
-    heads = {label: head_weights(checkpoints[label]) for label in ("qsenn", "sldd")
-             if label in models and checkpoints[label].is_file()}
+    heads = {"qsenn": head_weights(qsenn_model)}
+    sldd_checkpoint = files.path / files.metrics.get("sldd", {}).get("model", "") / "model.pt"
+    if "sldd" in models and sldd_checkpoint.is_file():
+        heads["sldd"] = head_weights(load_checkpoint(sldd_checkpoint)[0])
     dense = models["dense"]["Accuracy"]
     goals = {label: {"within_1.5_points_of_dense": 100 * (dense - models[label]["Accuracy"]) <= ACCURACY_GAP_POINTS,
                      f"at_most_{files.recipe.n_per_class}_weights_per_class":

@@ -24,7 +24,7 @@ from qsenn_train.data.base import DatasetInfo, open_rgb
 from qsenn_train.data.layouts import image_files, load_splits
 from qsenn_train.data.transforms import build_transform
 from qsenn_train.errors import QsennError
-from qsenn_train.model import STD_CLAMP, QResNet
+from qsenn_train.model import QResNet
 
 from .fold import TERNARY_INITIALIZER, input_normalisation
 from .formats import TOP_FEATURES, Tolerance
@@ -102,9 +102,7 @@ class SourceForward(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model((images - self.input_mean) / self.input_std)
-        head = self.model.linear
-        features = self.magnitude * (out.pooled - head.mean) / torch.clamp(head.std, min=STD_CLAMP)
-        return out.logits, features, out.feature_maps
+        return out.logits, self.magnitude * self.model.linear.standardise(out.pooled), out.feature_maps
 
 
 def torch_outputs(model: QResNet, magnitude: float, info: DatasetInfo, images: torch.Tensor) -> Outputs:

@@ -55,8 +55,12 @@ class SparseHead(nn.Module):
             self.layer.bias.copy_(bias)
         self.layer.requires_grad_(False)
 
+    def standardise(self, pooled: Tensor) -> Tensor:
+        """(f − μ)/max(σ, 1e-6): what the ternary layer reads (times a: the features c)."""
+        return (pooled - self.mean) / torch.clamp(self.std, min=STD_CLAMP)
+
     def forward(self, pooled: Tensor) -> Tensor:
-        return self.layer((pooled - self.mean) / torch.clamp(self.std, min=STD_CLAMP))
+        return self.layer(self.standardise(pooled))
 
 
 class QResNet(nn.Module):
