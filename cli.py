@@ -1,5 +1,6 @@
 """The `qsenn` command. Each subcommand imports its package lazily, so that commands of the
 runtime never import torch and `qsenn --help` answers at once."""
+
 from __future__ import annotations
 
 import os
@@ -25,68 +26,173 @@ def qsenn() -> None:
 
 # ---- train ------------------------------------------------------------------------------
 
+
 @qsenn.command()
-@click.option("--dataset", type=click.Choice(DATASETS), default=None,
-              help="Dataset (default: the recipe's; the embedded synthetic dataset for the demo recipe).")
-@click.option("--recipe", default=None, metavar="NAME",
-              help="Named configuration: paper (the specification's numbers), paper-imagenet, demo, "
-                   "tiny, fashion-mnist. Default: demo for synth, paper-imagenet for ImageNet, "
-                   "fashion-mnist for fashion-mnist, paper otherwise.")
+@click.option(
+    "--dataset",
+    type=click.Choice(DATASETS),
+    default=None,
+    help="Dataset (default: the recipe's; the embedded synthetic dataset for the demo recipe).",
+)
+@click.option(
+    "--recipe",
+    default=None,
+    metavar="NAME",
+    help="Named configuration: paper (the specification's numbers), paper-imagenet, demo, "
+    "tiny, fashion-mnist. Default: demo for synth, paper-imagenet for ImageNet, "
+    "fashion-mnist for fashion-mnist, paper otherwise.",
+)
 @click.option("--arch", type=click.Choice(ARCHS), default=None, help="Backbone (recipe default).")
-@click.option("--model-type", type=click.Choice(MODEL_TYPES), default=None,
-              help="qsenn (4 quantised fine-tuning rounds) or sldd (one pruned fine-tuning).")
-@click.option("--seed", type=int, default=None, help="Run seed; random in [0, 10^6) if omitted. Names the run directory.")
-@click.option("--dense/--no-dense", "do_dense", default=None,
-              help="Train the dense model (off: use the initial/pretrained network as the dense model).")
+@click.option(
+    "--model-type",
+    type=click.Choice(MODEL_TYPES),
+    default=None,
+    help="qsenn (4 quantised fine-tuning rounds) or sldd (one pruned fine-tuning).",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Run seed; random in [0, 10^6) if omitted. Names the run directory."
+)
+@click.option(
+    "--dense/--no-dense",
+    "do_dense",
+    default=None,
+    help="Train the dense model (off: use the initial/pretrained network as the dense model).",
+)
 @click.option("--crop-gt/--no-crop-gt", default=None, help="Use the ground-truth-cropped CUB/TravelingBirds images.")
 @click.option("--n-features", type=int, default=None, help="Number of selected features F (paper: 50).")
 @click.option("--n-per-class", type=int, default=None, help="Average features per class r (paper: 5).")
 @click.option("--img-size", type=int, default=None, help="Input size in pixels (paper: 448).")
-@click.option("--reduced-strides/--no-reduced-strides", default=None,
-              help="Stride 1 in the first blocks of layer3 and layer4 (feature maps 4× larger per side).")
-@click.option("--pretrained/--no-pretrained", default=None,
-              help="Start from torchvision's ImageNet weights (must be in the torch hub cache; nothing is downloaded).")
-@click.option("--reference-compat/--no-reference-compat", default=None,
-              help="Reproduce the original code's quirks (spec §13) instead of the fixes.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=DEFAULT_DATA_ROOT, show_default=True,
-              help="Folder holding the datasets (or the dataset folder itself); env QSENN_DATA_ROOT.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
-              help="Runs go to OUT/<arch>/<dataset>/<seed>/.")
+@click.option(
+    "--reduced-strides/--no-reduced-strides",
+    default=None,
+    help="Stride 1 in the first blocks of layer3 and layer4 (feature maps 4× larger per side).",
+)
+@click.option(
+    "--pretrained/--no-pretrained",
+    default=None,
+    help="Start from torchvision's ImageNet weights (must be in the torch hub cache; nothing is downloaded).",
+)
+@click.option(
+    "--reference-compat/--no-reference-compat",
+    default=None,
+    help="Reproduce the original code's quirks (spec §13) instead of the fixes.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA_ROOT,
+    show_default=True,
+    help="Folder holding the datasets (or the dataset folder itself); env QSENN_DATA_ROOT.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Runs go to OUT/<arch>/<dataset>/<seed>/.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", is_flag=True, help="Mixed precision (fp16 autocast) on CUDA.")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format on CUDA.")
 @click.option("--workers", type=int, default=None, help="Data-loader worker processes (recipe default).")
-@click.option("--augment", type=click.Choice(AUGMENTATIONS), default=None,
-              help="Training augmentation after the resize/crop: paper (§3.2: flip, colour jitter, "
-                   "TrivialAugmentWide) or flip (the flip only; for small images). Recipe default.")
-@click.option("--limit-train", type=int, default=None, metavar="N",
-              help="Smoke run: only N training images, evenly spaced (own run directory, *_trainN).")
-@click.option("--limit-test", type=int, default=None, metavar="N",
-              help="Smoke run: only N test images, evenly spaced (own run directory, *_testN).")
-@click.option("--resume", is_flag=True, help="Continue a run: finished stages are reused, a killed stage restarts from its last checkpoint.")
+@click.option(
+    "--augment",
+    type=click.Choice(AUGMENTATIONS),
+    default=None,
+    help="Training augmentation after the resize/crop: paper (§3.2: flip, colour jitter, "
+    "TrivialAugmentWide) or flip (the flip only; for small images). Recipe default.",
+)
+@click.option(
+    "--limit-train",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Smoke run: only N training images, evenly spaced (own run directory, *_trainN).",
+)
+@click.option(
+    "--limit-test",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Smoke run: only N test images, evenly spaced (own run directory, *_testN).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run: finished stages are reused, a killed stage restarts from its last checkpoint.",
+)
 @click.option("--overwrite", is_flag=True, help="Delete the run directory first.")
-def train(dataset, recipe, arch, model_type, seed, do_dense, crop_gt, n_features, n_per_class, img_size,
-          reduced_strides, pretrained, reference_compat, data_root, out, device, amp, channels_last,
-          workers, augment, limit_train, limit_test, resume, overwrite) -> None:
+def train(
+    dataset,
+    recipe,
+    arch,
+    model_type,
+    seed,
+    do_dense,
+    crop_gt,
+    n_features,
+    n_per_class,
+    img_size,
+    reduced_strides,
+    pretrained,
+    reference_compat,
+    data_root,
+    out,
+    device,
+    amp,
+    channels_last,
+    workers,
+    augment,
+    limit_train,
+    limit_test,
+    resume,
+    overwrite,
+) -> None:
     """Train a Q-SENN (or SLDD) model: dense training with the Feature Diversity Loss, then
     the sparsification stages. Every stage result is saved atomically in the run directory."""
-    from qsenn_train.pipeline import RunOptions, train as run_training
+    from qsenn_train.pipeline import RunOptions
+    from qsenn_train.pipeline import train as run_training
     from qsenn_train.recipes import resolve_recipe
 
-    resolved = resolve_recipe(recipe, dataset, arch=arch, model_type=model_type, do_dense=do_dense,
-                              crop_gt=crop_gt, n_features=n_features, n_per_class=n_per_class,
-                              img_size=img_size, reduced_strides=reduced_strides, pretrained=pretrained,
-                              reference_compat=reference_compat, workers=workers, augment=augment,
-                              limit_train=limit_train, limit_test=limit_test)
-    opts = RunOptions(seed=seed, data_root=data_root, out=out, device=device, amp=amp,
-                      channels_last=channels_last, resume=resume, overwrite=overwrite)
+    resolved = resolve_recipe(
+        recipe,
+        dataset,
+        arch=arch,
+        model_type=model_type,
+        do_dense=do_dense,
+        crop_gt=crop_gt,
+        n_features=n_features,
+        n_per_class=n_per_class,
+        img_size=img_size,
+        reduced_strides=reduced_strides,
+        pretrained=pretrained,
+        reference_compat=reference_compat,
+        workers=workers,
+        augment=augment,
+        limit_train=limit_train,
+        limit_test=limit_test,
+    )
+    opts = RunOptions(
+        seed=seed,
+        data_root=data_root,
+        out=out,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        resume=resume,
+        overwrite=overwrite,
+    )
     run_training(resolved, opts, echo=click.echo)
 
 
 @qsenn.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--data-root", type=click.Path(path_type=Path), default=None,
-              help="Folder holding the run's dataset (default: the one it was trained with).")
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder holding the run's dataset (default: the one it was trained with).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def evaluate(run_dir, data_root, device) -> None:
     """Recompute the metrics (Accuracy, NFfeatures, PerClass, diversity@5, Dependence,
@@ -97,6 +203,7 @@ def evaluate(run_dir, data_root, device) -> None:
 
 
 # ---- data -------------------------------------------------------------------------------
+
 
 @qsenn.group()
 def data() -> None:
@@ -114,8 +221,13 @@ def data_synth(out, n_classes, train_per_class, test_per_class, image_size, seed
     """Write the embedded synthetic dataset (CUB-200-2011 layout) to OUT/CUB_200_2011."""
     from qsenn_train.data.synth import SynthSpec, generate
 
-    spec = SynthSpec(n_classes=n_classes, train_per_class=train_per_class,
-                     test_per_class=test_per_class, image_size=image_size, seed=seed)
+    spec = SynthSpec(
+        n_classes=n_classes,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        image_size=image_size,
+        seed=seed,
+    )
     folder = generate(spec, out)
     click.echo(f"wrote {n_classes * (train_per_class + test_per_class)} images to {folder}")
 
@@ -124,65 +236,153 @@ def data_synth(out, n_classes, train_per_class, test_per_class, image_size, seed
 # The format table is torch-free; it drives the option checks and the help below.
 from qsenn_export import formats as export_formats  # noqa: E402
 
-_FORMATS_HELP = ("\b\nFormats: name, artifact, suffix, runs on, precisions (verification tolerance: "
-                 "relative max|Δ|), options, install\n"
-                 + export_formats.help_table())
+_FORMATS_HELP = (
+    "\b\nFormats: name, artifact, suffix, runs on, precisions (verification tolerance: "
+    "relative max|Δ|), options, install\n" + export_formats.help_table()
+)
 
 
 @qsenn.command("export", epilog=_FORMATS_HELP)
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(list(export_formats.FORMATS)), default="onnx",
-              show_default=True, help="Artifact to write (table below).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output file (default: RUN/model.<suffix>, or the checkpoint's name with the suffix).")
-@click.option("--batch", type=int, default=None,
-              help=export_formats.option_help("batch", "ONNX: static batch size (default: dynamic). TensorRT: "
-                                              f"largest batch of the engine (default {export_formats.DEFAULT_TRT_BATCH})."))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(export_formats.FORMATS)),
+    default="onnx",
+    show_default=True,
+    help="Artifact to write (table below).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output file (default: RUN/model.<suffix>, or the checkpoint's name with the suffix).",
+)
+@click.option(
+    "--batch",
+    type=int,
+    default=None,
+    help=export_formats.option_help(
+        "batch",
+        "ONNX: static batch size (default: dynamic). TensorRT: "
+        f"largest batch of the engine (default {export_formats.DEFAULT_TRT_BATCH}).",
+    ),
+)
 @click.option("--half", is_flag=True, help=export_formats.option_help("half", "FP16 engine."))
-@click.option("--int8", is_flag=True,
-              help=export_formats.option_help("int8", "INT8, calibrated on --calib: a TensorRT engine, or ONNX "
-                                                      "with an INT8 backbone and the exact float head "
-                                                      "(RUN/model.int8.onnx)."))
-@click.option("--calib", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help=export_formats.option_help("calib", "Calibration images for --int8 (a few hundred training "
-                                                       "images; at most "
-                                                       f"{export_formats.CALIBRATION_LIMIT}, spread over the folder)."))
-@click.option("--workspace", type=float, default=None, metavar="GIB",
-              help=export_formats.option_help("workspace", f"Builder workspace (default {export_formats.DEFAULT_WORKSPACE_GIB:g} GiB)."))
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Compare the artifact with its source (PyTorch for ONNX, the ONNX model for TensorRT); "
-                   "out of tolerance: non-zero exit, artifact kept only as *.failed.<suffix>.")
-@click.option("--verify-count", type=int, default=export_formats.DEFAULT_VERIFY_COUNT, show_default=True,
-              help="Number of test images to verify on (the first ones of the checkpoint's dataset).")
-@click.option("--verify-images", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Verify on these image files instead of the dataset's test images.")
-@click.option("--feature-names", type=click.Path(path_type=Path), default=None, metavar="FILE",
-              help="JSON file of feature names for the metadata: a list of F names or {index: name} "
-                   "(`qsenn validate-run` writes RUN/feature_names.json). Default: feature 0..F-1.")
-def export_command(source, fmt, out, batch, half, int8, calib, workspace, verify, verify_count,
-                   verify_images, feature_names) -> None:
+@click.option(
+    "--int8",
+    is_flag=True,
+    help=export_formats.option_help(
+        "int8",
+        "INT8, calibrated on --calib: a TensorRT engine, or ONNX "
+        "with an INT8 backbone and the exact float head "
+        "(RUN/model.int8.onnx).",
+    ),
+)
+@click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help=export_formats.option_help(
+        "calib",
+        "Calibration images for --int8 (a few hundred training "
+        "images; at most "
+        f"{export_formats.CALIBRATION_LIMIT}, spread over the folder).",
+    ),
+)
+@click.option(
+    "--workspace",
+    type=float,
+    default=None,
+    metavar="GIB",
+    help=export_formats.option_help(
+        "workspace", f"Builder workspace (default {export_formats.DEFAULT_WORKSPACE_GIB:g} GiB)."
+    ),
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Compare the artifact with its source (PyTorch for ONNX, the ONNX model for TensorRT); "
+    "out of tolerance: non-zero exit, artifact kept only as *.failed.<suffix>.",
+)
+@click.option(
+    "--verify-count",
+    type=int,
+    default=export_formats.DEFAULT_VERIFY_COUNT,
+    show_default=True,
+    help="Number of test images to verify on (the first ones of the checkpoint's dataset).",
+)
+@click.option(
+    "--verify-images",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Verify on these image files instead of the dataset's test images.",
+)
+@click.option(
+    "--feature-names",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="JSON file of feature names for the metadata: a list of F names or {index: name} "
+    "(`qsenn validate-run` writes RUN/feature_names.json). Default: feature 0..F-1.",
+)
+def export_command(
+    source, fmt, out, batch, half, int8, calib, workspace, verify, verify_count, verify_images, feature_names
+) -> None:
     """Export a trained Q-SENN model: SOURCE is a run directory (RUN/final.pt), a folder of runs
     (the newest finished one) or a checkpoint file. The graph normalises its input, computes only
     the selected channels and holds the ternary matrix T as int8; the qsenn metadata travels with it."""
     from qsenn_export import export
 
-    options = export_formats.make_options(fmt, out=out, batch=batch, half=half, int8=int8, calib=calib,
-                                          workspace=workspace, verify=verify, verify_count=verify_count,
-                                          verify_images=verify_images, feature_names=feature_names)
-    export_formats.validate(options)   # before torch loads: a refused option answers at once
+    options = export_formats.make_options(
+        fmt,
+        out=out,
+        batch=batch,
+        half=half,
+        int8=int8,
+        calib=calib,
+        workspace=workspace,
+        verify=verify,
+        verify_count=verify_count,
+        verify_images=verify_images,
+        feature_names=feature_names,
+    )
+    export_formats.validate(options)  # before torch loads: a refused option answers at once
     export(source, options, echo=click.echo)
 
 
 @qsenn.command("validate-run")
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
-              help="Where the result JSON goes (default: RUN; `make validate` uses benchmarks/results).")
-@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Contact sheet PNG of the top features (default: RUN/features.png; needs qsenn[plot]).")
-@click.option("--sheet-features", type=click.IntRange(min=1), default=12, show_default=True,
-              help="Features on the contact sheet (the most used ones).")
-@click.option("--top-images", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Test images per feature (those that activate it most).")
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Where the result JSON goes (default: RUN; `make validate` uses benchmarks/results).",
+)
+@click.option(
+    "--sheet",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Contact sheet PNG of the top features (default: RUN/features.png; needs qsenn[plot]).",
+)
+@click.option(
+    "--sheet-features",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="Features on the contact sheet (the most used ones).",
+)
+@click.option(
+    "--top-images",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Test images per feature (those that activate it most).",
+)
 def validate_run_command(run_dir, results_dir, sheet, sheet_features, top_images) -> None:
     """Check a trained run on its whole test set: dense, Q-SENN and SLDD metrics and stage times,
     feature names from the global explanation (RUN/feature_names.json), the Q-SENN model exported
@@ -190,40 +390,70 @@ def validate_run_command(run_dir, results_dir, sheet, sheet_features, top_images
     identity residual), and a contact sheet of the top features; writes one JSON result."""
     from qsenn_export.validation import validate_run
 
-    validate_run(run_dir, results_dir=results_dir, sheet=sheet, sheet_features=sheet_features,
-                 top_images=top_images, echo=click.echo)
+    validate_run(
+        run_dir,
+        results_dir=results_dir,
+        sheet=sheet,
+        sheet_features=sheet_features,
+        top_images=top_images,
+        echo=click.echo,
+    )
 
 
 @qsenn.command("import-reference")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--dataset", type=click.Choice(DATASETS), required=True,
-              help="Dataset the original run trained on (sets normalisation and resize mode).")
-@click.option("--class-names", type=click.Path(path_type=Path), default=None, metavar="FILE",
-              help="Class names, one per line in class-index order (default: class 0..K-1).")
+@click.option(
+    "--dataset",
+    type=click.Choice(DATASETS),
+    required=True,
+    help="Dataset the original run trained on (sets normalisation and resize mode).",
+)
+@click.option(
+    "--class-names",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Class names, one per line in class-index order (default: class 0..K-1).",
+)
 @click.option("--img-size", type=int, default=448, show_default=True, help="Input size the model was trained at.")
 @click.option("--crop-gt", is_flag=True, help="The run used the ground-truth-cropped images (square resize).")
 @click.option("--reduced-strides", is_flag=True, help="The run used --reduced_strides.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=DEFAULT_DATA_ROOT, show_default=True,
-              help="Where the dataset lies (export verifies on its test images when present).")
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA_ROOT,
+    show_default=True,
+    help="Where the dataset lies (export verifies on its test images when present).",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="qsenn checkpoint to write (.pt).")
-def import_reference_command(checkpoint, dataset, class_names, img_size, crop_gt, reduced_strides, data_root,
-                             out) -> None:
+def import_reference_command(
+    checkpoint, dataset, class_names, img_size, crop_gt, reduced_strides, data_root, out
+) -> None:
     """Convert a checkpoint of the original Q-SENN code (state dict, spec §12.3) into a qsenn
     checkpoint that `qsenn export` takes. Only ternary (Q-SENN) heads are accepted."""
     from qsenn_export.reference_import import import_reference, save_record
 
-    record = import_reference(checkpoint, dataset, data_root=data_root, class_names=class_names,
-                              img_size=img_size, crop_gt=crop_gt, reduced_strides=reduced_strides)
+    record = import_reference(
+        checkpoint,
+        dataset,
+        data_root=data_root,
+        class_names=class_names,
+        img_size=img_size,
+        crop_gt=crop_gt,
+        reduced_strides=reduced_strides,
+    )
     save_record(record, out)
     state = record["state_dict"]
-    click.echo(f"imported {checkpoint} ({record['arch']}, {record['num_classes']} classes, "
-               f"{len(state['linear.selection'])} features) to {out}; export it with `qsenn export {out}`")
+    click.echo(
+        f"imported {checkpoint} ({record['arch']}, {record['num_classes']} classes, "
+        f"{len(state['linear.selection'])} features) to {out}; export it with `qsenn export {out}`"
+    )
 
 
 # ---- bench (qsenn_export.bench) ----------------------------------------------------------------
-_BENCH_HELP = ("\b\nBackends (the first is the baseline of every ratio):\n"
-               + "\n".join(f"{b.name:<17} {'+'.join(b.devices):<8} {b.title}"
-                           for b in export_formats.BENCH_BACKENDS.values()))
+_BENCH_HELP = "\b\nBackends (the first is the baseline of every ratio):\n" + "\n".join(
+    f"{b.name:<17} {'+'.join(b.devices):<8} {b.title}" for b in export_formats.BENCH_BACKENDS.values()
+)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -241,42 +471,118 @@ def _sizes(text: str) -> tuple[int, ...]:
 @click.argument("source", metavar="[MODEL_OR_RUN]", required=False, type=click.Path(path_type=Path))
 @click.option("--arch", type=click.Choice(ARCHS), default=None, help="With --random: the backbone.")
 @click.option("--img-size", type=int, default=None, help="With --random: the input size in pixels.")
-@click.option("--random", "random_weights", is_flag=True,
-              help="Random weights and a random ternary head of the paper's size (200 classes, 50 features), "
-                   "exported on the fly: speed of an architecture no trained model exists for.")
-@click.option("--backends", default=",".join(export_formats.BENCH_BACKENDS), show_default=True,
-              help="Comma-separated backends to time; those this machine cannot run are skipped with the reason.")
-@click.option("--check", default="", metavar="BACKENDS",
-              help="Comma-separated backends only compared with the baseline (outputs), not timed.")
+@click.option(
+    "--random",
+    "random_weights",
+    is_flag=True,
+    help="Random weights and a random ternary head of the paper's size (200 classes, 50 features), "
+    "exported on the fly: speed of an architecture no trained model exists for.",
+)
+@click.option(
+    "--backends",
+    default=",".join(export_formats.BENCH_BACKENDS),
+    show_default=True,
+    help="Comma-separated backends to time; those this machine cannot run are skipped with the reason.",
+)
+@click.option(
+    "--check",
+    default="",
+    metavar="BACKENDS",
+    help="Comma-separated backends only compared with the baseline (outputs), not timed.",
+)
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per backend and batch.")
 @click.option("--iters", type=int, default=20, show_default=True, help="Timed calls per backend and batch.")
-@click.option("--threads", type=int, default=None, help="CPU threads of torch and onnxruntime (default: all usable CPUs).")
+@click.option(
+    "--threads", type=int, default=None, help="CPU threads of torch and onnxruntime (default: all usable CPUs)."
+)
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda or cuda:N.")
-@click.option("--provider", default=None, help="onnxruntime execution provider of the onnx backend (default: the best available).")
-@click.option("--images", type=int, default=64, show_default=True,
-              help="Images for the agreement with the baseline (the first test images; random ones for --random).")
-@click.option("--calib", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="INT8 calibration images (default: training images of the model's dataset).")
+@click.option(
+    "--provider", default=None, help="onnxruntime execution provider of the onnx backend (default: the best available)."
+)
+@click.option(
+    "--images",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Images for the agreement with the baseline (the first test images; random ones for --random).",
+)
+@click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="INT8 calibration images (default: training images of the model's dataset).",
+)
 @click.option("--calib-count", type=int, default=128, show_default=True, help="INT8 calibration images used.")
-@click.option("--memory/--no-memory", default=True, show_default=True,
-              help="Measure peak memory (CPU: a fresh process per backend and batch).")
-@click.option("--artifacts", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Keep the exported models in DIR (default: a temporary folder).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
-              help="Write the results as JSON (a folder: a file named by model, device and versions).")
-@click.option("--csv", "csv_out", type=click.Path(path_type=Path), default=None,
-              help="Write one CSV row per backend and batch (a folder: named like --json).")
-def bench_command(source, arch, img_size, random_weights, backends, check, batches, warmup, iters, threads,
-                  device, provider, images, calib, calib_count, memory, artifacts, json_out, csv_out) -> None:
+@click.option(
+    "--memory/--no-memory",
+    default=True,
+    show_default=True,
+    help="Measure peak memory (CPU: a fresh process per backend and batch).",
+)
+@click.option(
+    "--artifacts",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Keep the exported models in DIR (default: a temporary folder).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the results as JSON (a folder: a file named by model, device and versions).",
+)
+@click.option(
+    "--csv",
+    "csv_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write one CSV row per backend and batch (a folder: named like --json).",
+)
+def bench_command(
+    source,
+    arch,
+    img_size,
+    random_weights,
+    backends,
+    check,
+    batches,
+    warmup,
+    iters,
+    threads,
+    device,
+    provider,
+    images,
+    calib,
+    calib_count,
+    memory,
+    artifacts,
+    json_out,
+    csv_out,
+) -> None:
     """Latency (min/median/p90/p99), images per second, peak memory, and top-1 and top-5-feature
     agreement with the PyTorch fp32 baseline, per backend and batch size; the backends' timed calls
     are interleaved so that ratios survive a noisy machine."""
     from qsenn_export.bench import BenchConfig, bench_source, run_bench, table, write_csv, write_json
 
-    config = BenchConfig(backends=_names(backends), check_only=_names(check), batches=_sizes(batches),
-                         warmup=warmup, iters=iters, threads=threads, device=device, provider=provider,
-                         images=images, calib=calib, calib_count=calib_count, memory=memory, artifacts=artifacts)
+    config = BenchConfig(
+        backends=_names(backends),
+        check_only=_names(check),
+        batches=_sizes(batches),
+        warmup=warmup,
+        iters=iters,
+        threads=threads,
+        device=device,
+        provider=provider,
+        images=images,
+        calib=calib,
+        calib_count=calib_count,
+        memory=memory,
+        artifacts=artifacts,
+    )
     config.validate()
     result = run_bench(bench_source(source, arch, img_size, random_weights), config, echo=click.echo)
     click.echo(table(result))
@@ -288,15 +594,18 @@ def bench_command(source, arch, img_size, random_weights, backends, check, batch
 # ---- runtime (qsenn_runtime; never imports torch) -----------------------------------------
 from qsenn_runtime.report import FORMATS as INSPECT_FORMATS  # noqa: E402  (torch- and numpy-free)
 
-_PROVIDER_HELP = ("onnxruntime execution provider: cpu, cuda, tensorrt or a full name such as "
-                  "CUDAExecutionProvider (default: the best available; engines always run on TensorRT).")
+_PROVIDER_HELP = (
+    "onnxruntime execution provider: cpu, cuda, tensorrt or a full name such as "
+    "CUDAExecutionProvider (default: the best available; engines always run on TensorRT)."
+)
 
 
 def _load_model(model_path: Path, provider: str | None, batch_size: int = 16):
     import warnings
 
-    import qsenn_runtime
     from PIL import Image
+
+    import qsenn_runtime
 
     # The runtime refuses oversized images with its own message; Pillow's warning would only repeat it.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -307,13 +616,20 @@ def _load_model(model_path: Path, provider: str | None, batch_size: int = 16):
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.argument("images", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (one object per image) for machines.")
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Contributions listed per image (largest magnitude first).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Images per inference call.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Contributions listed per image (largest magnitude first).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per inference call."
+)
 @click.option("--provider", default=None, help=_PROVIDER_HELP)
-@click.option("--class", "classes", multiple=True, metavar="CLASS",
-              help="Also explain this class (name or index); repeatable.")
+@click.option(
+    "--class", "classes", multiple=True, metavar="CLASS", help="Also explain this class (name or index); repeatable."
+)
 def predict(model_path, images, as_json, top_k, batch_size, provider, classes) -> None:
     """Classify images with an exported model (.onnx or TensorRT engine) and show why: the class,
     its probability and the signed feature contributions that sum, with the bias, to its logit.
@@ -337,31 +653,46 @@ def predict(model_path, images, as_json, top_k, batch_size, provider, classes) -
 @qsenn.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="PNG to write.")
-@click.option("--top-k", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Features drawn as heat maps (the bar chart shows all of the class's features).")
-@click.option("--class", "class_", default=None, metavar="CLASS",
-              help="Explain this class (name or index) instead of the predicted one.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Features drawn as heat maps (the bar chart shows all of the class's features).",
+)
+@click.option(
+    "--class",
+    "class_",
+    default=None,
+    metavar="CLASS",
+    help="Explain this class (name or index) instead of the predicted one.",
+)
 @click.option("--provider", default=None, help=_PROVIDER_HELP)
 def explain(model_path, image, out, top_k, class_, provider) -> None:
     """Draw why the model classified IMAGE as it did: the image, heat maps of the top contributing
     features, and the signed contributions plus the bias adding up to the logit (needs qsenn[plot])."""
-    from qsenn_runtime.explain_plot import save_explanation   # first: a missing matplotlib fails fast
+    from qsenn_runtime.explain_plot import save_explanation  # first: a missing matplotlib fails fast
 
     explained = _load_model(model_path, provider).explain(str(image), class_)
     save_explanation(explained, out, top_k)
     explanation = explained.explanation
-    click.echo(f"wrote {out}: {explained.prediction.class_name} "
-               f"(probability {explained.prediction.probability:.3f}); "
-               f"explained class {explanation.class_name}, logit {explanation.logit:.3f}")
+    click.echo(
+        f"wrote {out}: {explained.prediction.class_name} "
+        f"(probability {explained.prediction.probability:.3f}); "
+        f"explained class {explanation.class_name}, logit {explanation.logit:.3f}"
+    )
 
 
 @qsenn.command("inspect")
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(INSPECT_FORMATS), default="table", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write to this file instead of standard output.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
 def inspect_model(model_path, fmt, out) -> None:
     """The global explanation: every class with the features that raise (+1) and lower (−1) its
     logit, and every feature with the classes it serves. Reads only the metadata (no backend)."""
@@ -377,6 +708,7 @@ def inspect_model(model_path, fmt, out) -> None:
 
 
 # ---- entry point ------------------------------------------------------------------------
+
 
 def main() -> None:
     from qsenn_runtime.errors import QsennRuntimeError

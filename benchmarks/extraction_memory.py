@@ -10,6 +10,7 @@ also counts the mapped feature-file pages the kernel may write back and drop at 
 
 Writes benchmarks/results/extraction_memory_<cpu>_torch<v>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,19 +68,33 @@ def measure_one(per_class: int, data: Path, image_size: int) -> dict:
     sampler.start()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        features = extract_features(model, train.with_transform(transform), test.with_transform(transform),
-                                    RunDir(Path(folder), echo=lambda line: None), "features",
-                                    batch_size=64, workers=0, device=Device.resolve("cpu"), seed=0,
-                                    val_fraction=0.1, n_classes=len(info.class_names))
+        features = extract_features(
+            model,
+            train.with_transform(transform),
+            test.with_transform(transform),
+            RunDir(Path(folder), echo=lambda line: None),
+            "features",
+            batch_size=64,
+            workers=0,
+            device=Device.resolve("cpu"),
+            seed=0,
+            val_fraction=0.1,
+            n_classes=len(info.class_names),
+        )
         feature_bytes = sum(a.nbytes for a in (features.train, features.val, features.test))
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()
-    return {"train_images": len(train), "test_images": len(test), "image_size": image_size,
-            "feature_file_mib": round(feature_bytes / 2**20, 1), "seconds": round(seconds, 1),
-            "rss_anon_before_mib": round(baseline / 1024, 1),
-            "peak_rss_anon_mib": round(peak_anon[0] / 1024, 1),
-            "peak_rss_vmhwm_mib": round(status_kib("VmHWM") / 1024, 1)}
+    return {
+        "train_images": len(train),
+        "test_images": len(test),
+        "image_size": image_size,
+        "feature_file_mib": round(feature_bytes / 2**20, 1),
+        "seconds": round(seconds, 1),
+        "rss_anon_before_mib": round(baseline / 1024, 1),
+        "peak_rss_anon_mib": round(peak_anon[0] / 1024, 1),
+        "peak_rss_vmhwm_mib": round(status_kib("VmHWM") / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -94,12 +109,28 @@ def main() -> None:
         return
     rows = []
     for per_class in (int(s) for s in args.sizes.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--child", str(per_class), "--data", str(args.data),
-                              "--image-size", str(args.image_size)], check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(per_class),
+                "--data",
+                str(args.data),
+                "--image-size",
+                str(args.image_size),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1])
-    result = {"what": "feature extraction peak memory, resnet18 random weights, 1 thread, fresh process per size",
-              "environment": environment(None), "sizes": rows}
+    result = {
+        "what": "feature extraction peak memory, resnet18 random weights, 1 thread, fresh process per size",
+        "environment": environment(None),
+        "sizes": rows,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / (result_name("extraction_memory", "synth-resnet18", result["environment"], ("torch",)) + ".json")
     path.write_text(json.dumps(result, indent=2) + "\n")

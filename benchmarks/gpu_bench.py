@@ -19,6 +19,7 @@ backend that fails (e.g. a compiler error) is recorded as skipped with its error
 Goals: ≥ 5× the fp32 eager throughput at batch 64, batch-1 latency < 1.0 ms, outputs within the
 fp16 tolerance of the format table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,14 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))   # the packages from the working tree, installed or not
+sys.path.insert(0, str(REPO))  # the packages from the working tree, installed or not
 
 from qsenn_export.bench import BenchConfig, bench_source, run_bench, table  # noqa: E402
 from qsenn_export.timing import result_name  # noqa: E402
 from qsenn_train.errors import QsennError  # noqa: E402
 
 GPU_BACKENDS = ("torch", "torch-fp16", "torch-compile", "torch-cudagraphs")
-THROUGHPUT_GOAL, LATENCY_GOAL_MS = 5.0, 1.0   # at batch 64 against fp32 eager; at batch 1
+THROUGHPUT_GOAL, LATENCY_GOAL_MS = 5.0, 1.0  # at batch 64 against fp32 eager; at batch 1
 FULL = {"arch": "resnet50", "img_size": 448, "batches": (1, 64), "warmup": 5, "iters": 50, "images": 64}
 # A dry run checks the script end to end on a CPU in seconds: the GPU-only eager backend runs on
 # the CPU; torch.compile takes minutes there and is left out unless --backends names it.
@@ -51,11 +52,14 @@ def goals(result: dict, batches: tuple[int, ...]) -> dict:
     best_speedup = max((r["speedup"] for r in rows if r["batch"] == large), default=None)
     best_latency = min((r["median_ms"] for r in rows if r["batch"] == small), default=None)
     verdicts = {name: agreed.get("verdict", "OK") for name, agreed in result["agreement"].items()}
-    return {f"speedup_at_batch_{large}": best_speedup,
-            "speedup_goal_met": best_speedup is not None and best_speedup >= THROUGHPUT_GOAL,
-            f"median_latency_ms_at_batch_{small}": best_latency,
-            "latency_goal_met": best_latency is not None and best_latency < LATENCY_GOAL_MS,
-            "outputs_checked": verdicts, "outputs_ok": all(v == "OK" for v in verdicts.values())}
+    return {
+        f"speedup_at_batch_{large}": best_speedup,
+        "speedup_goal_met": best_speedup is not None and best_speedup >= THROUGHPUT_GOAL,
+        f"median_latency_ms_at_batch_{small}": best_latency,
+        "latency_goal_met": best_latency is not None and best_latency < LATENCY_GOAL_MS,
+        "outputs_checked": verdicts,
+        "outputs_ok": all(v == "OK" for v in verdicts.values()),
+    }
 
 
 def main() -> None:
@@ -69,14 +73,28 @@ def main() -> None:
     args = parser.parse_args()
 
     sizes = DRY_RUN if args.dry_run else FULL
-    backends = tuple(args.backends.split(",")) if args.backends else (DRY_RUN_BACKENDS if args.dry_run else GPU_BACKENDS)
-    config = BenchConfig(backends=backends, check_only=("onnx",), batches=sizes["batches"], warmup=sizes["warmup"],
-                         iters=args.iters or sizes["iters"], images=sizes["images"], threads=args.threads,
-                         device="cpu" if args.dry_run else "cuda", memory=not args.dry_run,
-                         gpu_backends_on_cpu=args.dry_run)
+    backends = (
+        tuple(args.backends.split(",")) if args.backends else (DRY_RUN_BACKENDS if args.dry_run else GPU_BACKENDS)
+    )
+    config = BenchConfig(
+        backends=backends,
+        check_only=("onnx",),
+        batches=sizes["batches"],
+        warmup=sizes["warmup"],
+        iters=args.iters or sizes["iters"],
+        images=sizes["images"],
+        threads=args.threads,
+        device="cpu" if args.dry_run else "cuda",
+        memory=not args.dry_run,
+        gpu_backends_on_cpu=args.dry_run,
+    )
     random_weights = args.source is None
-    source = bench_source(args.source, sizes["arch"] if random_weights else None,
-                          sizes["img_size"] if random_weights else None, random_weights)
+    source = bench_source(
+        args.source,
+        sizes["arch"] if random_weights else None,
+        sizes["img_size"] if random_weights else None,
+        random_weights,
+    )
     try:
         result = run_bench(source, config)
     except QsennError as exc:
@@ -90,8 +108,9 @@ def main() -> None:
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="qsenn-gpu-bench-")) if args.dry_run else REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    name = result_name("gpu_bench" + ("-dry-run" if args.dry_run else ""), result["model"]["label"],
-                       result["environment"], ("torch",))
+    name = result_name(
+        "gpu_bench" + ("-dry-run" if args.dry_run else ""), result["model"]["label"], result["environment"], ("torch",)
+    )
     path = out / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")

@@ -13,6 +13,7 @@ figures say little); pass a trained run for meaningful agreement.
 
 Results: benchmarks/results/int8_formats_<model>_<cpu>_<versions>.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,18 @@ import numpy as np
 import onnx
 
 import qsenn_runtime
-from qsenn_export.bench import (BenchConfig, agreement, agreement_images, bench_source, calibration_images,
-                                model_label, onnx_op_profile, profile_line, runtime_runner, time_interleaved)
+from qsenn_export.bench import (
+    BenchConfig,
+    agreement,
+    agreement_images,
+    bench_source,
+    calibration_images,
+    model_label,
+    onnx_op_profile,
+    profile_line,
+    runtime_runner,
+    time_interleaved,
+)
 from qsenn_export.formats import FORMATS
 from qsenn_export.int8 import Int8Settings, quantize_backbone
 from qsenn_export.metadata import build_metadata
@@ -50,8 +61,9 @@ def main() -> None:
     args = parser.parse_args()
 
     random_weights = args.source is None
-    source = bench_source(args.source, args.arch if random_weights else None,
-                          args.img_size if random_weights else None, random_weights)
+    source = bench_source(
+        args.source, args.arch if random_weights else None, args.img_size if random_weights else None, random_weights
+    )
     config = BenchConfig(threads=args.threads, images=args.images, calib_count=args.calib_count)
     metadata = build_metadata(source, OPSET)
     images, images_description = agreement_images(source, config, print)
@@ -69,21 +81,27 @@ def main() -> None:
             model = quantize_backbone(fp32_model, calibration, metadata, calibration_description, settings)
             paths[name] = Path(scratch) / f"{name}.onnx"
             onnx.save(model, str(paths[name]))
-            variants[name] = {"settings": asdict(settings),
-                              "file_ops": dict(Counter(node.op_type for node in model.graph.node).most_common())}
+            variants[name] = {
+                "settings": asdict(settings),
+                "file_ops": dict(Counter(node.op_type for node in model.graph.node).most_common()),
+            }
 
-        runners = [runtime_runner(name, qsenn_runtime.load(path, "cpu", threads=config.cpu_threads, batch_size=1),
-                                  name, 1, None) for name, path in paths.items()]
+        runners = [
+            runtime_runner(
+                name, qsenn_runtime.load(path, "cpu", threads=config.cpu_threads, batch_size=1), name, 1, None
+            )
+            for name, path in paths.items()
+        ]
         reference = runners[0].outputs(images)
         for runner in runners[1:]:
-            variants[runner.name]["agreement"] = agreement(reference, runner.outputs(images), metadata, tolerance,
-                                                           images_description)
+            variants[runner.name]["agreement"] = agreement(
+                reference, runner.outputs(images), metadata, tolerance, images_description
+            )
         for name, path in paths.items():
             profile = onnx_op_profile(path, images[:1], config.cpu_threads)
             print(profile_line(name, profile))
             variants.setdefault(name, {})["profile_batch1"] = profile
-        times = time_interleaved(runners, {r.name: r.prepare(images[:1]) for r in runners}, warmup=2,
-                                 iters=args.iters)
+        times = time_interleaved(runners, {r.name: r.prepare(images[:1]) for r in runners}, warmup=2, iters=args.iters)
 
     fp32_median = float(np.median(times["fp32"]))
     for name, seconds in times.items():
@@ -91,28 +109,47 @@ def main() -> None:
         variants[name]["latency_batch1"] = summary
         variants[name]["speedup_vs_onnx_fp32"] = fp32_median / (summary["median_ms"] / 1e3)
     passing = [n for n in variants if n != "fp32" and variants[n]["agreement"].get("verdict") == "OK"]
-    fastest = min(passing or [n for n in variants if n != "fp32"],
-                 key=lambda n: variants[n]["latency_batch1"]["median_ms"])
+    fastest = min(
+        passing or [n for n in variants if n != "fp32"], key=lambda n: variants[n]["latency_batch1"]["median_ms"]
+    )
 
     env = {**environment(), "threads": config.cpu_threads}
-    print(f"\n{model_label(source)}, batch 1, {config.cpu_threads} threads, onnxruntime {env.get('onnxruntime')}, "
-          f"load average {' '.join(map(str, env['load_average']))}")
+    print(
+        f"\n{model_label(source)}, batch 1, {config.cpu_threads} threads, onnxruntime {env.get('onnxruntime')}, "
+        f"load average {' '.join(map(str, env['load_average']))}"
+    )
     print(f"{'variant':<18}{'median ms':>10}{'×fp32':>7}{'top-1':>8}{'top-5 f':>9}  integer / float convs")
     for name, v in variants.items():
         ops, agreed = v["profile_batch1"], v.get("agreement", {})
-        convs = (f"{ops.get('QLinearConv', {}).get('nodes', 0) + ops.get('ConvInteger', {}).get('nodes', 0)} / "
-                 f"{ops.get('Conv', {}).get('nodes', 0) + ops.get('FusedConv', {}).get('nodes', 0)}")
+        convs = (
+            f"{ops.get('QLinearConv', {}).get('nodes', 0) + ops.get('ConvInteger', {}).get('nodes', 0)} / "
+            f"{ops.get('Conv', {}).get('nodes', 0) + ops.get('FusedConv', {}).get('nodes', 0)}"
+        )
         top1 = f"{100 * agreed['top1']:.1f}%" if agreed else ""
         top5 = f"{100 * agreed['top5_features']:.1f}%" if agreed else ""
-        print(f"{name:<18}{v['latency_batch1']['median_ms']:>10.1f}{v['speedup_vs_onnx_fp32']:>7.2f}"
-              f"{top1:>8}{top5:>9}  {convs}")
+        print(
+            f"{name:<18}{v['latency_batch1']['median_ms']:>10.1f}{v['speedup_vs_onnx_fp32']:>7.2f}"
+            f"{top1:>8}{top5:>9}  {convs}"
+        )
     print(f"fastest variant within the INT8 tolerance: {fastest}")
 
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / (result_name("int8_formats", model_label(source), env, ("onnxruntime",)) + ".json")
-    out.write_text(json.dumps({"model": model_label(source), "environment": env, "iters": args.iters,
-                               "agreement_images": images_description, "calibration": calibration_description,
-                               "fastest_within_tolerance": fastest, "variants": variants}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "model": model_label(source),
+                "environment": env,
+                "iters": args.iters,
+                "agreement_images": images_description,
+                "calibration": calibration_description,
+                "fastest_within_tolerance": fastest,
+                "variants": variants,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

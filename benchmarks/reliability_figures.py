@@ -10,6 +10,7 @@
 
 Prints the figures and writes benchmarks/results/reliability_<cpu>_torch<v>_ort<v>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,46 +45,79 @@ def kill_figures(work: Path) -> dict:
     chain = kc.run_chain(data_root, work / "chain", kc.stage_calls(reference_dir), echo=print)
     seconds = time.perf_counter() - start
     diff = kc.differences(chain.run_dir, reference_dir)
-    per_stage = Counter(re.sub(r"^.*/", "", kill.stage) for kill in chain.kills
-                        if kill.returncode == -9)
-    lost = [{"stage": kill.stage, "where": kill.where, "redone_epochs": kill.redone_epochs,
-             "redone_stages": kill.redone_stages, "killed_in": kill.location}
-            for kill in chain.kills if kill.redone_epochs or kill.redone_stages]
+    per_stage = Counter(re.sub(r"^.*/", "", kill.stage) for kill in chain.kills if kill.returncode == -9)
+    lost = [
+        {
+            "stage": kill.stage,
+            "where": kill.where,
+            "redone_epochs": kill.redone_epochs,
+            "redone_stages": kill.redone_stages,
+            "killed_in": kill.location,
+        }
+        for kill in chain.kills
+        if kill.redone_epochs or kill.redone_stages
+    ]
     print()
     print("kills survived per stage:")
     for stage, count in per_stage.items():
         print(f"  {stage:<28} {count}")
-    print(f"{sum(per_stage.values())} of {len(chain.kills)} kills landed inside their stage and were "
-          f"resumed; {len(lost)} lost finished work:")
+    print(
+        f"{sum(per_stage.values())} of {len(chain.kills)} kills landed inside their stage and were "
+        f"resumed; {len(lost)} lost finished work:"
+    )
     for entry in lost:
-        print(f"  {entry['stage']}: repeated {entry['redone_epochs'] or entry['redone_stages']} "
-              f"(killed in {entry['killed_in']})")
-    print(f"resumed run vs uninterrupted: selection equal {diff['selection_equal']}, ternary heads "
-          f"equal {all(diff['ternary_equal'])}, max |Δ| model {max(diff['model_max_diff']):.3g}, "
-          f"logits {diff['logits_max_diff']:.3g}; {chain.temporaries_removed} stale temporaries "
-          f"removed, {len(kc.temporaries(chain.run_dir))} left, {chain.damaged_reports} damaged results")
-    return {"kills": [{"stage": k.stage, "where": k.where, "call": k.n, "message": k.message,
-                       "returncode": k.returncode, "redone_epochs": k.redone_epochs,
-                       "redone_stages": k.redone_stages} for k in chain.kills],
-            "per_stage": dict(per_stage), "lost_work": lost, "differences": diff,
-            "temporaries_removed": chain.temporaries_removed, "damaged_reports": chain.damaged_reports,
-            "chain_seconds": round(seconds, 1)}
+        print(
+            f"  {entry['stage']}: repeated {entry['redone_epochs'] or entry['redone_stages']} "
+            f"(killed in {entry['killed_in']})"
+        )
+    print(
+        f"resumed run vs uninterrupted: selection equal {diff['selection_equal']}, ternary heads "
+        f"equal {all(diff['ternary_equal'])}, max |Δ| model {max(diff['model_max_diff']):.3g}, "
+        f"logits {diff['logits_max_diff']:.3g}; {chain.temporaries_removed} stale temporaries "
+        f"removed, {len(kc.temporaries(chain.run_dir))} left, {chain.damaged_reports} damaged results"
+    )
+    return {
+        "kills": [
+            {
+                "stage": k.stage,
+                "where": k.where,
+                "call": k.n,
+                "message": k.message,
+                "returncode": k.returncode,
+                "redone_epochs": k.redone_epochs,
+                "redone_stages": k.redone_stages,
+            }
+            for k in chain.kills
+        ],
+        "per_stage": dict(per_stage),
+        "lost_work": lost,
+        "differences": diff,
+        "temporaries_removed": chain.temporaries_removed,
+        "damaged_reports": chain.damaged_reports,
+        "chain_seconds": round(seconds, 1),
+    }
 
 
 def hostile_figures(work: Path) -> dict:
-    import qsenn_runtime
     from PIL import Image
+
+    import qsenn_runtime
 
     outcomes = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         model = qsenn_runtime.load(hi.CASES / hi.GOOD_MODEL)
-        outcomes += [hi.library_outcome(case, model) for case in hi.load_cases()
-                     if case["kind"] in ("image", "array", "tensor", "model")]
+        outcomes += [
+            hi.library_outcome(case, model)
+            for case in hi.load_cases()
+            if case["kind"] in ("image", "array", "tensor", "model")
+        ]
     outcomes += hi.cli_predict_images(hi.load_cases(kind="image"))
     outcomes += [hi.cli_predict_model(case) for case in hi.load_cases(kind="model")]
-    outcomes += [hi.cli_train_dataset(case, work / "hostile-runs" / str(i))
-                 for i, case in enumerate(hi.load_cases(kind="dataset"))]
+    outcomes += [
+        hi.cli_train_dataset(case, work / "hostile-runs" / str(i))
+        for i, case in enumerate(hi.load_cases(kind="dataset"))
+    ]
     rows = Counter((o.runner, o.case["kind"]) for o in outcomes)
     tracebacks = [f"{o.runner}: {o.case['file']}" for o in outcomes if o.traceback]
     wrong = [f"{o.runner}: {o.case['file']}: {o.error}" for o in outcomes if not o.as_expected]
@@ -92,17 +126,25 @@ def hostile_figures(work: Path) -> dict:
     for (runner, kind), count in sorted(rows.items()):
         print(f"  {runner:<14} {kind:<8} {count}")
     cases = hi.load_cases()
-    print(f"{len(cases)} cases ({sum(c['expect'] is not None for c in cases)} must fail, the rest must "
-          f"work), {len(outcomes)} runs: {len(tracebacks)} tracebacks, {len(wrong)} not as expected")
+    print(
+        f"{len(cases)} cases ({sum(c['expect'] is not None for c in cases)} must fail, the rest must "
+        f"work), {len(outcomes)} runs: {len(tracebacks)} tracebacks, {len(wrong)} not as expected"
+    )
     for line in tracebacks + wrong:
         print("  " + line)
-    return {"cases": len(cases), "runs": len(outcomes), "tracebacks": tracebacks, "not_as_expected": wrong,
-            "runs_per_runner": {f"{r} / {k}": n for (r, k), n in sorted(rows.items())}}
+    return {
+        "cases": len(cases),
+        "runs": len(outcomes),
+        "tracebacks": tracebacks,
+        "not_as_expected": wrong,
+        "runs_per_runner": {f"{r} / {k}": n for (r, k), n in sorted(rows.items())},
+    }
 
 
 def concurrency_figures(work: Path) -> dict:
-    import qsenn_runtime
     from toy_onnx import save_toy_model
+
+    import qsenn_runtime
 
     save_toy_model(work / "toy.onnx")
     model = qsenn_runtime.load(work / "toy.onnx")
@@ -119,12 +161,19 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    figures = {"cpu": cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
-               "onnxruntime": onnxruntime.__version__}
+    figures = {
+        "cpu": cpu_name(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name, measure in (("kill", kill_figures), ("hostile", hostile_figures),
-                              ("concurrency", concurrency_figures)):
+        for name, measure in (
+            ("kill", kill_figures),
+            ("hostile", hostile_figures),
+            ("concurrency", concurrency_figures),
+        ):
             if args.only in (None, name):
                 figures[name] = measure(work)
     slug = re.sub(r"[^a-z0-9]+", "-", figures["cpu"].lower()).strip("-")

@@ -8,6 +8,7 @@
 
 Results: benchmarks/results/runtime_footprint_<cpu>_ort<version>_<model>.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from runtime_common import toy_model_file, write_results
 
 from qsenn_export.timing import PEAK_RSS_KIB
-from runtime_common import toy_model_file, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,21 +33,26 @@ print(time.perf_counter() - start)"""
 IMPORT_FULL = """
 import time; start = time.perf_counter(); import qsenn_runtime.loader, qsenn_runtime.backends, onnxruntime
 print(time.perf_counter() - start)"""
-PEAK_RUNTIME = """
+PEAK_RUNTIME = (
+    """
 import sys, qsenn_runtime
 qsenn_runtime.load(sys.argv[1]).predict(sys.argv[2])
-""" + PEAK_RSS_KIB
-PEAK_BARE = """
+"""
+    + PEAK_RSS_KIB
+)
+PEAK_BARE = (
+    """
 import sys, numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 size = session.get_inputs()[0].shape[2]
 session.run(["logits"], {"images": np.zeros((1, 3, size, size), np.float32)})
-""" + PEAK_RSS_KIB
+"""
+    + PEAK_RSS_KIB
+)
 
 
 def run(code: str, *args: str) -> float:
-    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, check=True)
     return float(result.stdout.split()[-1])
 
 
@@ -64,10 +70,12 @@ def main() -> None:
         runtime_kib = [run(PEAK_RUNTIME, str(path), str(image)) for _ in range(3)]
         bare_kib = [run(PEAK_BARE, str(path)) for _ in range(3)]
         name = path.name
-    data = {"import_qsenn_runtime_ms": 1e3 * statistics.median(lazy),
-            "import_for_load_ms": 1e3 * statistics.median(full),
-            "peak_rss_load_predict_one_mib": statistics.median(runtime_kib) / 1024,
-            "peak_rss_bare_onnxruntime_mib": statistics.median(bare_kib) / 1024}
+    data = {
+        "import_qsenn_runtime_ms": 1e3 * statistics.median(lazy),
+        "import_for_load_ms": 1e3 * statistics.median(full),
+        "peak_rss_load_predict_one_mib": statistics.median(runtime_kib) / 1024,
+        "peak_rss_bare_onnxruntime_mib": statistics.median(bare_kib) / 1024,
+    }
     print(json.dumps({"model": name, **data}, indent=2))
     print(f"wrote {write_results('runtime_footprint', Path(name), data)}")
 

@@ -17,6 +17,7 @@ session.run does none.
 Without MODEL a toy model of realistic size is built (benchmarks/runtime_common.py).
 Results: benchmarks/results/runtime_overhead_<cpu>_ort<version>_<model>.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from runtime_common import latency_summary, toy_model_file, write_results
 
 import qsenn_runtime
 from qsenn_runtime.model import Model
-from runtime_common import latency_summary, toy_model_file, write_results
 
 
 def timed(call) -> float:
@@ -48,21 +49,25 @@ def measure_batch(path: Path, batch_size: int, repeats: int, threads: int | None
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     size = model.metadata.input.size
     batch = np.random.default_rng(0).random((batch_size, 3, size, size), dtype=np.float32)
-    runs = {"bare": lambda: session.run(["logits"], {"images": batch}),
-            "runtime": lambda: model.predict_tensor(batch)}
-    for run in runs.values():      # warm-up: allocations, kernel selection
+    runs = {"bare": lambda: session.run(["logits"], {"images": batch}), "runtime": lambda: model.predict_tensor(batch)}
+    for run in runs.values():  # warm-up: allocations, kernel selection
         run(), run()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for repeat in range(repeats):
-        for name in (("bare", "runtime") if repeat % 2 == 0 else ("runtime", "bare")):
+        for name in ("bare", "runtime") if repeat % 2 == 0 else ("runtime", "bare"):
             times[name].append(timed(runs[name]))
     bare, runtime = latency_summary(times["bare"]), latency_summary(times["runtime"])
     paired = np.asarray(times["runtime"]) / np.asarray(times["bare"])
     own = runtime_own_work(model, batch, repeats)
-    return {"batch": batch_size, "bare": bare, "runtime": runtime,
-            "median_ratio": runtime["median_ms"] / bare["median_ms"],
-            "median_paired_ratio": float(np.median(paired)),
-            "runtime_own_work": own, "own_work_ratio": 1 + own["median_ms"] / bare["median_ms"]}
+    return {
+        "batch": batch_size,
+        "bare": bare,
+        "runtime": runtime,
+        "median_ratio": runtime["median_ms"] / bare["median_ms"],
+        "median_paired_ratio": float(np.median(paired)),
+        "runtime_own_work": own,
+        "own_work_ratio": 1 + own["median_ms"] / bare["median_ms"],
+    }
 
 
 class ReplayBackend:
@@ -80,8 +85,7 @@ class ReplayBackend:
 def runtime_own_work(model, batch: np.ndarray, repeats: int) -> dict:
     """predict_tensor without inference: the NaN check, the identity check, softmax and the
     sorted contributions. Free of inference noise, so it stays meaningful on a loaded machine."""
-    replay = Model(model.metadata, ReplayBackend(model.backend, batch), source=model.source,
-                   batch_size=len(batch))
+    replay = Model(model.metadata, ReplayBackend(model.backend, batch), source=model.source, batch_size=len(batch))
     replay.predict_tensor(batch)
     return latency_summary([timed(lambda: replay.predict_tensor(batch)) for _ in range(max(repeats, 50))])
 
@@ -93,7 +97,8 @@ def measure_preprocessing(path: Path, repeats: int) -> dict:
     spec = qsenn_runtime.read_metadata(path).input
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(
-        buffer, "JPEG", quality=90)
+        buffer, "JPEG", quality=90
+    )
     jpeg = buffer.getvalue()
     seconds = [timed(lambda: to_chw(resize_and_crop(load_rgb(jpeg, "x"), spec))) for _ in range(repeats)]
     return {"image": "500x375 JPEG", **latency_summary(seconds)}
@@ -112,16 +117,22 @@ def main() -> None:
         preprocessing = measure_preprocessing(path, 50)
         name = path.name
     print(f"model {name}; onnxruntime {ort.__version__} CPU, threads {args.threads or 'default'}")
-    print(f"{'batch':>5} {'bare median ms':>15} {'runtime median ms':>18} {'ratio':>7} {'paired':>7} "
-          f"{'own work ms':>12} {'1 + own/bare':>13}")
+    print(
+        f"{'batch':>5} {'bare median ms':>15} {'runtime median ms':>18} {'ratio':>7} {'paired':>7} "
+        f"{'own work ms':>12} {'1 + own/bare':>13}"
+    )
     for row in rows:
-        print(f"{row['batch']:>5} {row['bare']['median_ms']:>15.2f} {row['runtime']['median_ms']:>18.2f} "
-              f"{row['median_ratio']:>7.3f} {row['median_paired_ratio']:>7.3f} "
-              f"{row['runtime_own_work']['median_ms']:>12.3f} {row['own_work_ratio']:>13.4f}")
+        print(
+            f"{row['batch']:>5} {row['bare']['median_ms']:>15.2f} {row['runtime']['median_ms']:>18.2f} "
+            f"{row['median_ratio']:>7.3f} {row['median_paired_ratio']:>7.3f} "
+            f"{row['runtime_own_work']['median_ms']:>12.3f} {row['own_work_ratio']:>13.4f}"
+        )
     print(f"preprocessing per image ({preprocessing['image']}): median {preprocessing['median_ms']:.2f} ms")
-    out = write_results("runtime_overhead", Path(name),
-                        {"threads": args.threads, "repeats": args.repeats, "batches": rows,
-                         "preprocessing": preprocessing})
+    out = write_results(
+        "runtime_overhead",
+        Path(name),
+        {"threads": args.threads, "repeats": args.repeats, "batches": rows, "preprocessing": preprocessing},
+    )
     print(f"wrote {out}")
 
 

@@ -6,6 +6,7 @@ Fits a multinomial logistic regression (L-BFGS, small L2) on the standardised ra
 the training images and reports its test accuracy; the demo's dense CNN is printed beside it
 when the demo run exists.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,7 @@ def pixels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fit_softmax(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float) -> torch.nn.Linear:
     linear = torch.nn.Linear(x.shape[1], n_classes)
-    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=500, history_size=20,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=500, history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
@@ -51,8 +51,10 @@ def main() -> None:
     x_test, y_test = pixels(test)
     mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    print(f"{len(x_train)} train / {len(x_test)} test images, {x_train.shape[1]} pixel values, "
-          f"{info.num_classes} classes (chance {1 / info.num_classes:.4f})")
+    print(
+        f"{len(x_train)} train / {len(x_test)} test images, {x_train.shape[1]} pixel values, "
+        f"{info.num_classes} classes (chance {1 / info.num_classes:.4f})"
+    )
     for l2 in (1e-4, 1e-3, 1e-2):
         linear = fit_softmax(x_train, y_train, info.num_classes, l2)
         with torch.no_grad():

@@ -7,6 +7,7 @@ T stays a {−1, 0, +1} matrix: in torch it is a frozen float Linear (so the exp
 the MAC counter see an ordinary layer); `store_ternary_as_int8` then rewrites the exported
 graph so that the file holds T as an INT8 initializer followed by a Cast.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,22 +33,25 @@ TERNARY_INITIALIZER = "ternary"
 def ternary_head(model: QResNet, source: str) -> TernaryHead:
     """Split the sparse head's weight into T ∈ {−1, 0, +1} and the shared magnitude a."""
     if not model.is_sparse:
-        raise QsennError(f"{source} holds a dense model (no sparse head); export the final Q-SENN "
-                         f"model of a run (RUN/final.pt)")
+        raise QsennError(
+            f"{source} holds a dense model (no sparse head); export the final Q-SENN model of a run (RUN/final.pt)"
+        )
     weight = model.head_weight.detach().cpu()
     magnitudes = weight.abs()[weight != 0]
     if magnitudes.numel() == 0:
-        raise QsennError(f"{source}: every weight of the sparse head is zero; the model predicts "
-                         f"only its bias and cannot be explained")
+        raise QsennError(
+            f"{source}: every weight of the sparse head is zero; the model predicts "
+            f"only its bias and cannot be explained"
+        )
     magnitude = float(magnitudes.mean())
     spread = float((magnitudes - magnitude).abs().max())
     if spread > MAGNITUDE_RTOL * magnitude:
         raise QsennError(
             f"{source}: the head is not ternary (non-zero weights range over "
             f"{float(magnitudes.min()):.4g}..{float(magnitudes.max()):.4g}, one shared magnitude "
-            f"expected); it looks like an SLDD or dense model, and qsenn export takes Q-SENN models only")
-    return TernaryHead(torch.sign(weight).to(torch.int8), magnitude,
-                       model.head_bias.detach().cpu().float().clone())
+            f"expected); it looks like an SLDD or dense model, and qsenn export takes Q-SENN models only"
+        )
+    return TernaryHead(torch.sign(weight).to(torch.int8), magnitude, model.head_bias.detach().cpu().float().clone())
 
 
 class ChannelSelect(nn.Module):
@@ -62,9 +66,16 @@ class ChannelSelect(nn.Module):
 
 
 def _sliced_conv(conv: nn.Conv2d, channels: Tensor) -> nn.Conv2d:
-    out = nn.Conv2d(conv.in_channels, len(channels), conv.kernel_size, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                    bias=conv.bias is not None)
+    out = nn.Conv2d(
+        conv.in_channels,
+        len(channels),
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    )
     with torch.no_grad():
         out.weight.copy_(conv.weight[channels])
         if conv.bias is not None:
@@ -93,8 +104,7 @@ def slice_last_block(block: nn.Module, channels: Tensor) -> nn.Module:
     elif isinstance(block, resnet.BasicBlock):
         block.conv2, block.bn2 = _sliced_conv(block.conv2, channels), _sliced_bn(block.bn2, channels)
     else:
-        raise QsennError(f"cannot slice a {type(block).__name__} block; only torchvision ResNet "
-                         f"blocks are supported")
+        raise QsennError(f"cannot slice a {type(block).__name__} block; only torchvision ResNet blocks are supported")
     if block.downsample is None:
         block.downsample = ChannelSelect(channels)
     else:
@@ -107,8 +117,10 @@ def input_normalisation(mean, std) -> tuple[Tensor, Tensor]:
     """The dataset's Normalize as 1×3×1×1 tensors; identity where it has none (mean None)."""
     if mean is None:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
-            torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+    return (
+        torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
+        torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),
+    )
 
 
 class FoldedQSENN(nn.Module):
@@ -122,13 +134,19 @@ class FoldedQSENN(nn.Module):
         self.register_buffer("input_std", input_std)
         selection = model.linear.selection
         self.backbone = nn.Sequential(
-            model.conv1, model.bn1, model.relu, model.maxpool,
-            model.layer1, model.layer2, model.layer3, *model.layer4[:-1],
-            slice_last_block(model.layer4[-1], selection))
+            model.conv1,
+            model.bn1,
+            model.relu,
+            model.maxpool,
+            model.layer1,
+            model.layer2,
+            model.layer3,
+            *model.layer4[:-1],
+            slice_last_block(model.layer4[-1], selection),
+        )
         sparse = model.linear
         self.register_buffer("feature_mean", sparse.mean.detach().clone())
-        self.register_buffer("feature_scale",
-                             head.magnitude / torch.clamp(sparse.std.detach(), min=STD_CLAMP))
+        self.register_buffer("feature_scale", head.magnitude / torch.clamp(sparse.std.detach(), min=STD_CLAMP))
         self.classifier = nn.Linear(len(selection), len(head.bias))
         with torch.no_grad():
             self.classifier.weight.copy_(head.ternary.to(torch.float32))
@@ -151,6 +169,7 @@ class FoldedQSENN(nn.Module):
 
 # ---- MAC counting ----------------------------------------------------------------------
 
+
 def count_macs(module: nn.Module, img_size: int) -> int:
     """Multiply-accumulates of the Conv2d and Linear layers for one image.
 
@@ -169,8 +188,11 @@ def count_macs(module: nn.Module, img_size: int) -> int:
         nonlocal total
         total += output.numel() * linear.in_features
 
-    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-               for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in module.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     was_training = module.training
     try:
         module.eval()
@@ -184,6 +206,7 @@ def count_macs(module: nn.Module, img_size: int) -> int:
 
 
 # ---- graph surgery -----------------------------------------------------------------------
+
 
 def _producer(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
     for node in graph.node:
@@ -205,18 +228,24 @@ def store_ternary_as_int8(model: onnx.ModelProto, ternary: np.ndarray, logits: s
         if name not in initializers:
             continue
         values = numpy_helper.to_array(initializers[name])
-        orientation = next((t for t in (ternary, ternary.T)
-                            if values.shape == t.shape and np.array_equal(values, t)), None)
+        orientation = next(
+            (t for t in (ternary, ternary.T) if values.shape == t.shape and np.array_equal(values, t)), None
+        )
         if orientation is None:
             continue
         if any(name in other.input for other in graph.node if other is not node):
             raise QsennError("internal error: T is shared with another node of the exported graph")
         graph.initializer.remove(initializers[name])
         graph.initializer.append(numpy_helper.from_array(orientation.astype(np.int8), TERNARY_INITIALIZER))
-        cast = helper.make_node("Cast", [TERNARY_INITIALIZER], [f"{TERNARY_INITIALIZER}_float"],
-                                name="ternary_to_float", to=onnx.TensorProto.FLOAT)
+        cast = helper.make_node(
+            "Cast",
+            [TERNARY_INITIALIZER],
+            [f"{TERNARY_INITIALIZER}_float"],
+            name="ternary_to_float",
+            to=onnx.TensorProto.FLOAT,
+        )
         node.input[position] = cast.output[0]
-        graph.node.insert(0, cast)   # its only input is an initializer: first is a valid order
+        graph.node.insert(0, cast)  # its only input is an initializer: first is a valid order
         return
     raise QsennError("internal error: the exported logits node does not read T; cannot store it as int8")
 
@@ -234,8 +263,7 @@ def ternary_as_float(model: onnx.ModelProto) -> onnx.ModelProto:
     if cast is None or int8 is None:
         raise QsennError("the ONNX model has no int8 T initializer; export it with qsenn export")
     graph.initializer.remove(int8)
-    graph.initializer.append(numpy_helper.from_array(
-        numpy_helper.to_array(int8).astype(np.float32), cast.output[0]))
+    graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(int8).astype(np.float32), cast.output[0]))
     graph.node.remove(cast)
     return model
 

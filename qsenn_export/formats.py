@@ -1,15 +1,15 @@
 """The one table of export formats: it drives option validation, `qsenn export --help`
 and the benchmark. Nothing here imports torch, so the CLI can read it at start-up."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from qsenn_train.errors import QsennError
 
-
-TOP_FEATURES = 5   # "the same top-5 contributing features" (see Tolerance.top_features)
+TOP_FEATURES = 5  # "the same top-5 contributing features" (see Tolerance.top_features)
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,22 @@ class Tolerance:
 class BenchBackend:
     """One way `qsenn bench` runs a model: the PyTorch source (format None) or an artifact."""
 
-    name: str                     # value of `qsenn bench --backends`
+    name: str  # value of `qsenn bench --backends`
     title: str
-    devices: tuple[str, ...]      # where the benchmark runs it
-    format: str | None = None     # export format of the artifact it times
+    devices: tuple[str, ...]  # where the benchmark runs it
+    format: str | None = None  # export format of the artifact it times
     precision: str | None = None  # of that artifact (a key of the format's tolerances)
 
 
 @dataclass(frozen=True)
 class ExportFormat:
-    name: str                     # value of --format
+    name: str  # value of --format
     title: str
-    suffix: str                   # of the written file
-    devices: tuple[str, ...]      # where the artifact runs
-    options: frozenset[str]       # format-specific options it accepts (keys of OPTION_FLAGS)
-    extra: str                    # pip extra that installs what building it needs
-    tolerances: Mapping[str, Tolerance]   # by precision; the first is the default
+    suffix: str  # of the written file
+    devices: tuple[str, ...]  # where the artifact runs
+    options: frozenset[str]  # format-specific options it accepts (keys of OPTION_FLAGS)
+    extra: str  # pip extra that installs what building it needs
+    tolerances: Mapping[str, Tolerance]  # by precision; the first is the default
     bench: tuple[BenchBackend, ...] = ()  # how `qsenn bench` runs its artifacts
 
     @property
@@ -72,19 +72,43 @@ class ExportFormat:
 # the argmax ties keep the fp32 bounds while logits, features and maps carry the backbone's
 # rounding (demo model, 800 test images: logits 2%, features 6%, maps 10% of their largest
 # value); 0.25 leaves room for deeper backbones and still catches one that is broken.
-FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
-    ExportFormat("onnx", "ONNX", ".onnx", ("CPU", "GPU"), frozenset({"batch", "int8", "calib"}), "export",
-                 {"fp32": Tolerance(rel=1e-4, argmax=1.0),
-                  "int8": Tolerance(rel=0.25, argmax=0.99, top_features=0.95, identity=1e-4, tie=1e-4)},
-                 (BenchBackend("onnx", "onnxruntime fp32 (qsenn_runtime)", ("CPU", "GPU"), "onnx", "fp32"),
-                  BenchBackend("onnx-int8", "onnxruntime INT8 backbone, exact head (qsenn_runtime)",
-                               ("CPU",), "onnx", "int8"))),
-    ExportFormat("trt", "TensorRT engine", ".engine", ("GPU",),
-                 frozenset({"batch", "half", "int8", "calib", "workspace"}), "trt",
-                 {"fp32": Tolerance(rel=1e-3, argmax=1.0), "fp16": Tolerance(rel=2e-2, argmax=1.0),
-                  "int8": Tolerance(rel=1e-1, argmax=0.99)},
-                 (BenchBackend("trt", "TensorRT fp16 engine (qsenn_runtime)", ("GPU",), "trt", "fp16"),)),
-)}
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat(
+            "onnx",
+            "ONNX",
+            ".onnx",
+            ("CPU", "GPU"),
+            frozenset({"batch", "int8", "calib"}),
+            "export",
+            {
+                "fp32": Tolerance(rel=1e-4, argmax=1.0),
+                "int8": Tolerance(rel=0.25, argmax=0.99, top_features=0.95, identity=1e-4, tie=1e-4),
+            },
+            (
+                BenchBackend("onnx", "onnxruntime fp32 (qsenn_runtime)", ("CPU", "GPU"), "onnx", "fp32"),
+                BenchBackend(
+                    "onnx-int8", "onnxruntime INT8 backbone, exact head (qsenn_runtime)", ("CPU",), "onnx", "int8"
+                ),
+            ),
+        ),
+        ExportFormat(
+            "trt",
+            "TensorRT engine",
+            ".engine",
+            ("GPU",),
+            frozenset({"batch", "half", "int8", "calib", "workspace"}),
+            "trt",
+            {
+                "fp32": Tolerance(rel=1e-3, argmax=1.0),
+                "fp16": Tolerance(rel=2e-2, argmax=1.0),
+                "int8": Tolerance(rel=1e-1, argmax=0.99),
+            },
+            (BenchBackend("trt", "TensorRT fp16 engine (qsenn_runtime)", ("GPU",), "trt", "fp16"),),
+        ),
+    )
+}
 
 # The PyTorch side of `qsenn bench`: the baseline first (every ratio is against it).
 TORCH_BENCH_BACKENDS = (
@@ -93,31 +117,31 @@ TORCH_BENCH_BACKENDS = (
     BenchBackend("torch-compile", "torch.compile (inductor) of torch-fp16", ("GPU",)),
     BenchBackend("torch-cudagraphs", "torch.compile mode=reduce-overhead (CUDA graphs) of torch-fp16", ("GPU",)),
 )
-BENCH_BACKENDS: dict[str, BenchBackend] = {b.name: b for b in (
-    *TORCH_BENCH_BACKENDS, *(b for f in FORMATS.values() for b in f.bench))}
+BENCH_BACKENDS: dict[str, BenchBackend] = {
+    b.name: b for b in (*TORCH_BENCH_BACKENDS, *(b for f in FORMATS.values() for b in f.bench))
+}
 BASELINE_BACKEND = TORCH_BENCH_BACKENDS[0].name
 
-OPTION_FLAGS = {"batch": "--batch", "half": "--half", "int8": "--int8", "calib": "--calib",
-                "workspace": "--workspace"}
-DEFAULT_TRT_BATCH = 16          # largest batch of an engine's profile unless --batch says
+OPTION_FLAGS = {"batch": "--batch", "half": "--half", "int8": "--int8", "calib": "--calib", "workspace": "--workspace"}
+DEFAULT_TRT_BATCH = 16  # largest batch of an engine's profile unless --batch says
 DEFAULT_WORKSPACE_GIB = 4.0
 DEFAULT_VERIFY_COUNT = 64
-CALIBRATION_LIMIT = 512         # images; INT8 calibration gains little beyond a few hundred
+CALIBRATION_LIMIT = 512  # images; INT8 calibration gains little beyond a few hundred
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     format: str = "onnx"
     out: Path | None = None
-    batch: int | None = None          # ONNX: static batch (None: dynamic); TRT: profile max
+    batch: int | None = None  # ONNX: static batch (None: dynamic); TRT: profile max
     half: bool = False
     int8: bool = False
     calib: Path | None = None
-    workspace: float | None = None    # GiB
+    workspace: float | None = None  # GiB
     verify: bool = True
     verify_count: int = DEFAULT_VERIFY_COUNT
     verify_images: Path | None = None
-    feature_names: Path | None = None   # JSON: a list of F names or {index: name}
+    feature_names: Path | None = None  # JSON: a list of F names or {index: name}
     given: frozenset[str] = field(default_factory=frozenset)  # format options the user set
 
     @property
@@ -150,11 +174,12 @@ def validate(options: ExportOptions) -> None:
     fmt = options.export_format
     for option in (o for o in OPTION_FLAGS if o in options.given - fmt.options):
         takers = formats_taking(option)
-        raise QsennError(f"{OPTION_FLAGS[option]} is not available for {fmt.title} export"
-                         + (f"; formats that take it: {', '.join(takers)}" if takers else ""))
+        raise QsennError(
+            f"{OPTION_FLAGS[option]} is not available for {fmt.title} export"
+            + (f"; formats that take it: {', '.join(takers)}" if takers else "")
+        )
     if options.int8 and options.calib is None:
-        raise QsennError("--int8 needs --calib DIR: a folder of calibration images (a few hundred "
-                         "training images)")
+        raise QsennError("--int8 needs --calib DIR: a folder of calibration images (a few hundred training images)")
     if options.calib is not None and not options.int8:
         raise QsennError("--calib is only used with --int8; add --int8 or drop --calib")
     if options.batch is not None and options.batch < 1:
@@ -168,9 +193,12 @@ def validate(options: ExportOptions) -> None:
 
 
 def _precisions(f: ExportFormat) -> str:
-    return ", ".join(f"{p} {t.rel:g}" + (f" argmax≥{100 * t.argmax:.0f}%" if t.argmax < 1 else "")
-                     + (f" top-{TOP_FEATURES} features≥{100 * t.top_features:.0f}%" if t.top_features else "")
-                     for p, t in f.tolerances.items())
+    return ", ".join(
+        f"{p} {t.rel:g}"
+        + (f" argmax≥{100 * t.argmax:.0f}%" if t.argmax < 1 else "")
+        + (f" top-{TOP_FEATURES} features≥{100 * t.top_features:.0f}%" if t.top_features else "")
+        for p, t in f.tolerances.items()
+    )
 
 
 def help_table() -> str:
@@ -178,8 +206,10 @@ def help_table() -> str:
     lines = []
     for f in FORMATS.values():
         flags = ", ".join(OPTION_FLAGS[o] for o in OPTION_FLAGS if o in f.options)
-        lines.append(f"{f.name:<5} {f.title:<16} {f.suffix:<8} {'+'.join(f.devices):<8} "
-                     f"{_precisions(f)}; {flags}; pip install 'qsenn[{f.extra}]'")
+        lines.append(
+            f"{f.name:<5} {f.title:<16} {f.suffix:<8} {'+'.join(f.devices):<8} "
+            f"{_precisions(f)}; {flags}; pip install 'qsenn[{f.extra}]'"
+        )
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ or to float convs between DequantizeLinear/QuantizeLinear (QDQ, 1.1×). QOperato
 uint8 activations ran alike; QOperator is kept because the file itself holds the integer ops
 instead of relying on onnxruntime fusing the QDQ pattern at session start.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -32,20 +33,28 @@ from qsenn_train.errors import QsennError
 from .fold import attach_metadata, store_ternary_as_int8
 
 CALIBRATION_BATCH = 8
-QUANTISED_OP_PREFIXES = ("QLinear", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger",
-                         "DynamicQuantize")
+QUANTISED_OP_PREFIXES = (
+    "QLinear",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantize",
+)
 
 
 @dataclass(frozen=True)
 class Int8Settings:
     """How onnxruntime quantises the backbone; the defaults are the measured choice."""
 
-    format: str = "QOperator"        # QuantFormat: QOperator or QDQ
-    activations: str = "QUInt8"      # QuantType of activations: QUInt8 or QInt8
-    calibration: str = "MinMax"      # CalibrationMethod
+    format: str = "QOperator"  # QuantFormat: QOperator or QDQ
+    activations: str = "QUInt8"  # QuantType of activations: QUInt8 or QInt8
+    calibration: str = "MinMax"  # CalibrationMethod
 
     def describe(self) -> str:
-        return f"{self.format}, {self.activations} activations, per-channel QInt8 weights, {self.calibration} calibration"
+        return (
+            f"{self.format}, {self.activations} activations, per-channel QInt8 weights, {self.calibration} calibration"
+        )
 
 
 def head_nodes(graph: onnx.GraphProto) -> list[str]:
@@ -69,8 +78,11 @@ def head_nodes(graph: onnx.GraphProto) -> list[str]:
 def quantised_head_nodes(model: onnx.ModelProto) -> list[str]:
     """Head nodes that run quantised arithmetic (an INT8 export must have none)."""
     nodes = {node.name: node for node in model.graph.node}
-    return [f"{name} ({nodes[name].op_type})" for name in head_nodes(model.graph)
-            if nodes[name].op_type.startswith(QUANTISED_OP_PREFIXES)]
+    return [
+        f"{name} ({nodes[name].op_type})"
+        for name in head_nodes(model.graph)
+        if nodes[name].op_type.startswith(QUANTISED_OP_PREFIXES)
+    ]
 
 
 class ImageReader(onnxruntime.quantization.CalibrationDataReader):
@@ -81,8 +93,10 @@ class ImageReader(onnxruntime.quantization.CalibrationDataReader):
     every image in memory (hundreds of MB per ResNet-50 image at 448 px)."""
 
     def __init__(self, images: np.ndarray, batch_size: int = CALIBRATION_BATCH):
-        self.batches = [np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32)
-                        for i in range(0, len(images), batch_size)]
+        self.batches = [
+            np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32)
+            for i in range(0, len(images), batch_size)
+        ]
         self.pending = iter(self.batches)
 
     def __len__(self) -> int:
@@ -96,8 +110,9 @@ class ImageReader(onnxruntime.quantization.CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def quantize_static_model(model: onnx.ModelProto, calibration: np.ndarray, settings: Int8Settings,
-                          nodes_to_exclude: list[str] | None) -> onnx.ModelProto:
+def quantize_static_model(
+    model: onnx.ModelProto, calibration: np.ndarray, settings: Int8Settings, nodes_to_exclude: list[str] | None
+) -> onnx.ModelProto:
     """onnxruntime's pre-processing (shape inference, BN folding, constant folding) and static
     quantisation with per-channel weights; `nodes_to_exclude` are named in the pre-processed graph,
     None excludes the head. The result is as onnxruntime writes it (T folded to float)."""
@@ -109,30 +124,46 @@ def quantize_static_model(model: onnx.ModelProto, calibration: np.ndarray, setti
         quant_pre_process(str(source), str(prepared))
         if nodes_to_exclude is None:
             nodes_to_exclude = head_nodes(onnx.load(str(prepared)).graph)
-        quantize_static(str(prepared), str(quantised), ImageReader(calibration),
-                        quant_format=QuantFormat[settings.format], per_channel=True,
-                        activation_type=QuantType[settings.activations], weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod[settings.calibration],
-                        nodes_to_exclude=nodes_to_exclude,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                                       "CalibStridedMinMax": 1})
+        quantize_static(
+            str(prepared),
+            str(quantised),
+            ImageReader(calibration),
+            quant_format=QuantFormat[settings.format],
+            per_channel=True,
+            activation_type=QuantType[settings.activations],
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod[settings.calibration],
+            nodes_to_exclude=nodes_to_exclude,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibStridedMinMax": 1},
+        )
         return onnx.load(str(quantised))
 
 
-def quantize_backbone(model: onnx.ModelProto, calibration: np.ndarray, metadata: ModelMetadata,
-                      calibration_source: str, settings: Int8Settings = Int8Settings()) -> onnx.ModelProto:
+def quantize_backbone(
+    model: onnx.ModelProto,
+    calibration: np.ndarray,
+    metadata: ModelMetadata,
+    calibration_source: str,
+    settings: Int8Settings = Int8Settings(),
+) -> onnx.ModelProto:
     """The fp32 export `model` with an INT8 backbone, T back as the INT8 initializer + Cast, and
     the metadata extended by how it was quantised; checked."""
     if len(calibration) == 0:
         raise QsennError("INT8 calibration needs at least one image")
     quantised = quantize_static_model(model, calibration, settings, None)
-    store_ternary_as_int8(quantised, metadata.ternary)   # pre-processing folded the Cast away
+    store_ternary_as_int8(quantised, metadata.ternary)  # pre-processing folded the Cast away
     quantised_head = quantised_head_nodes(quantised)
     if quantised_head:
         raise QsennError(f"internal error: INT8 quantisation reached the head: {', '.join(quantised_head)}")
-    metadata = metadata.with_quantization({
-        "precision": "int8", "tool": f"onnxruntime {onnxruntime.__version__} quantize_static",
-        **asdict(settings), "weights": "QInt8 per-channel symmetric",
-        "calibration_images": int(len(calibration)), "calibration_source": calibration_source,
-        "float_nodes": "head: pooling, c = a·(f − μ)/σ, logits = T·c + b (T: INT8 initializer + Cast)"})
+    metadata = metadata.with_quantization(
+        {
+            "precision": "int8",
+            "tool": f"onnxruntime {onnxruntime.__version__} quantize_static",
+            **asdict(settings),
+            "weights": "QInt8 per-channel symmetric",
+            "calibration_images": len(calibration),
+            "calibration_source": calibration_source,
+            "float_nodes": "head: pooling, c = a·(f − μ)/σ, logits = T·c + b (T: INT8 initializer + Cast)",
+        }
+    )
     return attach_metadata(quantised, metadata, "the INT8 graph")

@@ -3,6 +3,7 @@
 The schema is qsenn_runtime.metadata's; this module only fills it in from a checkpoint
 record, the run's configuration and its metrics.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -24,7 +25,7 @@ from qsenn_train.rundir import CONFIG, FINAL_LINK
 
 from .fold import ternary_head
 
-RUN_LAYOUT_DEPTH = "*/*/*"   # OUT/<arch>/<dataset>/<seed>/, as `qsenn train --out OUT` writes
+RUN_LAYOUT_DEPTH = "*/*/*"  # OUT/<arch>/<dataset>/<seed>/, as `qsenn train --out OUT` writes
 
 
 @dataclass
@@ -63,13 +64,16 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
         raise QsennError(f"{path} does not exist; pass a run directory or a checkpoint file")
     if (path / CONFIG).is_file():
         if not (path / FINAL_LINK).exists():
-            raise QsennError(f"run {path} has no {FINAL_LINK} (training has not finished); "
-                             f"finish it with `qsenn train ... --resume`")
+            raise QsennError(
+                f"run {path} has no {FINAL_LINK} (training has not finished); finish it with `qsenn train ... --resume`"
+            )
         return path / FINAL_LINK, path
     run = _newest_run(path)
     if run is None:
-        raise QsennError(f"{path} is neither a run directory (no {CONFIG}) nor a folder of finished "
-                         f"runs; pass RUN or RUN/{FINAL_LINK}")
+        raise QsennError(
+            f"{path} is neither a run directory (no {CONFIG}) nor a folder of finished "
+            f"runs; pass RUN or RUN/{FINAL_LINK}"
+        )
     return run / FINAL_LINK, run
 
 
@@ -87,30 +91,43 @@ def load_source(path: Path) -> ExportSource:
         try:
             model_type = _read_json(run_dir / CONFIG)["recipe"]["model_type"]
         except (KeyError, TypeError):
-            raise QsennError(f"{run_dir / CONFIG} names no recipe.model_type; the run directory "
-                             f"is damaged") from None
+            raise QsennError(f"{run_dir / CONFIG} names no recipe.model_type; the run directory is damaged") from None
         if model_type != "qsenn":
-            raise QsennError(f"run {run_dir} trained a {model_type} model, whose head is real-valued; "
-                             f"qsenn export takes Q-SENN models only (the exported contract is a ternary head)")
+            raise QsennError(
+                f"run {run_dir} trained a {model_type} model, whose head is real-valued; "
+                f"qsenn export takes Q-SENN models only (the exported contract is a ternary head)"
+            )
         metrics_file = run_dir / f"metrics_{model_type}.json"
         metrics = _read_json(metrics_file) if metrics_file.is_file() else None
     model, record = load_checkpoint(checkpoint)
     model.eval()
-    return ExportSource(model=model, record=record, checkpoint=checkpoint, run_dir=run_dir,
-                        model_type=model_type, metrics=metrics, head=ternary_head(model, str(checkpoint)))
+    return ExportSource(
+        model=model,
+        record=record,
+        checkpoint=checkpoint,
+        run_dir=run_dir,
+        model_type=model_type,
+        metrics=metrics,
+        head=ternary_head(model, str(checkpoint)),
+    )
 
 
 def qsenn_version() -> str:
     try:
         return importlib.metadata.version("qsenn")
-    except importlib.metadata.PackageNotFoundError:   # run from a source tree that is not installed
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
         return "source tree"
 
 
 def exporter_versions(opset: int) -> dict:
-    return {"name": "qsenn export", "qsenn": qsenn_version(),
-            **library_versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "opset": opset}
+    return {
+        "name": "qsenn export",
+        "qsenn": qsenn_version(),
+        **library_versions(),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": opset,
+    }
 
 
 def read_feature_names(path: Path, n_features: int) -> list[str]:
@@ -134,8 +151,7 @@ def read_feature_names(path: Path, n_features: int) -> list[str]:
         raise QsennError(f"{path} must hold a JSON list of names or an object {{index: name}}")
     for j, name in entries.items():
         if not 0 <= j < n_features or not isinstance(name, str) or not name.strip():
-            raise QsennError(f"{path}: entry {j}: {name!r} is not a non-empty name of a feature "
-                             f"0..{n_features - 1}")
+            raise QsennError(f"{path}: entry {j}: {name!r} is not a non-empty name of a feature 0..{n_features - 1}")
         names[j] = name.strip()
     return names
 
@@ -143,8 +159,11 @@ def read_feature_names(path: Path, n_features: int) -> list[str]:
 def build_metadata(source: ExportSource, opset: int, feature_names: Path | None = None) -> ModelMetadata:
     info, record, head = source.info, source.record, source.head
     selection = source.model.linear.selection.tolist()
-    names = (read_feature_names(feature_names, len(selection)) if feature_names is not None
-             else [f"feature {j}" for j in range(len(selection))])
+    names = (
+        read_feature_names(feature_names, len(selection))
+        if feature_names is not None
+        else [f"feature {j}" for j in range(len(selection))]
+    )
     metadata = ModelMetadata(
         class_names=info.class_names,
         features=tuple(Feature(j, int(channel), names[j]) for j, channel in enumerate(selection)),
@@ -153,11 +172,17 @@ def build_metadata(source: ExportSource, opset: int, feature_names: Path | None 
         scale=head.magnitude,
         input=InputSpec(source.img_size, info.resize_mode, info.mean, info.std),
         model_type=source.model_type,
-        provenance={"dataset": info.name, "crop_gt": info.crop_gt, "arch": record["arch"],
-                    "reduced_strides": record["reduced_strides"], "recipe": record.get("recipe"),
-                    "seed": record.get("seed"), "metrics": source.metrics,
-                    "checkpoint": source.checkpoint.name,
-                    **({"imported_from": record["imported_from"]} if "imported_from" in record else {})},
+        provenance={
+            "dataset": info.name,
+            "crop_gt": info.crop_gt,
+            "arch": record["arch"],
+            "reduced_strides": record["reduced_strides"],
+            "recipe": record.get("recipe"),
+            "seed": record.get("seed"),
+            "metrics": source.metrics,
+            "checkpoint": source.checkpoint.name,
+            **({"imported_from": record["imported_from"]} if "imported_from" in record else {}),
+        },
         exporter=exporter_versions(opset),
     )
     metadata.validate()

@@ -5,6 +5,7 @@ The original saves a state dict with torchvision ResNet keys and the sparse head
 QResNet's layout; what it lacks is the provenance a qsenn checkpoint carries (classes,
 input size, normalisation), which comes from the command line and the dataset constants.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -15,8 +16,14 @@ import torch
 
 from qsenn_train.checkpoint import SPARSE_KEYS, model_record, refused_global
 from qsenn_train.data.base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, DatasetInfo
-from qsenn_train.data.layouts import (CUB_MEAN, CUB_STD, STANFORD_CARS_MEAN, STANFORD_CARS_STD,
-                                      TRAVELING_BIRDS_MEAN, TRAVELING_BIRDS_STD)
+from qsenn_train.data.layouts import (
+    CUB_MEAN,
+    CUB_STD,
+    STANFORD_CARS_MEAN,
+    STANFORD_CARS_STD,
+    TRAVELING_BIRDS_MEAN,
+    TRAVELING_BIRDS_STD,
+)
 from qsenn_train.errors import QsennError
 from qsenn_train.model import ARCHS, build_model
 from qsenn_train.rundir import atomic_write
@@ -31,7 +38,7 @@ REFERENCE_INPUTS = {
     "StanfordCars": (STANFORD_CARS_MEAN, STANFORD_CARS_STD, RESIZE_SHORTER),
     "ImageNet": (None, None, RESIZE_IMAGENET),
 }
-CROP_GT_DATASETS = ("CUB2011", "TravelingBirds")   # GT crops are resized to a square (§3.2)
+CROP_GT_DATASETS = ("CUB2011", "TravelingBirds")  # GT crops are resized to a square (§3.2)
 SPARSE_DROPOUT = 0.1
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
@@ -45,21 +52,25 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         if not refused_global(exc):
             raise QsennError(f"cannot read {path}: it is not a torch.save file, or a corrupt one") from None
-        raise QsennError(f"{path} holds a pickled model object, which qsenn does not load (loading "
-                         f"it would run code from the file); in the original code run "
-                         f"torch.save(model.state_dict(), 'weights.pth') and import that") from None
+        raise QsennError(
+            f"{path} holds a pickled model object, which qsenn does not load (loading "
+            f"it would run code from the file); in the original code run "
+            f"torch.save(model.state_dict(), 'weights.pth') and import that"
+        ) from None
     except Exception as exc:
         raise QsennError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise QsennError(f"{path} is not a state dict (a mapping of names to tensors)")
-    if state and all(k.startswith("module.") for k in state):   # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module.") :]: v for k, v in state.items()}
     missing = [k for k in SPARSE_KEYS if k not in state]
     if missing:
-        raise QsennError(f"{path} has no sparse head ({', '.join(missing)} missing): it looks like a dense "
-                         f"checkpoint; import the fine-tuned Q-SENN model of the original run")
+        raise QsennError(
+            f"{path} has no sparse head ({', '.join(missing)} missing): it looks like a dense "
+            f"checkpoint; import the fine-tuned Q-SENN model of the original run"
+        )
     return state
 
 
@@ -75,8 +86,10 @@ def infer_arch(state: dict[str, torch.Tensor], source: Path) -> str:
     for arch, (block, layers, _) in ARCHS.items():
         if layers == blocks and (block.__name__ == "Bottleneck") == bottleneck:
             return arch
-    raise QsennError(f"{source}: no known ResNet has {blocks} {'bottleneck' if bottleneck else 'basic'} "
-                     f"blocks per stage; supported: {', '.join(ARCHS)}")
+    raise QsennError(
+        f"{source}: no known ResNet has {blocks} {'bottleneck' if bottleneck else 'basic'} "
+        f"blocks per stage; supported: {', '.join(ARCHS)}"
+    )
 
 
 def read_class_names(path: Path | None, num_classes: int) -> tuple[str, ...]:
@@ -84,13 +97,23 @@ def read_class_names(path: Path | None, num_classes: int) -> tuple[str, ...]:
         return tuple(f"class {k}" for k in range(num_classes))
     names = tuple(line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
     if len(names) != num_classes:
-        raise QsennError(f"{path} lists {len(names)} class names but the checkpoint has {num_classes} "
-                         f"classes; give one name per line, in class-index order")
+        raise QsennError(
+            f"{path} lists {len(names)} class names but the checkpoint has {num_classes} "
+            f"classes; give one name per line, in class-index order"
+        )
     return names
 
 
-def import_reference(path: Path, dataset: str, *, data_root: Path, class_names: Path | None = None,
-                     img_size: int = 448, crop_gt: bool = False, reduced_strides: bool = False) -> dict:
+def import_reference(
+    path: Path,
+    dataset: str,
+    *,
+    data_root: Path,
+    class_names: Path | None = None,
+    img_size: int = 448,
+    crop_gt: bool = False,
+    reduced_strides: bool = False,
+) -> dict:
     """The qsenn checkpoint record of a reference checkpoint (after checking its head is ternary)."""
     if dataset not in REFERENCE_INPUTS:
         raise QsennError(f"the original code trains {', '.join(REFERENCE_INPUTS)}; got {dataset!r}")
@@ -99,19 +122,24 @@ def import_reference(path: Path, dataset: str, *, data_root: Path, class_names: 
     path = Path(path)
     state = load_state_dict(path)
     num_classes = state["linear.layer.weight"].shape[0]
-    model = build_model(infer_arch(state, path), num_classes, reduced_strides=reduced_strides,
-                        dropout=SPARSE_DROPOUT)
+    model = build_model(infer_arch(state, path), num_classes, reduced_strides=reduced_strides, dropout=SPARSE_DROPOUT)
     model.install_sparse_head(*(state[k] for k in SPARSE_KEYS), dropout=SPARSE_DROPOUT)
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:   # missing/unexpected keys or shape mismatches, listed by torch
+    except RuntimeError as exc:  # missing/unexpected keys or shape mismatches, listed by torch
         detail = str(exc).splitlines()[-1].strip()
         raise QsennError(f"{path} does not match {model.arch}: {detail}") from None
-    ternary_head(model, str(path))   # refuses SLDD and unquantised heads
+    ternary_head(model, str(path))  # refuses SLDD and unquantised heads
     mean, std, resize_mode = REFERENCE_INPUTS[dataset]
-    info = DatasetInfo(name=dataset, root=str(data_root), class_names=read_class_names(class_names, num_classes),
-                       mean=mean, std=std, resize_mode=RESIZE_SQUARE if crop_gt else resize_mode,
-                       crop_gt=crop_gt)
+    info = DatasetInfo(
+        name=dataset,
+        root=str(data_root),
+        class_names=read_class_names(class_names, num_classes),
+        mean=mean,
+        std=std,
+        resize_mode=RESIZE_SQUARE if crop_gt else resize_mode,
+        crop_gt=crop_gt,
+    )
     return model_record(model, info, img_size, recipe="reference", seed=None, imported_from=path.name)
 
 

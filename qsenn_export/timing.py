@@ -4,8 +4,10 @@ and library versions, and result files named by device and versions (timm's habi
 Torch-free (versions are read from the installed distributions), so the runtime benchmarks
 use it without importing torch.
 """
+
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -22,9 +24,15 @@ LIBRARIES = ("qsenn", "torch", "torchvision", "onnx", "onnxruntime", "onnxruntim
 
 def latency_summary(seconds: list[float]) -> dict:
     ms = np.asarray(seconds) * 1e3
-    return {"n": len(ms), "min_ms": float(ms.min()), "mean_ms": float(ms.mean()),
-            **{f"{name}_ms": float(np.percentile(ms, q))
-               for name, q in (("median", 50), ("p90", 90), ("p95", 95), ("p99", 99))}}
+    return {
+        "n": len(ms),
+        "min_ms": float(ms.min()),
+        "mean_ms": float(ms.mean()),
+        **{
+            f"{name}_ms": float(np.percentile(ms, q))
+            for name, q in (("median", 50), ("p90", 90), ("p95", 95), ("p99", 99))
+        },
+    }
 
 
 def cpu_name() -> str:
@@ -50,18 +58,23 @@ def cpu_flags() -> list[str]:
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in LIBRARIES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return versions
 
 
 def environment(gpu: str | None = None) -> dict:
     """The machine and libraries a result belongs to; `gpu` names the GPU when one was used."""
-    return {"device": gpu or cpu_name(), "cpu": cpu_name(), "cpu_flags": cpu_flags(), "gpu": gpu,
-            "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "load_average": [round(x, 2) for x in os.getloadavg()], **library_versions()}
+    return {
+        "device": gpu or cpu_name(),
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
+        "gpu": gpu,
+        "cpus": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        **library_versions(),
+    }
 
 
 def slug(text: str) -> str:

@@ -3,31 +3,39 @@ stored in the qsenn engine container and verified against the ONNX model.
 
 TensorRT is imported only inside `require_tensorrt`, so this module loads without it.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 import torch
 
 from qsenn_runtime.engine_file import pack_engine, read_engine_file
-from qsenn_runtime.metadata import (ENGINE_GPU_KEY, ENGINE_PRECISION_KEY, ENGINE_TENSORRT_KEY, INPUT_NAME,
-                                    OUTPUT_NAMES)
+from qsenn_runtime.metadata import ENGINE_GPU_KEY, ENGINE_PRECISION_KEY, ENGINE_TENSORRT_KEY, INPUT_NAME, OUTPUT_NAMES
 from qsenn_train.errors import QsennError
 from qsenn_train.rundir import atomic_write
 
 from .fold import ternary_as_float
-from .formats import (CALIBRATION_LIMIT, DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB, ExportOptions, Tolerance,
-                      validate)
+from .formats import CALIBRATION_LIMIT, DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB, ExportOptions, Tolerance, validate
 from .metadata import build_metadata, load_source
 from .onnx_export import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
-from .verify import (CHUNK, Outputs, Report, compare, folder_images, onnx_outputs, onnx_session,
-                     run_in_batches, verification_images)
+from .verify import (
+    CHUNK,
+    Outputs,
+    Report,
+    compare,
+    folder_images,
+    onnx_outputs,
+    onnx_session,
+    run_in_batches,
+    verification_images,
+)
 
 INSTALL_HINT = "pip install 'qsenn[trt]'"
 CALIBRATION_BATCH = 8
@@ -47,15 +55,16 @@ def require_tensorrt():
     missing = []
     try:
         import tensorrt
-    except (ImportError, OSError):   # OSError: the package is there but its libraries are not
+    except (ImportError, OSError):  # OSError: the package is there but its libraries are not
         tensorrt = None
         missing.append(f"TensorRT is not installed ({INSTALL_HINT})")
     if not torch.cuda.is_available():
-        missing.append("no NVIDIA GPU is visible to CUDA (check the driver with nvidia-smi; "
-                       "engines are built on the GPU they will run on)")
+        missing.append(
+            "no NVIDIA GPU is visible to CUDA (check the driver with nvidia-smi; "
+            "engines are built on the GPU they will run on)"
+        )
     if missing:
-        raise QsennError("cannot build a TensorRT engine: " + "; ".join(missing)
-                         + "; or export --format onnx")
+        raise QsennError("cannot build a TensorRT engine: " + "; ".join(missing) + "; or export --format onnx")
     return tensorrt
 
 
@@ -76,12 +85,17 @@ def profile_shapes(max_batch: int, img_size: int) -> ProfileShapes:
     return ProfileShapes((1, *image), (max(1, max_batch // 2), *image), (max_batch, *image))
 
 
-def engine_info(tensorrt_version: str, gpu: str, capability: tuple[int, int], precision: str,
-                shapes: ProfileShapes) -> dict:
+def engine_info(
+    tensorrt_version: str, gpu: str, capability: tuple[int, int], precision: str, shapes: ProfileShapes
+) -> dict:
     """metadata.engine: what the engine was built with and for (it runs only there)."""
-    return {ENGINE_TENSORRT_KEY: tensorrt_version, ENGINE_GPU_KEY: gpu,
-            "compute_capability": f"{capability[0]}.{capability[1]}", ENGINE_PRECISION_KEY: precision,
-            "profile": shapes.to_json()}
+    return {
+        ENGINE_TENSORRT_KEY: tensorrt_version,
+        ENGINE_GPU_KEY: gpu,
+        "compute_capability": f"{capability[0]}.{capability[1]}",
+        ENGINE_PRECISION_KEY: precision,
+        "profile": shapes.to_json(),
+    }
 
 
 def _calibrator(trt, images: torch.Tensor):
@@ -95,9 +109,9 @@ def _calibrator(trt, images: torch.Tensor):
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
-            whole = len(images) // batch_size * batch_size   # TensorRT wants equal batches
+            whole = len(images) // batch_size * batch_size  # TensorRT wants equal batches
             self.batches = list(images[:whole].split(batch_size))
-            self.current = None   # keeps the GPU copy alive while TensorRT reads it
+            self.current = None  # keeps the GPU copy alive while TensorRT reads it
 
         def get_batch_size(self) -> int:
             return batch_size
@@ -109,7 +123,7 @@ def _calibrator(trt, images: torch.Tensor):
             return [self.current.data_ptr()]
 
         def read_calibration_cache(self):
-            return None   # calibrate on every build: the images may have changed
+            return None  # calibrate on every build: the images may have changed
 
         def write_calibration_cache(self, cache) -> None:
             pass
@@ -117,11 +131,17 @@ def _calibrator(trt, images: torch.Tensor):
     return EntropyCalibrator(), batch_size
 
 
-def build_engine(trt, model: onnx.ModelProto, shapes: ProfileShapes, options: ExportOptions,
-                 calibration: torch.Tensor | None, echo: Callable[[str], None]) -> bytes:
+def build_engine(
+    trt,
+    model: onnx.ModelProto,
+    shapes: ProfileShapes,
+    options: ExportOptions,
+    calibration: torch.Tensor | None,
+    echo: Callable[[str], None],
+) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)   # TensorRT 10: networks are always explicit-batch
+    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(ternary_as_float(model).SerializeToString()):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -147,12 +167,16 @@ def build_engine(trt, model: onnx.ModelProto, shapes: ProfileShapes, options: Ex
     cache_file = timing_cache_path()
     cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    echo(f"building the {options.precision} engine (profile batch {shapes.min[0]}/{shapes.opt[0]}/"
-         f"{shapes.max[0]}, workspace {workspace:g} GiB, timing cache {cache_file})")
+    echo(
+        f"building the {options.precision} engine (profile batch {shapes.min[0]}/{shapes.opt[0]}/"
+        f"{shapes.max[0]}, workspace {workspace:g} GiB, timing cache {cache_file})"
+    )
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise QsennError("TensorRT failed to build the engine (its messages above say why); "
-                         "try a larger --workspace or a smaller --batch")
+        raise QsennError(
+            "TensorRT failed to build the engine (its messages above say why); "
+            "try a larger --workspace or a smaller --batch"
+        )
     atomic_write(cache_file, lambda tmp: tmp.write_bytes(bytes(cache.serialize())))
     return bytes(plan)
 
@@ -172,8 +196,10 @@ def engine_outputs(trt, plan: bytes, images: np.ndarray, max_batch: int) -> Outp
             inputs = torch.from_numpy(batch).cuda().contiguous()
             context.set_input_shape(INPUT_NAME, tuple(inputs.shape))
             context.set_tensor_address(INPUT_NAME, inputs.data_ptr())
-            outputs = {name: torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32,
-                                         device="cuda") for name in OUTPUT_NAMES}
+            outputs = {
+                name: torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
+                for name in OUTPUT_NAMES
+            }
             for name, tensor in outputs.items():
                 context.set_tensor_address(name, tensor.data_ptr())
             if not context.execute_async_v3(stream.cuda_stream):
@@ -184,12 +210,12 @@ def engine_outputs(trt, plan: bytes, images: np.ndarray, max_batch: int) -> Outp
     return run_in_batches(run, images, min(CHUNK, max_batch))
 
 
-def verify_engine(trt, path: Path, reference: Outputs, images: torch.Tensor, description: str,
-                  tolerance: Tolerance, max_batch: int) -> Report:
+def verify_engine(
+    trt, path: Path, reference: Outputs, images: torch.Tensor, description: str, tolerance: Tolerance, max_batch: int
+) -> Report:
     """Read the container back (metadata + plan) and compare the engine with the ONNX model."""
     metadata, plan = read_engine_file(path)
-    return compare(reference, engine_outputs(trt, plan, images.numpy(), max_batch), metadata, tolerance,
-                   description)
+    return compare(reference, engine_outputs(trt, plan, images.numpy(), max_batch), metadata, tolerance, description)
 
 
 def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], None] = print) -> Path:
@@ -209,17 +235,31 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
         echo(f"calibrating on {len(calibration)} images of {options.calib}")
     plan = build_engine(trt, model, shapes, options, calibration, echo)
     device = torch.cuda.current_device()
-    metadata = metadata.with_engine(engine_info(
-        trt.__version__, torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device),
-        options.precision, shapes))
+    metadata = metadata.with_engine(
+        engine_info(
+            trt.__version__,
+            torch.cuda.get_device_name(device),
+            torch.cuda.get_device_capability(device),
+            options.precision,
+            shapes,
+        )
+    )
     data = pack_engine(metadata, plan)
 
     verify = None
     if options.verify:
-        images, description = verification_images(source.info, source.img_size, options.verify_count,
-                                                  options.verify_images, echo)
+        images, description = verification_images(
+            source.info, source.img_size, options.verify_count, options.verify_images, echo
+        )
         reference = onnx_outputs(onnx_session(model.SerializeToString()), images.numpy())
-        verify = partial(verify_engine, trt, reference=reference, images=images, description=description,
-                         tolerance=options.tolerance, max_batch=shapes.max[0])
+        verify = partial(
+            verify_engine,
+            trt,
+            reference=reference,
+            images=images,
+            description=description,
+            tolerance=options.tolerance,
+            max_batch=shapes.max[0],
+        )
     write_verified(out, data, verify, echo)
     return out

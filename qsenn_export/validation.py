@@ -9,13 +9,14 @@ of the top features with the test images that activate them most; and writes one
 
 It lives in qsenn_export because it exports and runs the runtime (qsenn_train imports neither).
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -54,22 +55,33 @@ class RunFiles:
     recipe: Recipe
     seed: int
     info: DatasetInfo
-    metrics: dict[str, dict]       # dense, qsenn, sldd (those present)
+    metrics: dict[str, dict]  # dense, qsenn, sldd (those present)
     timings: dict[str, float]
 
     @classmethod
-    def read(cls, run_dir: Path) -> "RunFiles":
+    def read(cls, run_dir: Path) -> RunFiles:
         run_dir = Path(run_dir)
         config = _json(run_dir / CONFIG, "is this a run directory of `qsenn train`?")
-        metrics = {label: _json(run_dir / f"metrics_{label}.json")
-                   for label in MODEL_LABELS if (run_dir / f"metrics_{label}.json").is_file()}
+        metrics = {
+            label: _json(run_dir / f"metrics_{label}.json")
+            for label in MODEL_LABELS
+            if (run_dir / f"metrics_{label}.json").is_file()
+        }
         for label in ("dense", "qsenn"):
             if label not in metrics:
-                raise QsennError(f"{run_dir} has no metrics_{label}.json; train Q-SENN to the end first "
-                                 f"(`qsenn train ... --model-type qsenn --resume`)")
+                raise QsennError(
+                    f"{run_dir} has no metrics_{label}.json; train Q-SENN to the end first "
+                    f"(`qsenn train ... --model-type qsenn --resume`)"
+                )
         timings = _json(run_dir / "timings.json") if (run_dir / "timings.json").is_file() else {}
-        return cls(run_dir, Recipe.from_json(config["recipe"]), int(config["seed"]),
-                   DatasetInfo.from_json(config["dataset"]), metrics, timings)
+        return cls(
+            run_dir,
+            Recipe.from_json(config["recipe"]),
+            int(config["seed"]),
+            DatasetInfo.from_json(config["dataset"]),
+            metrics,
+            timings,
+        )
 
     def stage_times(self) -> dict:
         """Seconds per stage: dense training, metrics, and each sparse model's steps summed over
@@ -98,6 +110,7 @@ def _json(path: Path, hint: str = "the run directory is damaged") -> dict:
 
 # ---- feature names from the global explanation ---------------------------------------------
 
+
 def feature_names(ternary: np.ndarray, class_names: Sequence[str]) -> list[str]:
     """'+Trouser/+Dress −Bag': the classes a feature raises (T = +1) and lowers (T = −1);
     'unused' where no class reads it."""
@@ -110,6 +123,7 @@ def feature_names(ternary: np.ndarray, class_names: Sequence[str]) -> list[str]:
 
 
 # ---- the two sides over the test set -------------------------------------------------------
+
 
 def test_split(files: RunFiles):
     """The run's test images (its subset for a smoke run), without a transform."""
@@ -126,16 +140,20 @@ def runtime_input(dataset, index: int):
 def torch_pass(model: QResNet, magnitude: float, test, info: DatasetInfo, img_size: int) -> dict[str, np.ndarray]:
     """Logits and features c = a·(f − μ)/max(σ, 1e-6) of the trained model, training test transform."""
     model.eval()
-    loader = make_loader(test.with_transform(build_transform(info, img_size, train=False)), BATCH,
-                         shuffle=False, workers=0)
+    loader = make_loader(
+        test.with_transform(build_transform(info, img_size, train=False)), BATCH, shuffle=False, workers=0
+    )
     logits, features, labels = [], [], []
     for images, y in loader:
         out = model(images)
         logits.append(out.logits)
         features.append(magnitude * model.linear.standardise(out.pooled))
         labels.append(y)
-    return {"logits": torch.cat(logits).numpy(), "features": torch.cat(features).numpy(),
-            "labels": torch.cat(labels).numpy()}
+    return {
+        "logits": torch.cat(logits).numpy(),
+        "features": torch.cat(features).numpy(),
+        "labels": torch.cat(labels).numpy(),
+    }
 
 
 def runtime_pass(model: qsenn_runtime.Model, test) -> dict[str, np.ndarray]:
@@ -163,11 +181,19 @@ def agreement(reference: dict, exported: dict, metadata) -> dict:
     return {
         "images": len(ref),
         "argmax_agreement": float(np.mean(ref_class == got_class)),
-        "disagreements": [{"image": int(i), "pytorch": int(ref_class[i]), "onnx": int(got_class[i]),
-                           "pytorch_top2_margin": float(top2[i, 1] - top2[i, 0])} for i in differ[:20]],
+        "disagreements": [
+            {
+                "image": int(i),
+                "pytorch": int(ref_class[i]),
+                "onnx": int(got_class[i]),
+                "pytorch_top2_margin": float(top2[i, 1] - top2[i, 0]),
+            }
+            for i in differ[:20]
+        ],
         "max_abs_logit_difference": float(np.abs(got.astype(np.float64) - ref).max()),
-        "max_abs_feature_difference": float(np.abs(exported["features"].astype(np.float64)
-                                                   - reference["features"]).max()),
+        "max_abs_feature_difference": float(
+            np.abs(exported["features"].astype(np.float64) - reference["features"]).max()
+        ),
         "max_identity_residual": float(np.abs(got - recomputed).max()),
         "pytorch_accuracy": float(np.mean(ref_class == reference["labels"])),
         "onnx_accuracy": float(np.mean(got_class == reference["labels"])),
@@ -176,6 +202,7 @@ def agreement(reference: dict, exported: dict, metadata) -> dict:
 
 # ---- the contact sheet ----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class FeatureSummary:
     index: int
@@ -183,12 +210,19 @@ class FeatureSummary:
     name: str
     raises: tuple[str, ...]
     lowers: tuple[str, ...]
-    importance: float                 # mean |T[ŷ, j]·c_j| over the test images (ŷ: predicted class)
-    top_images: tuple[int, ...]       # test images with the largest c_j, strongest first
+    importance: float  # mean |T[ŷ, j]·c_j| over the test images (ŷ: predicted class)
+    top_images: tuple[int, ...]  # test images with the largest c_j, strongest first
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "channel": self.channel, "name": self.name, "raises": list(self.raises),
-                "lowers": list(self.lowers), "importance": self.importance, "top_images": list(self.top_images)}
+        return {
+            "index": self.index,
+            "channel": self.channel,
+            "name": self.name,
+            "raises": list(self.raises),
+            "lowers": list(self.lowers),
+            "importance": self.importance,
+            "top_images": list(self.top_images),
+        }
 
 
 def summarize_features(metadata, features: np.ndarray, predicted: np.ndarray, top_k: int) -> list[FeatureSummary]:
@@ -201,21 +235,35 @@ def summarize_features(metadata, features: np.ndarray, predicted: np.ndarray, to
         if not column.any():
             continue
         feature = metadata.features[j]
-        summaries.append(FeatureSummary(
-            int(j), feature.channel, feature.name,
-            tuple(metadata.class_names[k] for k in np.flatnonzero(column > 0)),
-            tuple(metadata.class_names[k] for k in np.flatnonzero(column < 0)),
-            float(importance[j]), tuple(int(i) for i in np.argsort(-features[:, j], kind="stable")[:top_k])))
+        summaries.append(
+            FeatureSummary(
+                int(j),
+                feature.channel,
+                feature.name,
+                tuple(metadata.class_names[k] for k in np.flatnonzero(column > 0)),
+                tuple(metadata.class_names[k] for k in np.flatnonzero(column < 0)),
+                float(importance[j]),
+                tuple(int(i) for i in np.argsort(-features[:, j], kind="stable")[:top_k]),
+            )
+        )
     return summaries
 
 
-def save_contact_sheet(model: qsenn_runtime.Model, test, labels: np.ndarray, features: np.ndarray,
-                       rows: list[FeatureSummary], path: Path, title: str) -> Path:
+def save_contact_sheet(
+    model: qsenn_runtime.Model,
+    test,
+    labels: np.ndarray,
+    features: np.ndarray,
+    rows: list[FeatureSummary],
+    path: Path,
+    title: str,
+) -> Path:
     """Rows: features; columns: the test images that activate each most, as the model sees them,
     with the feature's heat map over them and their true class and c below."""
-    from qsenn_runtime.explain_plot import heat_map   # needs matplotlib (qsenn[plot]); says so if missing
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from qsenn_runtime.explain_plot import heat_map  # needs matplotlib (qsenn[plot]); says so if missing
 
     columns = max(len(row.top_images) for row in rows)
     figure = Figure(figsize=(2.2 + 1.0 * columns, 0.5 + 1.22 * len(rows)), layout="constrained")
@@ -231,9 +279,15 @@ def save_contact_sheet(model: qsenn_runtime.Model, test, labels: np.ndarray, fea
         for c, image in enumerate(row.top_images):
             axes = figure.add_subplot(grid[r, c + 1])
             explained = model.explain(runtime_input(test, image))
-            axes.imshow(explained.image, interpolation="nearest")   # small images: show their pixels
-            axes.imshow(heat_map(explained.feature_maps[row.index], explained.image.shape[:2]),
-                        cmap="inferno", alpha=0.35, vmin=0, vmax=1, interpolation="bilinear")
+            axes.imshow(explained.image, interpolation="nearest")  # small images: show their pixels
+            axes.imshow(
+                heat_map(explained.feature_maps[row.index], explained.image.shape[:2]),
+                cmap="inferno",
+                alpha=0.35,
+                vmin=0,
+                vmax=1,
+                interpolation="bilinear",
+            )
             axes.set_xticks([])
             axes.set_yticks([])
             axes.set_xlabel(f"{model.class_names[labels[image]]}\nc={features[image, row.index]:.2f}", fontsize=7)
@@ -244,6 +298,7 @@ def save_contact_sheet(model: qsenn_runtime.Model, test, labels: np.ndarray, fea
 
 # ---- the whole check --------------------------------------------------------------------------
 
+
 def _timed(times: dict, label: str, work: Callable):
     start = time.perf_counter()
     result = work()
@@ -251,9 +306,15 @@ def _timed(times: dict, label: str, work: Callable):
     return result
 
 
-def validate_run(run_dir: Path, *, results_dir: Path | None = None, sheet: Path | None = None,
-                 sheet_features: int = 12, top_images: int = 8,
-                 echo: Callable[[str], None] = print) -> dict:
+def validate_run(
+    run_dir: Path,
+    *,
+    results_dir: Path | None = None,
+    sheet: Path | None = None,
+    sheet_features: int = 12,
+    top_images: int = 8,
+    echo: Callable[[str], None] = print,
+) -> dict:
     """Everything above; returns the result that it writes to results_dir (default: the run)."""
     files = RunFiles.read(run_dir)
     checkpoint = files.path / FINAL_LINK
@@ -264,32 +325,54 @@ def validate_run(run_dir: Path, *, results_dir: Path | None = None, sheet: Path 
     names = feature_names(head.ternary.numpy(), files.info.class_names)
     names_file = files.path / FEATURE_NAMES_FILE
     write_json_atomic(names_file, names)
-    onnx_path = _timed(times, "export", lambda: export(files.path, make_options(
-        "onnx", out=files.path / "model.onnx", feature_names=names_file), echo))
+    onnx_path = _timed(
+        times,
+        "export",
+        lambda: export(files.path, make_options("onnx", out=files.path / "model.onnx", feature_names=names_file), echo),
+    )
 
     test = test_split(files)
-    reference = _timed(times, f"pytorch ({len(test)} test images)",
-                       lambda: torch_pass(model, head.magnitude, test, files.info, files.recipe.img_size))
+    reference = _timed(
+        times,
+        f"pytorch ({len(test)} test images)",
+        lambda: torch_pass(model, head.magnitude, test, files.info, files.recipe.img_size),
+    )
     runtime = qsenn_runtime.load(onnx_path, "cpu", batch_size=BATCH)
     exported = _timed(times, f"runtime ({len(test)} test images)", lambda: runtime_pass(runtime, test))
     checked = agreement(reference, exported, runtime.metadata)
-    echo(f"runtime vs PyTorch on {checked['images']} test images: argmax agreement "
-         f"{100 * checked['argmax_agreement']:.2f}%, max|Δlogit| {checked['max_abs_logit_difference']:.1e}, "
-         f"largest identity residual {checked['max_identity_residual']:.1e}")
+    echo(
+        f"runtime vs PyTorch on {checked['images']} test images: argmax agreement "
+        f"{100 * checked['argmax_agreement']:.2f}%, max|Δlogit| {checked['max_abs_logit_difference']:.1e}, "
+        f"largest identity residual {checked['max_identity_residual']:.1e}"
+    )
 
     summaries = summarize_features(runtime.metadata, exported["features"], exported["logits"].argmax(1), top_images)
     sheet = sheet or files.path / SHEET_FILE
-    _timed(times, "contact sheet", lambda: save_contact_sheet(
-        runtime, test, reference["labels"], exported["features"], summaries[:sheet_features], sheet,
-        f"Q-SENN on {files.info.name}: the {min(sheet_features, len(summaries))} most used features "
-        f"and the test images that activate them most"))
+    _timed(
+        times,
+        "contact sheet",
+        lambda: save_contact_sheet(
+            runtime,
+            test,
+            reference["labels"],
+            exported["features"],
+            summaries[:sheet_features],
+            sheet,
+            f"Q-SENN on {files.info.name}: the {min(sheet_features, len(summaries))} most used features "
+            f"and the test images that activate them most",
+        ),
+    )
     echo(f"wrote {sheet} and {names_file}")
 
     result = _result(files, model, checked, summaries, times, onnx_path, sheet)
-    out = Path(results_dir or files.path) / (result_name(f"{files.info.name}-validation",
-                                                         f"{files.recipe.arch}-{files.recipe.img_size}"
-                                                         + files.recipe.subset_tag, result["environment"])
-                                             + ".json")
+    out = Path(results_dir or files.path) / (
+        result_name(
+            f"{files.info.name}-validation",
+            f"{files.recipe.arch}-{files.recipe.img_size}" + files.recipe.subset_tag,
+            result["environment"],
+        )
+        + ".json"
+    )
     write_json_atomic(out, result)
     echo(markdown_table(result))
     echo(f"wrote {out}")
@@ -301,12 +384,23 @@ def head_weights(model: QResNet) -> dict:
     weight = model.head_weight.detach().double()
     magnitudes = weight.abs()[weight != 0]
     low, high = float(magnitudes.min()), float(magnitudes.max())
-    return {"nonzeros": int(magnitudes.numel()), "magnitude_min": low, "magnitude_max": high,
-            "plus_minus_a": high - low <= MAGNITUDE_RTOL * high}
+    return {
+        "nonzeros": int(magnitudes.numel()),
+        "magnitude_min": low,
+        "magnitude_max": high,
+        "plus_minus_a": high - low <= MAGNITUDE_RTOL * high,
+    }
 
 
-def _result(files: RunFiles, qsenn_model: QResNet, checked: dict, summaries: list[FeatureSummary],
-            times: dict, onnx_path: Path, sheet: Path) -> dict:
+def _result(
+    files: RunFiles,
+    qsenn_model: QResNet,
+    checked: dict,
+    summaries: list[FeatureSummary],
+    times: dict,
+    onnx_path: Path,
+    sheet: Path,
+) -> dict:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     models = {label: {k: metrics[k] for k in METRIC_KEYS if k in metrics} for label, metrics in files.metrics.items()}
     heads = {"qsenn": head_weights(qsenn_model)}
@@ -314,23 +408,39 @@ def _result(files: RunFiles, qsenn_model: QResNet, checked: dict, summaries: lis
     if "sldd" in models and sldd_checkpoint.is_file():
         heads["sldd"] = head_weights(load_checkpoint(sldd_checkpoint)[0])
     dense = models["dense"]["Accuracy"]
-    goals = {label: {"within_1.5_points_of_dense": 100 * (dense - models[label]["Accuracy"]) <= ACCURACY_GAP_POINTS,
-                     f"at_most_{files.recipe.n_per_class}_weights_per_class":
-                         models[label]["PerClass"] <= files.recipe.n_per_class,
-                     **({"weights_plus_minus_a": heads[label]["plus_minus_a"]} if label in heads else {})}
-             for label in ("qsenn", "sldd") if label in models}
+    goals = {
+        label: {
+            "within_1.5_points_of_dense": 100 * (dense - models[label]["Accuracy"]) <= ACCURACY_GAP_POINTS,
+            f"at_most_{files.recipe.n_per_class}_weights_per_class": models[label]["PerClass"]
+            <= files.recipe.n_per_class,
+            **({"weights_plus_minus_a": heads[label]["plus_minus_a"]} if label in heads else {}),
+        }
+        for label in ("qsenn", "sldd")
+        if label in models
+    }
     goals["exported_argmax_agreement_100%"] = checked["argmax_agreement"] == 1.0
     stage_times = files.stage_times()
     return {
-        "dataset": files.info.name, "run": str(files.path), "recipe": files.recipe.name,
-        "data_variant": files.recipe.data_variant(), "arch": files.recipe.arch,
-        "img_size": files.recipe.img_size, "seed": files.seed,
+        "dataset": files.info.name,
+        "run": str(files.path),
+        "recipe": files.recipe.name,
+        "data_variant": files.recipe.data_variant(),
+        "arch": files.recipe.arch,
+        "img_size": files.recipe.img_size,
+        "seed": files.seed,
         "environment": environment(gpu),
-        "models": models, "heads": heads, "goals": goals, "exported_vs_pytorch": checked,
+        "models": models,
+        "heads": heads,
+        "goals": goals,
+        "exported_vs_pytorch": checked,
         "onnx": {"path": str(onnx_path), "bytes": onnx_path.stat().st_size},
-        "wall_seconds": {"training": stage_times, "validation": times,
-                         "total": round(_total(stage_times) + sum(times.values()), 1)},
-        "features": [s.to_dict() for s in summaries], "contact_sheet": str(sheet),
+        "wall_seconds": {
+            "training": stage_times,
+            "validation": times,
+            "total": round(_total(stage_times) + sum(times.values()), 1),
+        },
+        "features": [s.to_dict() for s in summaries],
+        "contact_sheet": str(sheet),
     }
 
 
@@ -345,12 +455,16 @@ def markdown_table(result: dict) -> str:
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for label, m in result["models"].items():
         seconds = training.get("dense training", 0.0) if label == "dense" else training.get(label, {}).get("total", 0.0)
-        lines.append(f"| {MODEL_LABELS[label]} | {100 * m['Accuracy']:.2f}% | {m['NFfeatures']} | {m['PerClass']:.2f} "
-                     f"| {m['diversity']:.3f} | {m['Dependence']:.3f} | {seconds / 60:.1f} min |")
+        lines.append(
+            f"| {MODEL_LABELS[label]} | {100 * m['Accuracy']:.2f}% | {m['NFfeatures']} | {m['PerClass']:.2f} "
+            f"| {m['diversity']:.3f} | {m['Dependence']:.3f} | {seconds / 60:.1f} min |"
+        )
     checked = result["exported_vs_pytorch"]
     lines.append("")
-    lines.append(f"Exported ONNX vs PyTorch fp32 on {checked['images']} test images: argmax agreement "
-                 f"{100 * checked['argmax_agreement']:.2f}%, largest contribution-identity residual "
-                 f"{checked['max_identity_residual']:.1e}; everything took {result['wall_seconds']['total'] / 60:.1f} min "
-                 f"on {result['environment']['device']} ({result['environment']['cpus']} CPUs).")
+    lines.append(
+        f"Exported ONNX vs PyTorch fp32 on {checked['images']} test images: argmax agreement "
+        f"{100 * checked['argmax_agreement']:.2f}%, largest contribution-identity residual "
+        f"{checked['max_identity_residual']:.1e}; everything took {result['wall_seconds']['total'] / 60:.1f} min "
+        f"on {result['environment']['device']} ({result['environment']['cpus']} CPUs)."
+    )
     return "\n".join(lines)

@@ -5,12 +5,13 @@ the predicted class, the top contributing features, and the contract's identity
 logit_k = Σ_j T[k, j]·c_j + b_k computed from the metadata read back from the artifact, so a
 graph or metadata that disagrees with the model fails.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -30,20 +31,22 @@ from .fold import TERNARY_INITIALIZER, input_normalisation
 from .formats import TOP_FEATURES, Tolerance
 from .int8 import quantised_head_nodes
 
-Outputs = dict[str, np.ndarray]   # OUTPUT_NAMES → N×… arrays
-CHUNK = 16                        # images per forward pass while verifying
+Outputs = dict[str, np.ndarray]  # OUTPUT_NAMES → N×… arrays
+CHUNK = 16  # images per forward pass while verifying
 RANDOM_IMAGES_SEED = 0
 
 
 # ---- images -------------------------------------------------------------------------------
+
 
 def _unnormalised_test_transform(info: DatasetInfo, img_size: int):
     """The checkpoint's test transform without Normalize: the graph normalises itself."""
     return build_transform(dataclasses.replace(info, mean=None, std=None), img_size, train=False)
 
 
-def folder_images(folder: Path, info: DatasetInfo, img_size: int, limit: int | None = None,
-                  spread: bool = False) -> torch.Tensor:
+def folder_images(
+    folder: Path, info: DatasetInfo, img_size: int, limit: int | None = None, spread: bool = False
+) -> torch.Tensor:
     """Image files below `folder` (sorted; the first `limit`, or with `spread` `limit` of them
     evenly spaced over the folder like spread_subset, so that calibration sees every class of a
     class-ordered folder), preprocessed like the test set."""
@@ -59,8 +62,9 @@ def folder_images(folder: Path, info: DatasetInfo, img_size: int, limit: int | N
     return torch.stack([transform(open_rgb(f)) for f in files])
 
 
-def verification_images(info: DatasetInfo, img_size: int, count: int, folder: Path | None = None,
-                        echo: Callable[[str], None] = print) -> tuple[torch.Tensor, str]:
+def verification_images(
+    info: DatasetInfo, img_size: int, count: int, folder: Path | None = None, echo: Callable[[str], None] = print
+) -> tuple[torch.Tensor, str]:
     """(N×3×H×W images in [0, 1], what they are): `folder`'s images, else the first `count`
     test images of the checkpoint's dataset, else (dataset not on this machine) random ones."""
     if folder is not None:
@@ -69,8 +73,10 @@ def verification_images(info: DatasetInfo, img_size: int, count: int, folder: Pa
     try:
         _, test_set, _ = load_splits(info.name, info.root, crop_gt=info.crop_gt)
     except QsennError as exc:
-        echo(f"the {info.name} test images are not available ({str(exc).split(';')[0]}); verifying on "
-             f"random images instead, pass --verify-images DIR for real ones")
+        echo(
+            f"the {info.name} test images are not available ({str(exc).split(';')[0]}); verifying on "
+            f"random images instead, pass --verify-images DIR for real ones"
+        )
         generator = torch.Generator().manual_seed(RANDOM_IMAGES_SEED)
         return torch.rand(count, 3, img_size, img_size, generator=generator), f"{count} random images"
     test_set = test_set.with_transform(_unnormalised_test_transform(info, img_size))
@@ -87,6 +93,7 @@ def training_images(info: DatasetInfo, img_size: int, count: int) -> torch.Tenso
 
 
 # ---- running the two sides ------------------------------------------------------------------
+
 
 class SourceForward(torch.nn.Module):
     """The trained model as training evaluates it: Normalize, forward, c = a·(f − μ)/σ;
@@ -130,13 +137,14 @@ def read_metadata(session: ort.InferenceSession) -> ModelMetadata:
         raise QsennError(f"the exported model's metadata is unusable: {exc}") from None
 
 
-def run_in_batches(run: Callable[[np.ndarray], Outputs], images: np.ndarray, batch_size: int,
-                   pad: bool = False) -> Outputs:
+def run_in_batches(
+    run: Callable[[np.ndarray], Outputs], images: np.ndarray, batch_size: int, pad: bool = False
+) -> Outputs:
     """Feed `run` `batch_size` images at a time; with `pad` (a static batch) the last batch is
     filled up with zeros whose outputs are dropped."""
     parts = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         n = len(batch)
         if pad and n < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
@@ -150,6 +158,7 @@ def onnx_outputs(session: ort.InferenceSession, images: np.ndarray) -> Outputs:
 
     def run(batch: np.ndarray) -> Outputs:
         return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})))
+
     return run_in_batches(run, images, batch_dim if static else CHUNK, pad=static)
 
 
@@ -161,12 +170,12 @@ def check_int8_ternary(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
     values = numpy_helper.to_array(init)
     if not np.isin(values, (-1, 0, 1)).all():
         raise QsennError("the exported graph's T holds values outside {-1, 0, +1}")
-    if not any(values.shape == t.shape and np.array_equal(values, t)
-               for t in (metadata.ternary, metadata.ternary.T)):
+    if not any(values.shape == t.shape and np.array_equal(values, t) for t in (metadata.ternary, metadata.ternary.T)):
         raise QsennError("the exported graph's T differs from the metadata's T")
 
 
 # ---- comparison --------------------------------------------------------------------------------
+
 
 def _relative(delta: float, reference: np.ndarray) -> float:
     return delta / max(1.0, float(np.abs(reference).max()))
@@ -178,31 +187,36 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Report:
-    images: str                 # what was compared, e.g. "64 test images of synth"
+    images: str  # what was compared, e.g. "64 test images of synth"
     tolerance: Tolerance
-    logit: float                # max |Δ logit|
+    logit: float  # max |Δ logit|
     logit_rel: float
     feature: float
     feature_rel: float
     feature_map: float
     feature_map_rel: float
-    argmax_agreement: float     # fraction
-    top_feature_agreement: float   # fraction, see top_feature_agreement()
-    identity: float             # max |logit − (T·c + b)| of the candidate
+    argmax_agreement: float  # fraction
+    top_feature_agreement: float  # fraction, see top_feature_agreement()
+    identity: float  # max |logit − (T·c + b)| of the candidate
     identity_rel: float
 
     @property
     def failures(self) -> list[str]:
         tol = self.tolerance
-        checks = [("rel Δlogit", self.logit_rel, tol.rel), ("rel Δfeature", self.feature_rel, tol.rel),
-                  ("rel Δfeature map", self.feature_map_rel, tol.rel),
-                  ("rel identity residual", self.identity_rel, tol.identity_rel)]
+        checks = [
+            ("rel Δlogit", self.logit_rel, tol.rel),
+            ("rel Δfeature", self.feature_rel, tol.rel),
+            ("rel Δfeature map", self.feature_map_rel, tol.rel),
+            ("rel identity residual", self.identity_rel, tol.identity_rel),
+        ]
         failed = [f"{name} {value:.1e} > {bound:.0e}" for name, value, bound in checks if not value <= bound]
         if self.argmax_agreement < tol.argmax:
             failed.append(f"argmax agreement {100 * self.argmax_agreement:.2f}% < {100 * tol.argmax:.0f}%")
         if self.top_feature_agreement < tol.top_features:
-            failed.append(f"top-{TOP_FEATURES} feature agreement {100 * self.top_feature_agreement:.2f}% < "
-                          f"{100 * tol.top_features:.0f}%")
+            failed.append(
+                f"top-{TOP_FEATURES} feature agreement {100 * self.top_feature_agreement:.2f}% < "
+                f"{100 * tol.top_features:.0f}%"
+            )
         return failed
 
     @property
@@ -211,11 +225,13 @@ class Report:
 
     def line(self) -> str:
         verdict = "OK" if self.ok else "FAILED (" + "; ".join(self.failures) + ")"
-        return (f"verified on {self.images}: max|Δlogit| {self.logit:.1e} (rel {self.logit_rel:.1e}), "
-                f"max|Δfeature| {self.feature:.1e}, max|Δmap| {self.feature_map:.1e}, "
-                f"argmax agreement {100 * self.argmax_agreement:.2f}%, "
-                f"top-{TOP_FEATURES} features {100 * self.top_feature_agreement:.2f}%, "
-                f"identity residual {self.identity:.1e} — {verdict}")
+        return (
+            f"verified on {self.images}: max|Δlogit| {self.logit:.1e} (rel {self.logit_rel:.1e}), "
+            f"max|Δfeature| {self.feature:.1e}, max|Δmap| {self.feature_map:.1e}, "
+            f"argmax agreement {100 * self.argmax_agreement:.2f}%, "
+            f"top-{TOP_FEATURES} features {100 * self.top_feature_agreement:.2f}%, "
+            f"identity residual {self.identity:.1e} — {verdict}"
+        )
 
 
 def argmax_agreement(reference: np.ndarray, candidate: np.ndarray, tie: float) -> float:
@@ -225,8 +241,9 @@ def argmax_agreement(reference: np.ndarray, candidate: np.ndarray, tie: float) -
     return float(np.mean(reference.max(axis=1) - picked <= tie))
 
 
-def top_features(features: np.ndarray, ternary: np.ndarray, classes: np.ndarray, k: int = TOP_FEATURES
-                 ) -> list[frozenset[int]]:
+def top_features(
+    features: np.ndarray, ternary: np.ndarray, classes: np.ndarray, k: int = TOP_FEATURES
+) -> list[frozenset[int]]:
     """Per image, the (at most) k features with the largest |T[class, j]·c_j| among the class's
     features (T ≠ 0); equal magnitudes are ordered by feature index."""
     contributions = np.abs(ternary[classes].astype(np.float64) * features)
@@ -239,18 +256,20 @@ def top_features(features: np.ndarray, ternary: np.ndarray, classes: np.ndarray,
     return result
 
 
-def top_feature_agreement(reference: Outputs, candidate: Outputs, ternary: np.ndarray,
-                          k: int = TOP_FEATURES) -> float:
+def top_feature_agreement(reference: Outputs, candidate: Outputs, ternary: np.ndarray, k: int = TOP_FEATURES) -> float:
     """Share of images whose k largest |contributions| to the reference's predicted class come
     from the same features in both models. A class with at most k features agrees trivially."""
     classes = reference["logits"].argmax(axis=1)
-    pairs = zip(top_features(reference["features"], ternary, classes, k),
-                top_features(candidate["features"], ternary, classes, k))
+    pairs = zip(
+        top_features(reference["features"], ternary, classes, k),
+        top_features(candidate["features"], ternary, classes, k),
+    )
     return float(np.mean([a == b for a, b in pairs]))
 
 
-def compare(reference: Outputs, candidate: Outputs, metadata: ModelMetadata, tolerance: Tolerance,
-            images: str) -> Report:
+def compare(
+    reference: Outputs, candidate: Outputs, metadata: ModelMetadata, tolerance: Tolerance, images: str
+) -> Report:
     ref_logits, logits, features = reference["logits"], candidate["logits"], candidate["features"]
     logit = _max_abs_diff(logits, ref_logits)
     feature = _max_abs_diff(features, reference["features"])
@@ -260,18 +279,22 @@ def compare(reference: Outputs, candidate: Outputs, metadata: ModelMetadata, tol
     identity = _max_abs_diff(logits, identity_logits)
     tie = tolerance.tie_rel * max(1.0, float(np.abs(ref_logits).max()))
     return Report(
-        images=images, tolerance=tolerance,
-        logit=logit, logit_rel=_relative(logit, ref_logits),
-        feature=feature, feature_rel=_relative(feature, reference["features"]),
-        feature_map=feature_map, feature_map_rel=_relative(feature_map, reference["feature_maps"]),
+        images=images,
+        tolerance=tolerance,
+        logit=logit,
+        logit_rel=_relative(logit, ref_logits),
+        feature=feature,
+        feature_rel=_relative(feature, reference["features"]),
+        feature_map=feature_map,
+        feature_map_rel=_relative(feature_map, reference["feature_maps"]),
         argmax_agreement=argmax_agreement(ref_logits, logits, tie),
         top_feature_agreement=top_feature_agreement(reference, candidate, metadata.ternary),
-        identity=identity, identity_rel=_relative(identity, logits),
+        identity=identity,
+        identity_rel=_relative(identity, logits),
     )
 
 
-def verify_onnx(path: Path, reference: Outputs, images: torch.Tensor, description: str,
-                tolerance: Tolerance) -> Report:
+def verify_onnx(path: Path, reference: Outputs, images: torch.Tensor, description: str, tolerance: Tolerance) -> Report:
     """Read the written file back (int8 T, float head, metadata) and compare onnxruntime with
     `reference`."""
     session = onnx_session(path)
@@ -279,7 +302,9 @@ def verify_onnx(path: Path, reference: Outputs, images: torch.Tensor, descriptio
     model = onnx.load(str(path))
     quantised_head = quantised_head_nodes(model)
     if quantised_head:
-        raise QsennError(f"the exported graph quantises its head ({', '.join(quantised_head)}); "
-                         f"only the backbone may be INT8, c and T·c + b must stay float")
+        raise QsennError(
+            f"the exported graph quantises its head ({', '.join(quantised_head)}); "
+            f"only the backbone may be INT8, c and T·c + b must stay float"
+        )
     check_int8_ternary(model, metadata)
     return compare(reference, onnx_outputs(session, images.numpy()), metadata, tolerance, description)

@@ -9,21 +9,29 @@ with exact per-feature explanations, and read the global explanation.
 Names are resolved on first use, so `import qsenn_runtime` (and its errors) costs nothing
 until a model is loaded; onnxruntime and tensorrt are imported by the backend that needs them.
 """
+
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "load": "loader", "read_metadata": "loader",
+    "load": "loader",
+    "read_metadata": "loader",
     "Model": "model",
-    "Prediction": "results", "PredictionError": "results", "Explanation": "results",
-    "Contribution": "results", "ExplainedImage": "results",
+    "Prediction": "results",
+    "PredictionError": "results",
+    "Explanation": "results",
+    "Contribution": "results",
+    "ExplainedImage": "results",
     "ClassRule": "report",
-    "ModelMetadata": "metadata", "MetadataError": "metadata",
-    "QsennRuntimeError": "errors", "InputError": "errors", "BackendError": "errors",
+    "ModelMetadata": "metadata",
+    "MetadataError": "metadata",
+    "QsennRuntimeError": "errors",
+    "InputError": "errors",
+    "BackendError": "errors",
     "IdentityCheckError": "errors",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605  (a list, built from the one table above)
 
 
 def __getattr__(name: str):

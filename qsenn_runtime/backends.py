@@ -5,12 +5,13 @@ static shapes of the input and outputs (None for a dynamic dimension), the batch
 accept, a `name` for reports and the `precision` that sets the identity-check tolerance.
 onnxruntime and tensorrt are imported only when a backend is built.
 """
+
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -21,8 +22,12 @@ Shape = tuple  # of int, or None for a dynamic dimension
 
 # Automatic choice among onnxruntime's execution providers, best first.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
-                    "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
 
 
 def choose_providers(requested: str | None, available: Sequence[str]) -> list[str]:
@@ -31,16 +36,23 @@ def choose_providers(requested: str | None, available: Sequence[str]) -> list[st
     if requested is None:
         chosen = next((p for p in PROVIDER_PREFERENCE if p in available), None)
         if chosen is None:
-            raise BackendError(f"onnxruntime offers none of {', '.join(PROVIDER_PREFERENCE)} "
-                               f"(available: {', '.join(available) or 'none'}); pass --provider")
+            raise BackendError(
+                f"onnxruntime offers none of {', '.join(PROVIDER_PREFERENCE)} "
+                f"(available: {', '.join(available) or 'none'}); pass --provider"
+            )
     else:
         chosen = PROVIDER_ALIASES.get(requested.lower(), requested)
         if chosen not in available:
-            hint = ("; for CUDA/TensorRT install onnxruntime-gpu instead of onnxruntime (qsenn[gpu])"
-                    if chosen in PROVIDER_PREFERENCE else "")
-            raise BackendError(f"execution provider {requested!r} is not available; available: "
-                               f"{', '.join(available)} (or the aliases "
-                               f"{', '.join(sorted(PROVIDER_ALIASES))}){hint}")
+            hint = (
+                "; for CUDA/TensorRT install onnxruntime-gpu instead of onnxruntime (qsenn[gpu])"
+                if chosen in PROVIDER_PREFERENCE
+                else ""
+            )
+            raise BackendError(
+                f"execution provider {requested!r} is not available; available: "
+                f"{', '.join(available)} (or the aliases "
+                f"{', '.join(sorted(PROVIDER_ALIASES))}){hint}"
+            )
     # fallbacks: the preferred providers below the chosen one (just the CPU below any other)
     rank = PROVIDER_PREFERENCE.index(chosen) + 1 if chosen in PROVIDER_PREFERENCE else -1
     return [chosen] + [p for p in PROVIDER_PREFERENCE[rank:] if p in available]
@@ -53,8 +65,10 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendError("running an ONNX model needs onnxruntime: pip install 'qsenn[cpu]' "
-                               "(or 'qsenn[gpu]' for onnxruntime-gpu)") from None
+            raise BackendError(
+                "running an ONNX model needs onnxruntime: pip install 'qsenn[cpu]' "
+                "(or 'qsenn[gpu]' for onnxruntime-gpu)"
+            ) from None
 
         providers = choose_providers(provider, ort.get_available_providers())
         options = ort.SessionOptions()
@@ -62,7 +76,7 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:   # onnxruntime's own exception types live in a private module
+        except Exception as exc:  # onnxruntime's own exception types live in a private module
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(f"onnxruntime cannot load {path}: {first_line}") from None
         self.name = f"onnxruntime {ort.__version__} ({self.session.get_providers()[0]})"
@@ -85,25 +99,29 @@ def _static(shape) -> Shape:
 
 # ---- TensorRT ---------------------------------------------------------------------------
 
+
 def engine_mismatch(engine: Mapping, tensorrt_version: str, gpu_name: str) -> str | None:
     """Why a plan built as `engine` records cannot run with this TensorRT and GPU, or None.
 
     TensorRT plans are tied to the TensorRT release (major.minor.patch) and the GPU model."""
     built_with, built_on = engine.get(ENGINE_TENSORRT_KEY), engine.get(ENGINE_GPU_KEY)
     if not built_with or not built_on:
-        return (f"the engine metadata does not record the TensorRT version and GPU it was built "
-                f"with ('{ENGINE_TENSORRT_KEY}', '{ENGINE_GPU_KEY}'); rebuild it with "
-                f"`qsenn export --format trt`")
+        return (
+            f"the engine metadata does not record the TensorRT version and GPU it was built "
+            f"with ('{ENGINE_TENSORRT_KEY}', '{ENGINE_GPU_KEY}'); rebuild it with "
+            f"`qsenn export --format trt`"
+        )
     problems = []
     if _release(str(built_with)) != _release(tensorrt_version):
-        problems.append(f"it was built with TensorRT {built_with} but TensorRT {tensorrt_version} "
-                        f"is installed")
+        problems.append(f"it was built with TensorRT {built_with} but TensorRT {tensorrt_version} is installed")
     if _gpu_model(str(built_on)) != _gpu_model(gpu_name):
         problems.append(f"it was built on a {built_on} but this GPU is a {gpu_name}")
     if not problems:
         return None
-    return ("; ".join(problems) + "; a TensorRT engine runs only with the TensorRT version and GPU "
-            "model that built it: rebuild it here (`qsenn export --format trt`) or use the ONNX model")
+    return (
+        "; ".join(problems) + "; a TensorRT engine runs only with the TensorRT version and GPU "
+        "model that built it: rebuild it here (`qsenn export --format trt`) or use the ONNX model"
+    )
 
 
 def _release(version: str) -> tuple[str, ...]:
@@ -128,11 +146,12 @@ class TensorRTBackend:
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise BackendError(f"{source}: TensorRT could not deserialize the plan (its log above "
-                               f"says why); rebuild the engine")
+            raise BackendError(
+                f"{source}: TensorRT could not deserialize the plan (its log above says why); rebuild the engine"
+            )
         self._context = self._engine.create_execution_context()
         self._stream = _cuda(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._device: dict[str, tuple[int, int]] = {}    # tensor name -> (pointer, bytes)
+        self._device: dict[str, tuple[int, int]] = {}  # tensor name -> (pointer, bytes)
         self._lock = threading.Lock()
         engine = self._engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -153,19 +172,27 @@ class TensorRTBackend:
             if not context.set_input_shape(INPUT_NAME, images.shape):
                 raise BackendError(f"the engine does not accept input shape {images.shape}")
             pointer = self._bind(INPUT_NAME, images.nbytes)
-            _cuda(cudart, cudart.cudaMemcpyAsync(pointer, images, images.nbytes, to_device, self._stream),
-                  "cudaMemcpyAsync")
+            _cuda(
+                cudart,
+                cudart.cudaMemcpyAsync(pointer, images, images.nbytes, to_device, self._stream),
+                "cudaMemcpyAsync",
+            )
             hosts = {}
-            for name in self.output_shapes:   # every output needs an address, fetched or not
-                hosts[name] = np.empty(tuple(context.get_tensor_shape(name)),
-                                       dtype=trt.nptype(engine.get_tensor_dtype(name)))
+            for name in self.output_shapes:  # every output needs an address, fetched or not
+                hosts[name] = np.empty(
+                    tuple(context.get_tensor_shape(name)), dtype=trt.nptype(engine.get_tensor_dtype(name))
+                )
                 self._bind(name, hosts[name].nbytes)
             if not context.execute_async_v3(stream_handle=int(self._stream)):
                 raise BackendError("TensorRT failed to run the engine (its log above says why)")
             for name in output_names:
-                _cuda(cudart, cudart.cudaMemcpyAsync(hosts[name], self._device[name][0],
-                                                     hosts[name].nbytes, to_host, self._stream),
-                      "cudaMemcpyAsync")
+                _cuda(
+                    cudart,
+                    cudart.cudaMemcpyAsync(
+                        hosts[name], self._device[name][0], hosts[name].nbytes, to_host, self._stream
+                    ),
+                    "cudaMemcpyAsync",
+                )
             _cuda(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return [hosts[name].astype(np.float32, copy=False) for name in output_names]
 
@@ -193,20 +220,23 @@ def _import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise BackendError("running a TensorRT engine needs TensorRT: pip install 'qsenn[trt]' on "
-                           "a machine with an NVIDIA GPU (or run the ONNX model)") from None
+        raise BackendError(
+            "running a TensorRT engine needs TensorRT: pip install 'qsenn[trt]' on "
+            "a machine with an NVIDIA GPU (or run the ONNX model)"
+        ) from None
     return tensorrt
 
 
 def _import_cudart():
     try:
-        from cuda.bindings import runtime as cudart   # cuda-python ≥ 12.6
+        from cuda.bindings import runtime as cudart  # cuda-python ≥ 12.6
     except ImportError:
         try:
-            from cuda import cudart                   # older cuda-python
+            from cuda import cudart  # older cuda-python
         except ImportError:
-            raise BackendError("running a TensorRT engine needs cuda-python for device buffers: "
-                               "pip install 'qsenn[trt]'") from None
+            raise BackendError(
+                "running a TensorRT engine needs cuda-python for device buffers: pip install 'qsenn[trt]'"
+            ) from None
     return cudart
 
 

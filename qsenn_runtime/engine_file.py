@@ -4,6 +4,7 @@ TensorRT plans have no place for user metadata, so the file is
 `MAGIC | u64 little-endian length of the JSON | metadata JSON | serialized plan`.
 Writing and reading need no TensorRT.
 """
+
 from __future__ import annotations
 
 import struct
@@ -26,16 +27,18 @@ def pack_engine(metadata: ModelMetadata, plan: bytes) -> bytes:
 def unpack_engine(blob: bytes, source: str = "engine") -> tuple[ModelMetadata, bytes]:
     """(metadata, TensorRT plan bytes); a foreign or damaged file is a MetadataError."""
     if not blob.startswith(MAGIC):
-        raise MetadataError(f"{source} is not a qsenn engine (it does not start with the qsenn "
-                            f"header); build engines with `qsenn export --format trt`")
+        raise MetadataError(
+            f"{source} is not a qsenn engine (it does not start with the qsenn "
+            f"header); build engines with `qsenn export --format trt`"
+        )
     start = len(MAGIC) + _LENGTH.size
     if len(blob) < start:
         raise MetadataError(f"{source} is truncated (no metadata length)")
     (length,) = _LENGTH.unpack_from(blob, len(MAGIC))
     if length > MAX_METADATA_BYTES or start + length > len(blob):
         raise MetadataError(f"{source} is truncated or damaged (metadata length {length})")
-    metadata = ModelMetadata.from_json(blob[start:start + length])
-    plan = blob[start + length:]
+    metadata = ModelMetadata.from_json(blob[start : start + length])
+    plan = blob[start + length :]
     if not plan:
         raise MetadataError(f"{source} holds metadata but no TensorRT plan (truncated file)")
     if metadata.engine is None:

@@ -4,6 +4,7 @@ waterfall of the signed contributions plus the bias adding up to the logit.
 Needs matplotlib (`pip install 'qsenn[plot]'`); only `qsenn explain` imports this module. It
 draws on a figure of its own (Agg canvas), never touching pyplot's global state.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,7 @@ except ImportError:
     raise QsennRuntimeError("drawing explanations needs matplotlib: pip install 'qsenn[plot]'") from None
 
 POSITIVE, NEGATIVE, BIAS, TOTAL = "#1a7f37", "#c62828", "#757575", "#1f4e99"
-MAX_BARS = 12        # further contributions are summed into one "other features" bar
+MAX_BARS = 12  # further contributions are summed into one "other features" bar
 HEAT_ALPHA = 0.55
 
 
@@ -30,7 +31,7 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
     prediction, explanation = explained.prediction, explained.explanation
     shown = explanation.top(top_k)
     columns = 1 + max(len(shown), 1)
-    bar_rows = min(len(explanation.contributions), MAX_BARS + 1) + 2     # + bias and logit
+    bar_rows = min(len(explanation.contributions), MAX_BARS + 1) + 2  # + bias and logit
     figure = Figure(figsize=(2.9 * max(columns, 4), 3.1 + 0.42 * bar_rows), layout="constrained")
     FigureCanvasAgg(figure)
     grid = figure.add_gridspec(2, columns, height_ratios=(3.1, 0.42 * bar_rows))
@@ -44,27 +45,43 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
 
     image_axes = figure.add_subplot(grid[0, 0])
     image_axes.imshow(explained.image)
-    image_axes.set_title(f"input as the model sees it\n({explained.image.shape[1]}×"
-                         f"{explained.image.shape[0]} px)", fontsize=9)
-    image_axes.set_xlabel("heat maps: where each feature fires\n(bright = strong, scaled per map;\n"
-                          "colour: sign of the contribution)", fontsize=8)
+    image_axes.set_title(
+        f"input as the model sees it\n({explained.image.shape[1]}×{explained.image.shape[0]} px)", fontsize=9
+    )
+    image_axes.set_xlabel(
+        "heat maps: where each feature fires\n(bright = strong, scaled per map;\ncolour: sign of the contribution)",
+        fontsize=8,
+    )
     _bare(image_axes)
     for column, contribution in enumerate(shown, start=1):
         axes = figure.add_subplot(grid[0, column])
         axes.imshow(explained.image)
-        axes.imshow(heat_map(explained.feature_maps[contribution.feature], explained.image.shape[:2]),
-                    cmap="inferno", alpha=HEAT_ALPHA, vmin=0, vmax=1)
+        axes.imshow(
+            heat_map(explained.feature_maps[contribution.feature], explained.image.shape[:2]),
+            cmap="inferno",
+            alpha=HEAT_ALPHA,
+            vmin=0,
+            vmax=1,
+        )
         colour = POSITIVE if contribution.value >= 0 else NEGATIVE
-        axes.set_title(f"#{column} {contribution.name}\n{contribution.value:+.3f} = "
-                       f"{contribution.weight:+d} × {contribution.activation:.3f}\n"
-                       f"feature {contribution.feature} · channel {contribution.channel}",
-                       fontsize=9, color=colour)
+        axes.set_title(
+            f"#{column} {contribution.name}\n{contribution.value:+.3f} = "
+            f"{contribution.weight:+d} × {contribution.activation:.3f}\n"
+            f"feature {contribution.feature} · channel {contribution.channel}",
+            fontsize=9,
+            color=colour,
+        )
         _bare(axes, frame=colour)
     if not shown:
         figure.add_subplot(grid[0, 1]).text(0.5, 0.5, "this class reads no features", ha="center")
 
-    _waterfall(figure.add_subplot(grid[1, :]), explanation.contributions, explanation.bias,
-               explanation.logit, explanation.class_name)
+    _waterfall(
+        figure.add_subplot(grid[1, :]),
+        explanation.contributions,
+        explanation.bias,
+        explanation.logit,
+        explanation.class_name,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return path
@@ -72,14 +89,14 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
 
 def heat_map(feature_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear upsampling to the image, scaled to [0, 1] per map (where the feature fires most)."""
-    upsampled = np.asarray(Image.fromarray(feature_map.astype(np.float32)).resize(
-        (shape[1], shape[0]), Image.Resampling.BILINEAR))
+    upsampled = np.asarray(
+        Image.fromarray(feature_map.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    )
     low, high = float(upsampled.min()), float(upsampled.max())
     return (upsampled - low) / (high - low) if high > low else np.zeros_like(upsampled)
 
 
-def _waterfall(axes, contributions: tuple[Contribution, ...], bias: float, logit: float,
-               class_name: str) -> None:
+def _waterfall(axes, contributions: tuple[Contribution, ...], bias: float, logit: float, class_name: str) -> None:
     """Horizontal bars, each starting where the previous ended: contributions, bias, then the logit."""
     rows = [(f"{c.name} (#{c.feature}, weight {c.weight:+d})", c.value) for c in contributions[:MAX_BARS]]
     rest = contributions[MAX_BARS:]
@@ -95,8 +112,7 @@ def _waterfall(axes, contributions: tuple[Contribution, ...], bias: float, logit
     positions = np.arange(len(bars))[::-1]
     for y, (_, left, width, colour) in zip(positions, bars):
         axes.barh(y, width, left=left, color=colour, height=0.62)
-        axes.text(left + width, y, f" {width:+.3f} ", va="center", fontsize=8,
-                  ha="left" if width >= 0 else "right")
+        axes.text(left + width, y, f" {width:+.3f} ", va="center", fontsize=8, ha="left" if width >= 0 else "right")
     axes.set_yticks(positions, [label for label, *_ in bars], fontsize=9)
     axes.axvline(0, color="black", linewidth=0.8)
     span = [edge for _, left, width, _ in bars for edge in (left, left + width)]

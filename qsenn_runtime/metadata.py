@@ -7,6 +7,7 @@ The graph computes `c = a·(f − μ)/σ` (the per-feature affine, folded) and
 `logits = T·c + b`; the contribution of feature j to class k is `T[k, j]·c[j]`, and a logit
 is the sum of its class's contributions plus `b[k]`.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,16 +35,16 @@ class MetadataError(QsennRuntimeError, ValueError):
 
 @dataclass(frozen=True)
 class InputSpec:
-    size: int                        # square side the graph expects (H = W = size)
-    resize_mode: str                 # how the test transform resizes (see RESIZE_MODES)
-    mean: tuple[float, float, float] | None   # normalisation applied inside the graph
+    size: int  # square side the graph expects (H = W = size)
+    resize_mode: str  # how the test transform resizes (see RESIZE_MODES)
+    mean: tuple[float, float, float] | None  # normalisation applied inside the graph
     std: tuple[float, float, float] | None
 
 
 @dataclass(frozen=True)
 class Feature:
-    index: int      # column j of T
-    channel: int    # backbone channel it reads (the model's selection)
+    index: int  # column j of T
+    channel: int  # backbone channel it reads (the model's selection)
     name: str
 
 
@@ -51,14 +52,14 @@ class Feature:
 class ModelMetadata:
     class_names: tuple[str, ...]
     features: tuple[Feature, ...]
-    ternary: np.ndarray              # K×F int8 in {−1, 0, +1} (T)
-    bias: np.ndarray                 # K float32 (b)
-    scale: float                     # a, already folded into the features c
+    ternary: np.ndarray  # K×F int8 in {−1, 0, +1} (T)
+    bias: np.ndarray  # K float32 (b)
+    scale: float  # a, already folded into the features c
     input: InputSpec
     model_type: str = "qsenn"
-    provenance: dict = field(default_factory=dict)   # dataset, crop_gt, arch, recipe, seed, metrics
-    exporter: dict = field(default_factory=dict)     # qsenn / torch / onnx versions, opset
-    engine: dict | None = None                       # TensorRT version, GPU, precision (engines only)
+    provenance: dict = field(default_factory=dict)  # dataset, crop_gt, arch, recipe, seed, metrics
+    exporter: dict = field(default_factory=dict)  # qsenn / torch / onnx versions, opset
+    engine: dict | None = None  # TensorRT version, GPU, precision (engines only)
     # INT8 ONNX only: how the backbone was quantised (precision, format, calibration); the head
     # (c, T, b) stays float, so contributions and the identity keep fp32 exactness.
     quantization: dict | None = None
@@ -81,7 +82,7 @@ class ModelMetadata:
         return json.dumps(d, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "ModelMetadata":
+    def from_json(cls, text: str | bytes) -> ModelMetadata:
         try:
             d = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -89,22 +90,27 @@ class ModelMetadata:
         except RecursionError:
             raise MetadataError("qsenn metadata is nested too deeply to be qsenn metadata") from None
         if not isinstance(d, dict) or d.get("format") != METADATA_KEY:
-            raise MetadataError("metadata is not qsenn metadata (no \"format\": \"qsenn\" entry)")
+            raise MetadataError('metadata is not qsenn metadata (no "format": "qsenn" entry)')
         version = d.get("format_version")
         if version != FORMAT_VERSION:
-            raise MetadataError(f"qsenn metadata format version {version!r} is not supported by this "
-                                f"runtime (it reads version {FORMAT_VERSION}); export the model again "
-                                f"or install the matching qsenn")
+            raise MetadataError(
+                f"qsenn metadata format version {version!r} is not supported by this "
+                f"runtime (it reads version {FORMAT_VERSION}); export the model again "
+                f"or install the matching qsenn"
+            )
         try:
             meta = cls(
                 class_names=tuple(str(n) for n in d["class_names"]),
-                features=tuple(Feature(int(f["index"]), int(f["channel"]), str(f["name"]))
-                               for f in d["features"]),
+                features=tuple(Feature(int(f["index"]), int(f["channel"]), str(f["name"])) for f in d["features"]),
                 ternary=_int_matrix(d["ternary"]),
                 bias=np.asarray(d["bias"], dtype=np.float32),
                 scale=float(d["scale"]),
-                input=InputSpec(int(d["input"]["size"]), str(d["input"]["resize_mode"]),
-                                _triple(d["input"].get("mean")), _triple(d["input"].get("std"))),
+                input=InputSpec(
+                    int(d["input"]["size"]),
+                    str(d["input"]["resize_mode"]),
+                    _triple(d["input"].get("mean")),
+                    _triple(d["input"].get("std")),
+                ),
                 model_type=str(d.get("model_type", "qsenn")),
                 provenance=dict(d.get("provenance", {})),
                 exporter=dict(d.get("exporter", {})),
@@ -112,7 +118,7 @@ class ModelMetadata:
                 quantization=None if d.get("quantization") is None else dict(d["quantization"]),
                 format_version=version,
             )
-        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:   # int(Infinity)…
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:  # int(Infinity)…
             raise MetadataError(f"qsenn metadata is malformed: {type(exc).__name__} {exc}") from None
         meta.validate()
         return meta
@@ -123,8 +129,9 @@ class ModelMetadata:
         if K < 1 or F < 1:
             raise MetadataError(f"qsenn metadata describes {K} classes and {F} features; both must be ≥ 1")
         if self.ternary.shape != (K, F):
-            raise MetadataError(f"qsenn metadata: T has shape {self.ternary.shape}, expected "
-                                f"{K} classes × {F} features")
+            raise MetadataError(
+                f"qsenn metadata: T has shape {self.ternary.shape}, expected {K} classes × {F} features"
+            )
         if not np.isin(self.ternary, (-1, 0, 1)).all():
             raise MetadataError("qsenn metadata: T holds values outside {-1, 0, +1}")
         if self.bias.shape != (K,) or not np.isfinite(self.bias).all():
@@ -139,13 +146,15 @@ class ModelMetadata:
             raise MetadataError(f"qsenn metadata: input size {self.input.size} must be positive")
         for name, values in (("mean", self.input.mean), ("std", self.input.std)):
             if values is not None and not all(math.isfinite(v) and (name == "mean" or v > 0) for v in values):
-                raise MetadataError(f"qsenn metadata: normalisation {name} {list(values)} must be finite"
-                                    f"{' and positive' if name == 'std' else ''}")
+                raise MetadataError(
+                    f"qsenn metadata: normalisation {name} {list(values)} must be finite"
+                    f"{' and positive' if name == 'std' else ''}"
+                )
 
-    def with_engine(self, engine: dict) -> "ModelMetadata":
+    def with_engine(self, engine: dict) -> ModelMetadata:
         return ModelMetadata(**{**self.__dict__, "engine": dict(engine)})
 
-    def with_quantization(self, quantization: dict) -> "ModelMetadata":
+    def with_quantization(self, quantization: dict) -> ModelMetadata:
         return ModelMetadata(**{**self.__dict__, "quantization": dict(quantization)})
 
 
@@ -153,7 +162,7 @@ def _int_matrix(rows: Any) -> np.ndarray:
     array = np.asarray(rows)
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
         raise ValueError("T must be a matrix of integers")
-    if not np.isin(array, (-1, 0, 1)).all():   # checked before the int8 cast, which would wrap
+    if not np.isin(array, (-1, 0, 1)).all():  # checked before the int8 cast, which would wrap
         raise ValueError("T must hold only -1, 0 and +1")
     return array.astype(np.int8)
 

@@ -3,9 +3,10 @@
 A Model holds no mutable state after construction, so one instance serves many threads
 (the backends make their own runs thread-safe).
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -14,7 +15,7 @@ from .errors import IdentityCheckError, InputError, QsennRuntimeError
 from .metadata import ModelMetadata
 from .preprocess import MAX_IMAGE_PIXELS, ImageSource, describe, load_rgb, resize_and_crop, to_chw
 from .report import ClassRule, class_rules
-from .results import Contribution, Explanation, ExplainedImage, Prediction, PredictionError
+from .results import Contribution, ExplainedImage, Explanation, Prediction, PredictionError
 
 # Identity check |logit − (Σ contributions + bias)| ≤ RTOL·(Σ|contributions| + |bias|) + ATOL.
 # Float32 summation of F terms errs by at most ~F·2⁻²⁴ of that scale (3e-6 for F = 50), so 1e-4
@@ -28,8 +29,15 @@ PREDICT_OUTPUTS = ("logits", "features")
 
 
 class Model:
-    def __init__(self, metadata: ModelMetadata, backend, *, source: str, batch_size: int,
-                 max_image_pixels: int | None = MAX_IMAGE_PIXELS):
+    def __init__(
+        self,
+        metadata: ModelMetadata,
+        backend,
+        *,
+        source: str,
+        batch_size: int,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    ):
         self.metadata = metadata
         self.backend = backend
         self.source = source
@@ -50,12 +58,19 @@ class Model:
         return self.backend.name
 
     def __repr__(self) -> str:
-        return (f"Model({self.source!r}, {self.metadata.num_classes} classes, "
-                f"{self.metadata.num_features} features, {self.backend.name})")
+        return (
+            f"Model({self.source!r}, {self.metadata.num_classes} classes, "
+            f"{self.metadata.num_features} features, {self.backend.name})"
+        )
 
     # -- prediction -----------------------------------------------------------------------
-    def predict(self, images: ImageSource | Sequence[ImageSource], *, classes: Iterable[int | str] = (),
-                batch_size: int | None = None):
+    def predict(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        *,
+        classes: Iterable[int | str] = (),
+        batch_size: int | None = None,
+    ):
         """One image -> a Prediction (a bad image raises InputError). A list or tuple -> a list
         with, per input in order, a Prediction or a PredictionError; good images are predicted
         even when others fail. `classes`: explain these classes too (index or name)."""
@@ -64,7 +79,7 @@ class Model:
         class_ids = self._class_ids(classes)
         chunk = self._chunk_size(batch_size)
         results: list[Prediction | PredictionError | None] = [None] * len(sources)
-        pending: list[tuple[int, str, Image.Image]] = []     # decoded, waiting for a full batch
+        pending: list[tuple[int, str, Image.Image]] = []  # decoded, waiting for a full batch
         for index, source in enumerate(sources):
             name = describe(source, index)
             try:
@@ -84,8 +99,9 @@ class Model:
             raise InputError(results[0].error)
         return results[0] if single else results
 
-    def predict_tensor(self, batch: np.ndarray, *, sources: Sequence[str] | None = None,
-                       classes: Iterable[int | str] = ()) -> list[Prediction | PredictionError]:
+    def predict_tensor(
+        self, batch: np.ndarray, *, sources: Sequence[str] | None = None, classes: Iterable[int | str] = ()
+    ) -> list[Prediction | PredictionError]:
         """An already preprocessed float32 N×3×size×size batch in [0, 1] -> one result per row;
         rows holding NaN or infinity get a PredictionError."""
         size = self.metadata.input.size
@@ -102,8 +118,8 @@ class Model:
         good, all_good = np.flatnonzero(finite), bool(finite.all())
         chunk = self._chunk_size(None)
         for start in range(0, len(good), chunk):
-            rows = good[start:start + chunk]
-            part = batch[start:start + chunk] if all_good else batch[rows]   # a slice copies nothing
+            rows = good[start : start + chunk]
+            part = batch[start : start + chunk] if all_good else batch[rows]  # a slice copies nothing
             part = np.asarray(part, dtype=np.float32)
             for i, prediction in zip(rows, self._predict_batch(part, [names[i] for i in rows], class_ids)):
                 results[i] = prediction
@@ -146,8 +162,10 @@ class Model:
             elif isinstance(class_, str) and class_.isdigit() and int(class_) < self.metadata.num_classes:
                 ids.append(int(class_))
             else:
-                raise QsennRuntimeError(f"unknown class {class_!r}: give a name or an index below "
-                                        f"{self.metadata.num_classes} (`qsenn inspect MODEL` lists them)")
+                raise QsennRuntimeError(
+                    f"unknown class {class_!r}: give a name or an index below "
+                    f"{self.metadata.num_classes} (`qsenn inspect MODEL` lists them)"
+                )
         return ids
 
     def _run(self, batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
@@ -157,8 +175,7 @@ class Model:
             batch = np.concatenate([batch, np.zeros((smallest - n, *batch.shape[1:]), batch.dtype)])
         return [result[:n] for result in self.backend.run(batch, outputs)]
 
-    def _predict_batch(self, batch: np.ndarray, names: Sequence[str], class_ids: list[int]
-                       ) -> list[Prediction]:
+    def _predict_batch(self, batch: np.ndarray, names: Sequence[str], class_ids: list[int]) -> list[Prediction]:
         logits, features = self._run(batch, PREDICT_OUTPUTS)
         self._check_identity(logits, features, names)
         return [self._prediction(name, logits[i], features[i], class_ids) for i, name in enumerate(names)]
@@ -170,29 +187,35 @@ class Model:
         scale = np.abs(c) @ self._abs_ternary.T + np.abs(self._bias)
         error = np.abs(logits - recomputed)
         tolerance = self._rtol * scale + ATOL
-        broken = ~(error <= tolerance)          # NaN fails too
+        broken = ~(error <= tolerance)  # NaN fails too
         if not broken.any():
             return
         i, k = np.argwhere(broken)[0]
         if not (np.isfinite(logits[i]).all() and np.isfinite(features[i]).all()):
-            raise IdentityCheckError(f"{self.source} produced NaN or infinite outputs for {names[i]}; "
-                                     f"the model is broken (or overflows in {self.backend.precision})")
+            raise IdentityCheckError(
+                f"{self.source} produced NaN or infinite outputs for {names[i]}; "
+                f"the model is broken (or overflows in {self.backend.precision})"
+            )
         raise IdentityCheckError(
             f"{self.source} is broken: for {names[i]} the logit of class {k} "
             f"({self.class_names[k]}) is {logits[i, k]:.6g} but its contributions plus bias sum to "
             f"{recomputed[i, k]:.6g} (difference {error[i, k]:.3g} > tolerance {tolerance[i, k]:.3g}); "
-            f"the graph's head does not match the metadata's T and b, export the model again")
+            f"the graph's head does not match the metadata's T and b, export the model again"
+        )
 
-    def _prediction(self, name: str, logits: np.ndarray, features: np.ndarray,
-                    class_ids: list[int]) -> Prediction:
+    def _prediction(self, name: str, logits: np.ndarray, features: np.ndarray, class_ids: list[int]) -> Prediction:
         shifted = np.exp(logits.astype(np.float64) - logits.max())
         predicted = int(np.argmax(logits))
         explained = [predicted] + [k for k in dict.fromkeys(class_ids) if k != predicted]
         return Prediction(
-            source=name, class_index=predicted, class_name=self.class_names[predicted],
+            source=name,
+            class_index=predicted,
+            class_name=self.class_names[predicted],
             probability=float(shifted[predicted] / shifted.sum()),
-            logits=tuple(logits.tolist()), features=tuple(features.tolist()),
-            explanations=tuple(self._explanation(k, float(logits[k]), features) for k in explained))
+            logits=tuple(logits.tolist()),
+            features=tuple(features.tolist()),
+            explanations=tuple(self._explanation(k, float(logits[k]), features) for k in explained),
+        )
 
     def _explanation(self, k: int, logit: float, features: np.ndarray) -> Explanation:
         used = self._class_features[k]
@@ -201,9 +224,19 @@ class Model:
         order = sorted(range(len(used)), key=lambda n: (-abs(values[n]), used[n]))
         described = self.metadata.features
         return Explanation(
-            class_index=k, class_name=self.class_names[k], logit=logit, bias=float(self._bias[k]),
+            class_index=k,
+            class_name=self.class_names[k],
+            logit=logit,
+            bias=float(self._bias[k]),
             contributions=tuple(
-                Contribution(feature=int(used[n]), channel=described[used[n]].channel,
-                             name=described[used[n]].name, weight=int(weights[n]),
-                             activation=float(features[used[n]]), value=float(values[n]))
-                for n in order))
+                Contribution(
+                    feature=int(used[n]),
+                    channel=described[used[n]].channel,
+                    name=described[used[n]].name,
+                    weight=int(weights[n]),
+                    activation=float(features[used[n]]),
+                    value=float(values[n]),
+                )
+                for n in order
+            ),
+        )

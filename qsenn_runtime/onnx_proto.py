@@ -4,12 +4,13 @@ with a minimal protobuf wire-format walker, so that the runtime needs no `onnx` 
 The file is memory-mapped and walked by offsets: the weights are skipped, never copied.
 Field numbers are those of onnx.proto (ModelProto, GraphProto, TensorProto).
 """
+
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class NotOnnxError(ValueError):
 @dataclass(frozen=True)
 class Int8Tensor:
     dims: tuple[int, ...]
-    values: np.ndarray | None    # None where the data lives outside the file
+    values: np.ndarray | None  # None where the data lives outside the file
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,7 @@ def summarise(buffer) -> OnnxSummary:
                     if tensor is not None:
                         initializers[name] = tensor
         elif field == _MODEL_METADATA_PROPS and wire == _LENGTH_DELIMITED:
-            entry = {f: _text(buffer, s, e) for f, w, s, e in _fields(buffer, start, end)
-                     if w == _LENGTH_DELIMITED}
+            entry = {f: _text(buffer, s, e) for f, w, s, e in _fields(buffer, start, end) if w == _LENGTH_DELIMITED}
             props[entry.get(_ENTRY_KEY, "")] = entry.get(_ENTRY_VALUE, "")
     if not (seen_ir_version and seen_graph):
         raise NotOnnxError("it holds no ONNX model (no IR version or no graph)")
@@ -87,8 +87,8 @@ def _int8_tensor(buffer, start: int, end: int) -> tuple[str, Int8Tensor | None]:
         return name, None
     count = int(np.prod(dims)) if dims else 1
     if raw is not None and raw[1] - raw[0] == count:
-        values = np.frombuffer(buffer[raw[0]:raw[1]], dtype=np.int8).reshape(dims)
-    elif len(int32_data) == count:    # negative int32s are 64-bit two's-complement varints
+        values = np.frombuffer(buffer[raw[0] : raw[1]], dtype=np.int8).reshape(dims)
+    elif len(int32_data) == count:  # negative int32s are 64-bit two's-complement varints
         values = np.array([v - (1 << 64) if v >= 1 << 63 else v for v in int32_data]).reshape(dims)
     else:
         values = None

@@ -4,12 +4,13 @@ The geometry reproduces torchvision's test transform on PIL images pixel for pix
 `Resize` is PIL's bilinear (antialiased) resize with the long side `int(size·long/short)`,
 `CenterCrop` takes offsets `round((H − size)/2)`, `ToTensor` divides by 255 in float32.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -17,27 +18,32 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InputError
 from .metadata import InputSpec
 
-ImageSource = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 # Pillow's default decompression-bomb limit, pinned here: an application that raises, lowers
 # or disables Pillow's global `Image.MAX_IMAGE_PIXELS` does not change what the runtime accepts
 # (a lower global still refuses earlier, also as an InputError).
 MAX_IMAGE_PIXELS = 89_478_485
-IMAGENET_RESIZE_RATIO = 256 / 224       # ImageNet test transform: shorter side 256 for a 224 crop
+IMAGENET_RESIZE_RATIO = 256 / 224  # ImageNet test transform: shorter side 256 for a 224 crop
 # The resized image before the centre crop is materialised up to this many times size² pixels.
 # Beyond, a sliver (a 1×4000 PNG is a few hundred bytes) would become a 448×1.8 M px intermediate:
 # 2.4 GB and half a minute for one request.
 MAX_RESIZED_AREA = 16
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_ARRAY_CHANNELS = (1, 3, 4)   # grey, RGB, RGBA (an H×W array has one channel)
+_ARRAY_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA (an H×W array has one channel)
 
 
 def describe(source: ImageSource, index: int) -> str:
     """How errors and results name an input: its path, else its kind and position in the batch."""
     if isinstance(source, (str, Path)):
         return str(source)
-    kind = ("PIL image" if isinstance(source, Image.Image) else
-            "array" if isinstance(source, np.ndarray) else type(source).__name__)
+    kind = (
+        "PIL image"
+        if isinstance(source, Image.Image)
+        else "array"
+        if isinstance(source, np.ndarray)
+        else type(source).__name__
+    )
     return f"<{kind} #{index}>"
 
 
@@ -59,16 +65,20 @@ def load_rgb(source: ImageSource, name: str, max_pixels: int | None = MAX_IMAGE_
         if path.stat().st_size == 0:
             raise InputError(f"{name}: empty file, not an image")
         return _decode(path, name, max_pixels)
-    raise InputError(f"{name}: cannot use a {type(source).__name__} as an image; pass a path, bytes, "
-                     f"a PIL image or an H×W×3 uint8 array")
+    raise InputError(
+        f"{name}: cannot use a {type(source).__name__} as an image; pass a path, bytes, "
+        f"a PIL image or an H×W×3 uint8 array"
+    )
 
 
 def _decode(file, name: str, max_pixels: int | None) -> Image.Image:
     with _pillow_errors(name), Image.open(file) as img:
         if max_pixels is not None and img.width * img.height > max_pixels:
-            raise InputError(f"{name}: {img.width * img.height:,} pixels exceed the limit of "
-                             f"{max_pixels:,} (decompression-bomb guard); downscale the image or "
-                             f"load the model with a larger max_image_pixels")
+            raise InputError(
+                f"{name}: {img.width * img.height:,} pixels exceed the limit of "
+                f"{max_pixels:,} (decompression-bomb guard); downscale the image or "
+                f"load the model with a larger max_image_pixels"
+            )
         img.load()
         return _upright_rgb(img, name)
 
@@ -80,13 +90,13 @@ def _pillow_errors(name: str) -> Iterator[None]:
         yield
     except InputError:
         raise
-    except Image.DecompressionBombError as exc:   # Pillow's global limit is lower than ours
+    except Image.DecompressionBombError as exc:  # Pillow's global limit is lower than ours
         raise InputError(f"{name}: refused as a possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image, or a format Pillow cannot read") from None
     except MemoryError:
         raise
-    except Exception as exc:   # plugins raise OSError, SyntaxError, struct.error… on corrupt data
+    except Exception as exc:  # plugins raise OSError, SyntaxError, struct.error… on corrupt data
         raise InputError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
@@ -99,7 +109,7 @@ def _upright_rgb(img: Image.Image, name: str) -> Image.Image:
         wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
         img = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
     elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")   # the direct P→RGB conversion warns; the colours are the same
+        img = img.convert("RGBA")  # the direct P→RGB conversion warns; the colours are the same
     # Alpha is dropped, not composited: the training loader's convert("RGB") does the same, so the
     # model sees what it was trained on (colours under transparent pixels included).
     try:
@@ -111,19 +121,19 @@ def _upright_rgb(img: Image.Image, name: str) -> Image.Image:
 def _array_to_rgb(array: np.ndarray, name: str) -> Image.Image:
     channels = 1 if array.ndim == 2 else array.shape[-1] if array.ndim == 3 else None
     if channels not in _ARRAY_CHANNELS or 0 in array.shape:
-        raise InputError(f"{name}: array of shape {array.shape}; expected H×W×3 (RGB), "
-                         f"H×W×4 (RGBA) or H×W (grey)")
+        raise InputError(f"{name}: array of shape {array.shape}; expected H×W×3 (RGB), H×W×4 (RGBA) or H×W (grey)")
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise InputError(f"{name}: array contains NaN or infinite values")
         low, high = float(array.min()), float(array.max())
         if low < 0 or high > 1:
-            raise InputError(f"{name}: float array values lie in [{low:g}, {high:g}]; float images "
-                             f"must be in [0, 1] (or pass uint8 in [0, 255])")
+            raise InputError(
+                f"{name}: float array values lie in [{low:g}, {high:g}]; float images "
+                f"must be in [0, 1] (or pass uint8 in [0, 255])"
+            )
         array = np.rint(array * 255)
     elif array.dtype != np.uint8:
-        raise InputError(f"{name}: array of dtype {array.dtype}; expected uint8 in [0, 255] "
-                         f"or float in [0, 1]")
+        raise InputError(f"{name}: array of dtype {array.dtype}; expected uint8 in [0, 255] or float in [0, 1]")
     pixels = np.ascontiguousarray(array, dtype=np.uint8)
     return Image.fromarray(pixels[:, :, 0] if channels == 1 and pixels.ndim == 3 else pixels).convert("RGB")
 
@@ -135,8 +145,8 @@ def resize_and_crop(img: Image.Image, spec: InputSpec) -> Image.Image:
         return img.resize((size, size), Image.Resampling.BILINEAR)
     shorter = round(size * IMAGENET_RESIZE_RATIO) if spec.resize_mode == "imagenet" else size
     width, height = _shorter_side_to(img.width, img.height, shorter)
-    left = int(round((width - size) / 2.0))
-    top = int(round((height - size) / 2.0))
+    left = round((width - size) / 2.0)
+    top = round((height - size) / 2.0)
     if width * height <= MAX_RESIZED_AREA * size * size:
         resized = img.resize((width, height), Image.Resampling.BILINEAR)
         return resized.crop((left, top, left + size, top + size))

@@ -2,12 +2,14 @@
 its logit — for `qsenn inspect` (table, JSON, Markdown, HTML), and the `qsenn predict` table.
 
 Imports nothing heavy (the CLI reads FORMATS when it starts)."""
+
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .metadata import Feature, ModelMetadata
@@ -19,11 +21,12 @@ FORMATS = ("table", "json", "markdown", "html")
 @dataclass(frozen=True)
 class ClassRule:
     """Class k's logit = Σ c_j over `positive` − Σ c_j over `negative` + bias."""
+
     class_index: int
     class_name: str
     bias: float
-    positive: tuple[Feature, ...]    # T[k, j] = +1
-    negative: tuple[Feature, ...]    # T[k, j] = −1
+    positive: tuple[Feature, ...]  # T[k, j] = +1
+    negative: tuple[Feature, ...]  # T[k, j] = −1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,10 +35,15 @@ class ClassRule:
 def class_rules(metadata: ModelMetadata) -> tuple[ClassRule, ...]:
     features = metadata.features
     return tuple(
-        ClassRule(k, name, float(metadata.bias[k]),
-                  positive=tuple(features[j] for j in range(metadata.num_features) if row[j] > 0),
-                  negative=tuple(features[j] for j in range(metadata.num_features) if row[j] < 0))
-        for k, (name, row) in enumerate(zip(metadata.class_names, metadata.ternary)))
+        ClassRule(
+            k,
+            name,
+            float(metadata.bias[k]),
+            positive=tuple(features[j] for j in range(metadata.num_features) if row[j] > 0),
+            negative=tuple(features[j] for j in range(metadata.num_features) if row[j] < 0),
+        )
+        for k, (name, row) in enumerate(zip(metadata.class_names, metadata.ternary))
+    )
 
 
 def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
@@ -44,24 +52,42 @@ def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
     rules = class_rules(metadata)
     usage = _feature_usage(metadata)
     if fmt == "json":
-        return json.dumps({"model": _summary(metadata, source),
-                           "classes": [rule.to_dict() for rule in rules],
-                           "features": [{**asdict(f), "classes_positive": usage[f.index][0],
-                                         "classes_negative": usage[f.index][1]}
-                                        for f in metadata.features]}, indent=2)
+        return json.dumps(
+            {
+                "model": _summary(metadata, source),
+                "classes": [rule.to_dict() for rule in rules],
+                "features": [
+                    {**asdict(f), "classes_positive": usage[f.index][0], "classes_negative": usage[f.index][1]}
+                    for f in metadata.features
+                ],
+            },
+            indent=2,
+        )
     header = _header(metadata, source)
-    class_rows = [(f"{r.class_index}", r.class_name, f"{r.bias:+.3f}", _names(r.positive), _names(r.negative))
-                  for r in rules]
-    feature_rows = [(f"{f.index}", f"{f.channel}", f.name, f"{usage[f.index][0]}", f"{usage[f.index][1]}")
-                    for f in metadata.features]
+    class_rows = [
+        (f"{r.class_index}", r.class_name, f"{r.bias:+.3f}", _names(r.positive), _names(r.negative)) for r in rules
+    ]
+    feature_rows = [
+        (f"{f.index}", f"{f.channel}", f.name, f"{usage[f.index][0]}", f"{usage[f.index][1]}")
+        for f in metadata.features
+    ]
     class_head = ("#", "class", "bias", "raised by (+1)", "lowered by (−1)")
     feature_head = ("#", "channel", "feature", "classes +1", "classes −1")
     if fmt == "table":
-        return "\n".join([header, "", _text_table(class_head, class_rows), "",
-                          _text_table(feature_head, feature_rows)])
+        return "\n".join([header, "", _text_table(class_head, class_rows), "", _text_table(feature_head, feature_rows)])
     if fmt == "markdown":
-        return "\n".join([f"**{header}**", "", _markdown_table(class_head, class_rows), "",
-                          _markdown_table(feature_head, feature_rows)]) + "\n"
+        return (
+            "\n".join(
+                [
+                    f"**{header}**",
+                    "",
+                    _markdown_table(class_head, class_rows),
+                    "",
+                    _markdown_table(feature_head, feature_rows),
+                ]
+            )
+            + "\n"
+        )
     return _html_page(header, [(class_head, class_rows), (feature_head, feature_rows)])
 
 
@@ -76,30 +102,51 @@ def prediction_table(results: Sequence[Prediction | PredictionError], top_k: int
             terms = [f"{c.value:+.3f} {c.name}" for c in explanation.top(top_k)]
             hidden = len(explanation.contributions) - len(terms)
             terms += [f"… {hidden} more"] if hidden else []
-            rows.append((result.source if n == 0 else "",
-                         explanation.class_name if n == 0 else f"  {explanation.class_name} (asked)",
-                         f"{result.probability:.3f}" if n == 0 else "",
-                         f"logit {explanation.logit:.3f} = " + ", ".join(terms + [f"bias {explanation.bias:+.3f}"])))
+            rows.append(
+                (
+                    result.source if n == 0 else "",
+                    explanation.class_name if n == 0 else f"  {explanation.class_name} (asked)",
+                    f"{result.probability:.3f}" if n == 0 else "",
+                    f"logit {explanation.logit:.3f} = " + ", ".join(terms + [f"bias {explanation.bias:+.3f}"]),
+                )
+            )
     return _text_table(("image", "class", "probability", "contributions"), rows)
 
 
 def _summary(metadata: ModelMetadata, source: str) -> dict:
-    return {"source": source, "model_type": metadata.model_type, "classes": metadata.num_classes,
-            "features": metadata.num_features, "scale": metadata.scale, "input": asdict(metadata.input),
-            "provenance": metadata.provenance, "exporter": metadata.exporter, "engine": metadata.engine,
-            "quantization": metadata.quantization}
+    return {
+        "source": source,
+        "model_type": metadata.model_type,
+        "classes": metadata.num_classes,
+        "features": metadata.num_features,
+        "scale": metadata.scale,
+        "input": asdict(metadata.input),
+        "provenance": metadata.provenance,
+        "exporter": metadata.exporter,
+        "engine": metadata.engine,
+        "quantization": metadata.quantization,
+    }
 
 
 def _header(metadata: ModelMetadata, source: str) -> str:
-    facts = [f"{metadata.model_type}", f"{metadata.num_classes} classes", f"{metadata.num_features} features",
-             f"input {metadata.input.size} px ({metadata.input.resize_mode})"]
-    facts += [f"{key} {value}" for key, value in sorted(metadata.provenance.items())
-              if isinstance(value, (str, int, float, bool))]
+    facts = [
+        f"{metadata.model_type}",
+        f"{metadata.num_classes} classes",
+        f"{metadata.num_features} features",
+        f"input {metadata.input.size} px ({metadata.input.resize_mode})",
+    ]
+    facts += [
+        f"{key} {value}"
+        for key, value in sorted(metadata.provenance.items())
+        if isinstance(value, (str, int, float, bool))
+    ]
     if metadata.engine:
         facts += [f"engine {', '.join(f'{k} {v}' for k, v in sorted(metadata.engine.items()))}"]
     if metadata.quantization:
-        facts += [f"{metadata.quantization.get('precision', 'quantised')} backbone "
-                  f"({metadata.quantization.get('format', '?')}), exact float head"]
+        facts += [
+            f"{metadata.quantization.get('precision', 'quantised')} backbone "
+            f"({metadata.quantization.get('format', '?')}), exact float head"
+        ]
     return f"{source}: " + ", ".join(facts)
 
 
@@ -129,12 +176,15 @@ def _markdown_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def _html_page(title: str, tables: list[tuple[tuple[str, ...], list[tuple[str, ...]]]]) -> str:
-    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
-             "td:nth-child(4){color:#1a7f37}td:nth-child(5){color:#c62828}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+        "td:nth-child(4){color:#1a7f37}td:nth-child(5){color:#c62828}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     for head, rows in tables:
         parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]

@@ -1,4 +1,5 @@
 """What a prediction returns: small frozen dataclasses with `to_dict()` for JSON."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -9,12 +10,13 @@ import numpy as np
 @dataclass(frozen=True)
 class Contribution:
     """Feature j's share of one class's logit: `weight · activation` with weight T[k, j] = ±1."""
-    feature: int        # column j of T
-    channel: int        # backbone channel the feature reads
+
+    feature: int  # column j of T
+    channel: int  # backbone channel the feature reads
     name: str
-    weight: int         # T[k, j]
-    activation: float   # c_j
-    value: float        # T[k, j] · c_j
+    weight: int  # T[k, j]
+    activation: float  # c_j
+    value: float  # T[k, j] · c_j
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -23,6 +25,7 @@ class Contribution:
 @dataclass(frozen=True)
 class Explanation:
     """One class's logit as an exact sum: contributions (largest magnitude first) plus bias."""
+
     class_index: int
     class_name: str
     logit: float
@@ -33,18 +36,23 @@ class Explanation:
         return self.contributions if k is None else self.contributions[:k]
 
     def to_dict(self, top_k: int | None = None) -> dict:
-        return {"class_index": self.class_index, "class_name": self.class_name, "logit": self.logit,
-                "bias": self.bias, "contributions": [c.to_dict() for c in self.top(top_k)]}
+        return {
+            "class_index": self.class_index,
+            "class_name": self.class_name,
+            "logit": self.logit,
+            "bias": self.bias,
+            "contributions": [c.to_dict() for c in self.top(top_k)],
+        }
 
 
 @dataclass(frozen=True)
 class Prediction:
-    source: str                           # the input's path, or its kind and position
+    source: str  # the input's path, or its kind and position
     class_index: int
     class_name: str
-    probability: float                    # softmax of the logits
+    probability: float  # softmax of the logits
     logits: tuple[float, ...]
-    features: tuple[float, ...]           # c, the values every contribution is built from
+    features: tuple[float, ...]  # c, the values every contribution is built from
     explanations: tuple[Explanation, ...]  # the predicted class first, then the requested ones
 
     ok = True
@@ -60,17 +68,23 @@ class Prediction:
         raise KeyError(f"{class_!r} was not explained; pass it in predict(..., classes=[...])")
 
     def to_dict(self, top_k: int | None = None) -> dict:
-        return {"source": self.source, "class_index": self.class_index, "class_name": self.class_name,
-                "probability": self.probability, "logits": list(self.logits),
-                "features": list(self.features),
-                "explanations": [e.to_dict(top_k) for e in self.explanations]}
+        return {
+            "source": self.source,
+            "class_index": self.class_index,
+            "class_name": self.class_name,
+            "probability": self.probability,
+            "logits": list(self.logits),
+            "features": list(self.features),
+            "explanations": [e.to_dict(top_k) for e in self.explanations],
+        }
 
 
 @dataclass(frozen=True)
 class PredictionError:
     """The entry of an input that could not be used; the other inputs of the batch still run."""
+
     source: str
-    error: str          # one line: what is wrong and what to do
+    error: str  # one line: what is wrong and what to do
 
     ok = False
 
@@ -81,10 +95,11 @@ class PredictionError:
 @dataclass(frozen=True, eq=False)
 class ExplainedImage:
     """A prediction with what its heat maps need: the crop the model saw and the feature maps."""
+
     prediction: Prediction
-    class_index: int             # the class whose contributions are shown
-    image: np.ndarray            # size×size×3 uint8
-    feature_maps: np.ndarray     # F×h×w float32, one map per feature (column of T)
+    class_index: int  # the class whose contributions are shown
+    image: np.ndarray  # size×size×3 uint8
+    feature_maps: np.ndarray  # F×h×w float32, one map per feature (column of T)
 
     @property
     def explanation(self) -> Explanation:

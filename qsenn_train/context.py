@@ -1,4 +1,5 @@
 """What every stage of a run shares: the recipe, the seed, the run directory, the device and data."""
+
 from __future__ import annotations
 
 import platform
@@ -6,10 +7,10 @@ import random
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,9 +48,9 @@ class RunContext:
     run: RunDir
     device: Device
     info: DatasetInfo
-    train_set: Dataset        # training images, training transform
-    test_set: Dataset         # test images, test transform
-    train_eval_set: Dataset   # training images, test transform (extraction, metrics)
+    train_set: Dataset  # training images, training transform
+    test_set: Dataset  # test images, test transform
+    train_eval_set: Dataset  # training images, test transform (extraction, metrics)
     echo: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
@@ -103,8 +104,7 @@ def saga_threads(ctx: RunContext):
 
 
 def library_versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__}
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
 def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print) -> RunContext:
@@ -118,20 +118,34 @@ def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = prin
         shutil.rmtree(path)
     run = RunDir(path, echo=echo)
     if run.has_results() and not opts.resume:
-        raise QsennError(f"{path} already holds results of an earlier run; add --resume to continue "
-                         f"it (finished stages are reused), --overwrite to start over, or another --seed/--out")
+        raise QsennError(
+            f"{path} already holds results of an earlier run; add --resume to continue "
+            f"it (finished stages are reused), --overwrite to start over, or another --seed/--out"
+        )
     if removed := run.remove_stale_temporaries():
         echo(f"removed {removed} temporary files left behind by an interrupted run")
         run.event("stale_temporaries_removed", count=removed)
-    run.save_json(CONFIG, {"recipe": recipe.to_json(), "seed": seed, "dataset": info.to_json(),
-                           "data_root": str(Path(opts.data_root).resolve()),
-                           "device": str(device.torch_device), "versions": library_versions()})
+    run.save_json(
+        CONFIG,
+        {
+            "recipe": recipe.to_json(),
+            "seed": seed,
+            "dataset": info.to_json(),
+            "data_root": str(Path(opts.data_root).resolve()),
+            "device": str(device.torch_device),
+            "versions": library_versions(),
+        },
+    )
     run.event("start", recipe=recipe.name, seed=seed, resume=opts.resume)
     echo(f"run directory: {path}  (seed {seed}; resume with --seed {seed} --resume)")
     return RunContext(
-        recipe=recipe, seed=seed, run=run, device=device, info=info,
-        train_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=True,
-                                                           augment=recipe.augment)),
+        recipe=recipe,
+        seed=seed,
+        run=run,
+        device=device,
+        info=info,
+        train_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=True, augment=recipe.augment)),
         test_set=test_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
         train_eval_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
-        echo=echo)
+        echo=echo,
+    )

@@ -1,19 +1,28 @@
 """Running a model over the data to compute the paper's metrics (spec §10), in bounded memory."""
+
 from __future__ import annotations
 
 import torch
 from torch.utils.data import Dataset
-from .progress import progress
 
 from . import metrics
 from .data.base import DatasetInfo
 from .model import QResNet
+from .progress import progress
 from .training import Device, make_loader
 
 
 @torch.no_grad()
-def evaluate_metrics(model: QResNet, train_eval_set: Dataset, test_set: Dataset, info: DatasetInfo,
-                     *, device: Device, batch_size: int, workers: int) -> dict:
+def evaluate_metrics(
+    model: QResNet,
+    train_eval_set: Dataset,
+    test_set: Dataset,
+    info: DatasetInfo,
+    *,
+    device: Device,
+    batch_size: int,
+    workers: int,
+) -> dict:
     """Accuracy, NFfeatures, PerClass, diversity@5 (reference and corrected), Dependence, Alignment.
 
     Training images (test transform, dataset order) give Dependence and Alignment; test images
@@ -50,16 +59,17 @@ def evaluate_metrics(model: QResNet, train_eval_set: Dataset, test_set: Dataset,
     if keep_pooled:
         features = torch.cat(pooled_rows)
         # CUB layouts (the only ones with attribute files) carry their image ids.
-        positions, attributes, present = metrics.read_attribute_labels(info.attributes_file,
-                                                                       train_eval_set.image_ids)
+        positions, attributes, present = metrics.read_attribute_labels(info.attributes_file, train_eval_set.image_ids)
         n_attributes = len(info.attribute_names) or int(attributes.max()) + 1
         alignment = metrics.alignment(features, positions, attributes, present, n_attributes)
 
     result = metrics.summarize(
-        accuracy=correct / max(seen, 1), weight=weight,
+        accuracy=correct / max(seen, 1),
+        weight=weight,
         diversity=metrics.diversity(torch.cat(locality), n_train=n_train),
         dependence=metrics.dependence_from_shares(torch.cat(shares)),
-        alignment=alignment)
+        alignment=alignment,
+    )
     result["diversity_corrected"] = metrics.diversity(torch.cat(locality_fixed))
     return result
 

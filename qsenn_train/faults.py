@@ -13,13 +13,14 @@ Counting calls makes a point reproducible where a timer would not be on a loaded
 point can land anywhere: mid-batch, inside torch.save, between a rename and the manifest update.
 Unset, as in production, nothing is installed; a stage pays one comparison.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 ENV = "QSENN_KILL_AT"
 
@@ -32,7 +33,7 @@ def _parse(spec: str | None) -> tuple[str, int] | None:
 
 
 _TARGET = _parse(os.environ.get(ENV))
-_calls: int | None = None     # calls made so far by the armed stage that is running
+_calls: int | None = None  # calls made so far by the armed stage that is running
 
 
 @contextmanager
@@ -49,8 +50,7 @@ def armed(label: str) -> Iterator[None]:
         if event == "call":
             _calls += 1
             if _calls == kill_at:
-                _kill(label, f"call {_calls} ({frame.f_code.co_name} in "
-                             f"{frame.f_code.co_filename}:{frame.f_lineno})")
+                _kill(label, f"call {_calls} ({frame.f_code.co_name} in {frame.f_code.co_filename}:{frame.f_lineno})")
 
     _calls = 0
     previous = sys.getprofile()

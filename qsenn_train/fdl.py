@@ -6,6 +6,7 @@ channel's share of activation and by the class's normalised |weight|; the loss r
 sum over positions of the strongest such channel. No detaching anywhere (odd-Z: in dense
 training the gradient also reaches the classifier weight through |W|).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,12 +23,12 @@ def feature_diversity_loss(feature_maps: Tensor, logits: Tensor, weight: Tensor,
     logits: B×K (only their argmax is used)
     weight: K×C, the head's current classifier weight
     """
-    maps = feature_maps.float().flatten(2)                        # B×C×P
+    maps = feature_maps.float().flatten(2)  # B×C×P
     predicted = logits.argmax(dim=1)
-    w = weight.float()[predicted].abs()                           # B×C
+    w = weight.float()[predicted].abs()  # B×C
     w = w / (w.norm(dim=1, keepdim=True) + WEIGHT_NORM_EPS)
-    spatial = maps.softmax(dim=2)                                 # softmax over positions
-    avg = maps.mean(dim=2)                                        # B×C
+    spatial = maps.softmax(dim=2)  # softmax over positions
+    avg = maps.mean(dim=2)  # B×C
     scale = avg / torch.clamp(avg.max(dim=1, keepdim=True).values, min=SCALE_FLOOR)
     weighted = spatial * (scale * w).unsqueeze(2)
     per_image = weighted.max(dim=1).values.sum(dim=1)

@@ -6,6 +6,7 @@ files, so memory stays flat however large the dataset is (ImageNet: 1.28 M × 20
 Statistics are accumulated in float64 on the way: μ, σ (divisor N) and the "group"
 maximal regularisation G on raw features (odd-F).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,25 +22,30 @@ from .progress import progress
 from .rundir import RunDir, temporary_name
 from .training import Device, make_loader
 
-CHUNK_BYTES = 16 * 2**20   # copied at a time when writing the split files (bounds the gather's copy)
+CHUNK_BYTES = 16 * 2**20  # copied at a time when writing the split files (bounds the gather's copy)
 
 
 @dataclass
 class FeatureStats:
     """Train-set statistics over all N training images (before the validation split)."""
 
-    mean: torch.Tensor        # μ (C)
-    std: torch.Tensor         # σ, population std (C), not clamped here
-    max_reg_group: float      # G of §4 step 4 (raw features)
-    n_total: int              # N
+    mean: torch.Tensor  # μ (C)
+    std: torch.Tensor  # σ, population std (C), not clamped here
+    max_reg_group: float  # G of §4 step 4 (raw features)
+    n_total: int  # N
     n_classes: int
 
     def to_record(self) -> dict:
-        return {"mean": self.mean, "std": self.std, "max_reg_group": self.max_reg_group,
-                "n_total": self.n_total, "n_classes": self.n_classes}
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "max_reg_group": self.max_reg_group,
+            "n_total": self.n_total,
+            "n_classes": self.n_classes,
+        }
 
     @classmethod
-    def from_record(cls, r: dict) -> "FeatureStats":
+    def from_record(cls, r: dict) -> FeatureStats:
         return cls(r["mean"], r["std"], float(r["max_reg_group"]), int(r["n_total"]), int(r["n_classes"]))
 
 
@@ -85,9 +91,19 @@ def _commit(run: RunDir, name: str, array: np.memmap, tmp: Path) -> None:
 
 
 @torch.no_grad()
-def extract_split(model: QResNet, dataset: Dataset, run: RunDir, prefix: str, *, batch_size: int,
-                  workers: int, device: Device, shuffle_seed: int | None, n_classes: int,
-                  desc: str) -> StatsAccumulator:
+def extract_split(
+    model: QResNet,
+    dataset: Dataset,
+    run: RunDir,
+    prefix: str,
+    *,
+    batch_size: int,
+    workers: int,
+    device: Device,
+    shuffle_seed: int | None,
+    n_classes: int,
+    desc: str,
+) -> StatsAccumulator:
     """Pooled features and labels of one split into `<prefix>features.npy` / `<prefix>labels.npy`.
 
     With shuffle_seed the images are visited in a seeded random order, as the reference's
@@ -99,8 +115,7 @@ def extract_split(model: QResNet, dataset: Dataset, run: RunDir, prefix: str, *,
     if n == 0:
         raise QsennError(f"cannot extract features: the {desc} set is empty")
     generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
-    loader = make_loader(dataset, batch_size, shuffle=shuffle_seed is not None, workers=workers,
-                         generator=generator)
+    loader = make_loader(dataset, batch_size, shuffle=shuffle_seed is not None, workers=workers, generator=generator)
     features, features_tmp = _new_array(run, f"{prefix}features.npy", n, dim, np.float32)
     labels, labels_tmp = _new_array(run, f"{prefix}labels.npy", n, 0, np.int64)
     stats = StatsAccumulator(dim, n_classes)
@@ -108,11 +123,11 @@ def extract_split(model: QResNet, dataset: Dataset, run: RunDir, prefix: str, *,
     for images, y in progress(loader, desc=f"features ({desc})"):
         with device.autocast():
             pooled = model(device.batch(images)).pooled.float().cpu()
-        features[row:row + len(y)] = pooled.numpy()
-        labels[row:row + len(y)] = y.numpy()
+        features[row : row + len(y)] = pooled.numpy()
+        labels[row : row + len(y)] = y.numpy()
         stats.update(pooled, y)
         row += len(y)
-    if row != n:   # a dropped trailing batch would leave zero rows behind
+    if row != n:  # a dropped trailing batch would leave zero rows behind
         raise RuntimeError(f"extracted {row} of {n} images")
     _commit(run, f"{prefix}features.npy", features, features_tmp)
     _commit(run, f"{prefix}labels.npy", labels, labels_tmp)
@@ -123,7 +138,7 @@ def validation_split(n_total: int, val_fraction: float, seed: int) -> tuple[np.n
     """Positions of the train and validation splits, with `random_split` semantics (§4 step 5)."""
     n_val = int(np.floor(val_fraction * n_total))
     perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed)).numpy()
-    return perm[: n_total - n_val], perm[n_total - n_val:]
+    return perm[: n_total - n_val], perm[n_total - n_val :]
 
 
 def write_rows(run: RunDir, source: np.ndarray, positions: np.ndarray, name: str) -> None:
@@ -132,8 +147,8 @@ def write_rows(run: RunDir, source: np.ndarray, positions: np.ndarray, name: str
     out, tmp = _new_array(run, name, len(positions), cols, source.dtype)
     rows = max(1, CHUNK_BYTES // (source.dtype.itemsize * max(cols, 1)))
     for start in range(0, len(positions), rows):
-        chunk = positions[start:start + rows]
-        order = np.argsort(chunk)          # sorted reads are sequential on disk
+        chunk = positions[start : start + rows]
+        order = np.argsort(chunk)  # sorted reads are sequential on disk
         out[start + order] = source[chunk[order]]
     _commit(run, name, out, tmp)
 
@@ -142,17 +157,23 @@ def write_rows(run: RunDir, source: np.ndarray, positions: np.ndarray, name: str
 class FeatureSet:
     """Memory-mapped features of one sparsification step, restricted on demand to S."""
 
-    train: np.ndarray         # train split (N_tr × C), raw
+    train: np.ndarray  # train split (N_tr × C), raw
     train_labels: np.ndarray
     val: np.ndarray
     val_labels: np.ndarray
-    test: np.ndarray          # test set (N_test × C), dataset order
+    test: np.ndarray  # test set (N_test × C), dataset order
     test_labels: np.ndarray
     stats: FeatureStats
 
 
-FEATURE_FILES = ("train_features.npy", "train_labels.npy", "val_features.npy", "val_labels.npy",
-                 "test_features.npy", "test_labels.npy")
+FEATURE_FILES = (
+    "train_features.npy",
+    "train_labels.npy",
+    "val_features.npy",
+    "val_labels.npy",
+    "test_features.npy",
+    "test_labels.npy",
+)
 
 
 def load_feature_set(run: RunDir, folder: str) -> FeatureSet | None:
@@ -164,15 +185,45 @@ def load_feature_set(run: RunDir, folder: str) -> FeatureSet | None:
     return FeatureSet(*arrays, stats=FeatureStats.from_record(record))
 
 
-def extract_features(model: QResNet, train_eval_set: Dataset, test_set: Dataset, run: RunDir,
-                     folder: str, *, batch_size: int, workers: int, device: Device, seed: int,
-                     val_fraction: float, n_classes: int) -> FeatureSet:
+def extract_features(
+    model: QResNet,
+    train_eval_set: Dataset,
+    test_set: Dataset,
+    run: RunDir,
+    folder: str,
+    *,
+    batch_size: int,
+    workers: int,
+    device: Device,
+    seed: int,
+    val_fraction: float,
+    n_classes: int,
+) -> FeatureSet:
     """§4 steps 1–5: extract, compute statistics, split 90/10 into `folder`."""
-    stats = extract_split(model, train_eval_set, run, f"{folder}/all_train_", batch_size=batch_size,
-                          workers=workers, device=device, shuffle_seed=seed, n_classes=n_classes,
-                          desc="train").finish()
-    extract_split(model, test_set, run, f"{folder}/test_", batch_size=batch_size, workers=workers,
-                  device=device, shuffle_seed=None, n_classes=n_classes, desc="test")
+    stats = extract_split(
+        model,
+        train_eval_set,
+        run,
+        f"{folder}/all_train_",
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        shuffle_seed=seed,
+        n_classes=n_classes,
+        desc="train",
+    ).finish()
+    extract_split(
+        model,
+        test_set,
+        run,
+        f"{folder}/test_",
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        shuffle_seed=None,
+        n_classes=n_classes,
+        desc="test",
+    )
     all_features = np.load(run.file(f"{folder}/all_train_features.npy"), mmap_mode="r")
     all_labels = np.load(run.file(f"{folder}/all_train_labels.npy"), mmap_mode="r")
     train_pos, val_pos = validation_split(stats.n_total, val_fraction, seed)

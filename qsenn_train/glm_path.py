@@ -4,13 +4,14 @@ The standardisation x̂ = (f − μ)/max(σ, 1e-5) runs inside glm-saga as its `
 module, so λ_max and n_ex are computed from the standardised train split exactly as the
 reference does (metadata=None).
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .features import FeatureSet
 from .recipes import SagaSettings
 
-GLM_STD_CLAMP = 1e-5   # odd-V: the GLM steps clamp σ at 1e-5, the model head at 1e-6
+GLM_STD_CLAMP = 1e-5  # odd-V: the GLM steps clamp σ at 1e-5, the model head at 1e-6
 READ_CHUNK = 65536
 
 
@@ -42,7 +43,7 @@ def columns(array: np.ndarray, selection: list[int] | None) -> torch.Tensor:
     """Rows of a memory-mapped array restricted to `selection`, read a chunk at a time so the
     full N×D matrix never sits in memory."""
     cols = slice(None) if selection is None else np.asarray(selection)
-    parts = [np.asarray(array[i:i + READ_CHUNK])[:, cols] for i in range(0, len(array), READ_CHUNK)]
+    parts = [np.asarray(array[i : i + READ_CHUNK])[:, cols] for i in range(0, len(array), READ_CHUNK)]
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts))).float()
 
 
@@ -63,9 +64,16 @@ def _count_lambdas(tick: Callable[[], None]):
         elasticnet.train_saga = original
 
 
-def fit_path(features: FeatureSet, selection: list[int] | None, settings: SagaSettings, *,
-             n_classes: int, device: torch.device, tick: Callable[[], None] = lambda: None,
-             log: Callable[[str], None] = lambda line: None) -> list[dict]:
+def fit_path(
+    features: FeatureSet,
+    selection: list[int] | None,
+    settings: SagaSettings,
+    *,
+    n_classes: int,
+    device: torch.device,
+    tick: Callable[[], None] = lambda: None,
+    log: Callable[[str], None] = lambda line: None,
+) -> list[dict]:
     """101 solutions (100 log-spaced λ's and λ = 0), each with weight K×F and bias K.
 
     `selection` restricts D-dimensional features to S (first iteration); None when the
@@ -93,11 +101,25 @@ def fit_path(features: FeatureSet, selection: list[int] | None, settings: SagaSe
     with _count_lambdas(tick), contextlib.redirect_stdout(captured), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax")
         result = elasticnet.glm_saga(
-            linear, train_loader, settings.lr, settings.max_epochs, settings.alpha,
-            k=settings.n_lambdas, epsilon=settings.epsilon, tol=settings.tol,
-            lookbehind=settings.lookbehind, group=False, do_zero=True, lr_decay_factor=1,
-            preprocess=Standardize(mean, std, device), n_classes=n_classes,
-            val_loader=val_loader, test_loader=test_loader, table_device=device, checkpoint=None)
+            linear,
+            train_loader,
+            settings.lr,
+            settings.max_epochs,
+            settings.alpha,
+            k=settings.n_lambdas,
+            epsilon=settings.epsilon,
+            tol=settings.tol,
+            lookbehind=settings.lookbehind,
+            group=False,
+            do_zero=True,
+            lr_decay_factor=1,
+            preprocess=Standardize(mean, std, device),
+            n_classes=n_classes,
+            val_loader=val_loader,
+            test_loader=test_loader,
+            table_device=device,
+            checkpoint=None,
+        )
     for line in captured.getvalue().splitlines():
         log(line)
     return [_plain(entry) for entry in result["path"]]
@@ -105,7 +127,13 @@ def fit_path(features: FeatureSet, selection: list[int] | None, settings: SagaSe
 
 def _plain(entry: dict) -> dict:
     """A path entry as plain numbers and CPU tensors (safe to save and reload)."""
-    return {"lam": float(entry["lam"]), "lr": float(entry["lr"]), "alpha": float(entry["alpha"]),
-            "time": float(entry["time"]), "loss": float(entry["loss"]),
-            "metrics": {k: float(v) for k, v in entry["metrics"].items()},
-            "weight": entry["weight"].cpu(), "bias": entry["bias"].cpu()}
+    return {
+        "lam": float(entry["lam"]),
+        "lr": float(entry["lr"]),
+        "alpha": float(entry["alpha"]),
+        "time": float(entry["time"]),
+        "loss": float(entry["loss"]),
+        "metrics": {k: float(v) for k, v in entry["metrics"].items()},
+        "weight": entry["weight"].cpu(),
+        "bias": entry["bias"].cpu(),
+    }

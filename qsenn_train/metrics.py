@@ -10,6 +10,7 @@ diversity@5 is split into a per-batch part (`locality`, one value per image) and
 mean (`diversity`), so test feature maps never have to be held all at once; Dependence
 likewise (`top_feature_shares` per batch, `dependence_from_shares` at the end).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,8 @@ DIVERSITY_K = 5
 REFERENCE_TEST_BATCH = 300
 # Alignment is computed only for CUB-like data (train set below this size); otherwise reported as 0.
 ALIGNMENT_MAX_TRAIN_IMAGES = 7000
-MIN_CERTAINTY = 3          # keep "probably" (3) and "definitely" (4) annotations (odd-Q)
-NOT_VISIBLE = 1            # certainty of an attribute that cannot be seen
+MIN_CERTAINTY = 3  # keep "probably" (3) and "definitely" (4) annotations (odd-Q)
+NOT_VISIBLE = 1  # certainty of an attribute that cannot be seen
 LABEL_FIELDS = ("image id", "attribute id", "is_present", "certainty", "time")
 
 
@@ -47,8 +48,9 @@ def per_class(weight: Tensor) -> float:
 
 # ----------------------------------------------------------------------------- diversity@5
 @torch.no_grad()
-def locality(maps_used: Tensor, logits: Tensor, weight_used: Tensor, k: int = DIVERSITY_K, *,
-             corrected: bool = False) -> Tensor:
+def locality(
+    maps_used: Tensor, logits: Tensor, weight_used: Tensor, k: int = DIVERSITY_K, *, corrected: bool = False
+) -> Tensor:
     """loc_b of one test batch (spec §10.1): NaN for an image whose predicted class uses < k features.
 
     maps_used: B×|U|×H×W maps of the used features; logits: B×K; weight_used: W_U (K×|U|).
@@ -66,8 +68,8 @@ def locality(maps_used: Tensor, logits: Tensor, weight_used: Tensor, k: int = DI
     if len(eligible) == 0:
         return values
     ranking = rows[eligible].abs() if corrected else rows[eligible]
-    top = ranking.topk(k, dim=1).indices                                  # B'×k
-    chosen = maps_used.flatten(2)[eligible[:, None], top].float()          # B'×k×P, only the maps needed
+    top = ranking.topk(k, dim=1).indices  # B'×k
+    chosen = maps_used.flatten(2)[eligible[:, None], top].float()  # B'×k×P, only the maps needed
     values[eligible] = chosen.softmax(dim=2).max(dim=1).values.sum(dim=1) / k
     return values
 
@@ -84,7 +86,7 @@ def diversity(loc_values: Tensor, *, n_train: int | None = None) -> float:
     test images count; without it (the corrected variant) all of them do.
     """
     if n_train is not None:
-        loc_values = loc_values[:reference_test_image_limit(n_train)]
+        loc_values = loc_values[: reference_test_image_limit(n_train)]
     return _mean_ignoring_nan(loc_values)
 
 
@@ -123,8 +125,9 @@ def alignment_applies(n_train: int) -> bool:
     return n_train < ALIGNMENT_MAX_TRAIN_IMAGES
 
 
-def read_attribute_labels(path: Path | str, train_ids: Sequence[int],
-                          n_attributes: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def read_attribute_labels(
+    path: Path | str, train_ids: Sequence[int], n_attributes: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Spec §10.3 steps 1–4 on `image_attribute_labels.txt`.
 
     Rows `<image_id> <attribute_id> <is_present> <certainty> <time>`; rows with another field
@@ -137,8 +140,9 @@ def read_attribute_labels(path: Path | str, train_ids: Sequence[int],
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise QsennError(f"cannot read the attribute annotations {path} ({exc.strerror}); "
-                         f"re-extract the dataset") from None
+        raise QsennError(
+            f"cannot read the attribute annotations {path} ({exc.strerror}); re-extract the dataset"
+        ) from None
     image_id, attribute_id, is_present, certainty, line_no = _parse_label_rows(path, raw)
 
     ids = np.asarray(train_ids, dtype=np.int64)
@@ -149,8 +153,7 @@ def read_attribute_labels(path: Path | str, train_ids: Sequence[int],
     is_train = slot < len(ids)
     is_train[is_train] = ids[order][slot[is_train]] == image_id[is_train]
     position = order[slot[is_train]]
-    attribute_id, is_present, certainty, line_no = (
-        a[is_train] for a in (attribute_id, is_present, certainty, line_no))
+    attribute_id, is_present, certainty, line_no = (a[is_train] for a in (attribute_id, is_present, certainty, line_no))
 
     def fail_at(row: int, problem: str) -> QsennError:
         return QsennError(f"{path} line {line_no[row]}: {problem}; fix that line or re-extract the dataset")
@@ -162,17 +165,18 @@ def read_attribute_labels(path: Path | str, train_ids: Sequence[int],
         valid = f"1..{n_attributes}" if n_attributes is not None else "ids start at 1"
         raise fail_at(bad[0], f"attribute id {attribute_id[bad[0]]} is invalid ({valid})")
     if (bad := np.flatnonzero((certainty == NOT_VISIBLE) & (is_present == 1))).size:
-        raise fail_at(bad[0], f"attribute {attribute_id[bad[0]]} is marked present with "
-                              f"certainty 1 (not visible)")
+        raise fail_at(bad[0], f"attribute {attribute_id[bad[0]]} is marked present with certainty 1 (not visible)")
 
     certain = certainty >= MIN_CERTAINTY
-    return (torch.from_numpy(position[certain]), torch.from_numpy(attribute_id[certain] - 1),
-            torch.from_numpy(is_present[certain] == 1))
+    return (
+        torch.from_numpy(position[certain]),
+        torch.from_numpy(attribute_id[certain] - 1),
+        torch.from_numpy(is_present[certain] == 1),
+    )
 
 
 @torch.no_grad()
-def alignment(features: Tensor, positions: Tensor, attributes: Tensor, present: Tensor,
-              n_attributes: int) -> float:
+def alignment(features: Tensor, positions: Tensor, attributes: Tensor, present: Tensor, n_attributes: int) -> float:
     """Spec §10.3 steps 5–7: (1/C) Σ_j max_a Δ_{j,a}/m_j over the C = features.shape[1] features.
 
     features: N×C raw pooled train features in train-id order; the other three come from
@@ -199,7 +203,7 @@ def alignment(features: Tensor, positions: Tensor, attributes: Tensor, present: 
     device = f.device
     positions, attributes, present = positions.to(device), attributes.to(device), present.to(device, torch.bool)
 
-    def row_counts(mask: Tensor) -> Tensor:   # n_attributes×N: how often each (attribute, image) row occurs
+    def row_counts(mask: Tensor) -> Tensor:  # n_attributes×N: how often each (attribute, image) row occurs
         cells = attributes[mask] * n_images + positions[mask]
         return torch.bincount(cells, minlength=n_attributes * n_images).reshape(n_attributes, n_images).double()
 
@@ -207,21 +211,25 @@ def alignment(features: Tensor, positions: Tensor, attributes: Tensor, present: 
     n_present, n_absent = present_counts.sum(dim=1), absent_counts.sum(dim=1)
     defined = (n_present > 0) & (n_absent > 0)
     if not defined.any():
-        raise QsennError("no attribute is both present and absent among the training images' "
-                         f"annotations with certainty ≥ {MIN_CERTAINTY}; the alignment metric "
-                         "needs such attributes: check image_attribute_labels.txt")
-    delta = (present_counts[defined] @ f / n_present[defined, None]
-             - absent_counts[defined] @ f / n_absent[defined, None])              # A'×C
+        raise QsennError(
+            "no attribute is both present and absent among the training images' "
+            f"annotations with certainty ≥ {MIN_CERTAINTY}; the alignment metric "
+            "needs such attributes: check image_attribute_labels.txt"
+        )
+    delta = (
+        present_counts[defined] @ f / n_present[defined, None] - absent_counts[defined] @ f / n_absent[defined, None]
+    )  # A'×C
     normaliser = (f - f.min(dim=0).values).mean(dim=0)
     alive = normaliser > 0
-    best = delta.max(dim=0).values                      # max_a Δ/m = (max_a Δ)/m, m > 0
+    best = delta.max(dim=0).values  # max_a Δ/m = (max_a Δ)/m, m > 0
     per_feature = torch.where(alive, best / torch.where(alive, normaliser, 1.0), 0.0)
     return per_feature.sum().item() / n_features
 
 
 # ----------------------------------------------------------------------------- the report
-def summarize(*, accuracy: float, weight: Tensor, diversity: float, dependence: float,
-              alignment: float | None) -> dict[str, float | int]:
+def summarize(
+    *, accuracy: float, weight: Tensor, diversity: float, dependence: float, alignment: float | None
+) -> dict[str, float | int]:
     """The metrics JSON of spec §10; `alignment` None (not CUB-like) is reported as 0."""
     return {
         "Accuracy": float(accuracy),
@@ -239,7 +247,7 @@ def _mean_ignoring_nan(values: Tensor) -> float:
     return kept.double().mean().item() if len(kept) else 0.0
 
 
-_CHUNK_BYTES = 1 << 23   # parse whole lines in ~8 MiB pieces: bounded scratch memory
+_CHUNK_BYTES = 1 << 23  # parse whole lines in ~8 MiB pieces: bounded scratch memory
 
 
 def _parse_label_rows(path: Path, raw: bytes) -> tuple[np.ndarray, ...]:
@@ -265,7 +273,7 @@ def _parse_label_chunk(path: Path, chunk: memoryview, first_line: int) -> tuple[
     assembled from their digits. The time field is never parsed.
     """
     buf = np.frombuffer(chunk, dtype=np.uint8)
-    blank = buf <= 32                          # space, tab, CR, LF separate fields
+    blank = buf <= 32  # space, tab, CR, LF separate fields
     starts = np.flatnonzero(blank[:-1] & ~blank[1:]) + 1
     ends = np.flatnonzero(~blank[:-1] & blank[1:]) + 1
     if not blank[0]:
@@ -275,7 +283,7 @@ def _parse_label_chunk(path: Path, chunk: memoryview, first_line: int) -> tuple[
     line_ends = np.flatnonzero(buf == 10)
     if buf[-1] != 10:
         line_ends = np.append(line_ends, buf.size)
-    tokens_before = np.searchsorted(starts, line_ends)       # tokens up to each line's end
+    tokens_before = np.searchsorted(starts, line_ends)  # tokens up to each line's end
     fields_per_line = np.diff(tokens_before, prepend=0)
     whole = np.flatnonzero(fields_per_line == len(LABEL_FIELDS))
     first = tokens_before[whole] - len(LABEL_FIELDS)
@@ -285,14 +293,16 @@ def _parse_label_chunk(path: Path, chunk: memoryview, first_line: int) -> tuple[
         value, ok = _parse_unsigned(buf, starts[token], ends[token])
         if not ok.all():
             row = np.flatnonzero(~ok)[0]
-            text = bytes(chunk[starts[token[row]]:ends[token[row]]]).decode(errors="replace")
-            raise QsennError(f"{path} line {first_line + whole[row]}: {LABEL_FIELDS[field]} {text!r} "
-                             f"is not a non-negative integer; fix that line or re-extract the dataset")
+            text = bytes(chunk[starts[token[row]] : ends[token[row]]]).decode(errors="replace")
+            raise QsennError(
+                f"{path} line {first_line + whole[row]}: {LABEL_FIELDS[field]} {text!r} "
+                f"is not a non-negative integer; fix that line or re-extract the dataset"
+            )
         columns.append(value)
     return (*columns, first_line + whole)
 
 
-_MAX_DIGITS = 18   # fits int64
+_MAX_DIGITS = 18  # fits int64
 
 
 def _parse_unsigned(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -303,7 +313,7 @@ def _parse_unsigned(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tu
     # One pass per digit place, from the right, over short vectors (no token×digit matrix).
     for place in range(min(int(length.max()), _MAX_DIGITS) if length.size else 0):
         inside = place < length
-        digit = buf[np.where(inside, ends - 1 - place, 0)] - np.uint8(48)   # non-digits wrap to ≥ 10
+        digit = buf[np.where(inside, ends - 1 - place, 0)] - np.uint8(48)  # non-digits wrap to ≥ 10
         ok &= ~inside | (digit < 10)
-        value += np.where(inside, digit, 0).astype(np.int64) * 10 ** place
+        value += np.where(inside, digit, 0).astype(np.int64) * 10**place
     return value, ok

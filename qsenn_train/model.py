@@ -4,6 +4,7 @@ State-dict keys follow the reference (§12.3): torchvision backbone keys at the 
 `linear.weight/bias` for the dense head, `linear.selection/mean/std/layer.*` for the
 sparse head, so checkpoints of the original code load unchanged.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,11 +17,11 @@ from torchvision.models import resnet
 from .errors import QsennError
 from .names import SMALL_STEM_ARCHS
 
-STD_CLAMP = 1e-6   # the head's lower bound on σ (spec §1.4; the GLM steps use 1e-5, odd-V)
+STD_CLAMP = 1e-6  # the head's lower bound on σ (spec §1.4; the GLM steps use 1e-5, odd-V)
 
 # arch → (block, layers, torchvision weights enum or None)
 ARCHS = {
-    "resnet10": (resnet.BasicBlock, [1, 1, 1, 1], None),   # tests and tiny runs only
+    "resnet10": (resnet.BasicBlock, [1, 1, 1, 1], None),  # tests and tiny runs only
     "resnet18": (resnet.BasicBlock, [2, 2, 2, 2], resnet.ResNet18_Weights.IMAGENET1K_V1),
     # Small images (Fashion-MNIST at 28 px): 3×3 stride-1 stem, so 28 px give 2×2 last-stage maps.
     "resnet18s": (resnet.BasicBlock, [2, 2, 2, 2], None),
@@ -32,9 +33,9 @@ LEGACY_WEIGHT_FILES = {"resnet50": "resnet50-19c8e357.pth"}
 
 
 class ModelOutput(NamedTuple):
-    logits: Tensor        # B×K
+    logits: Tensor  # B×K
     feature_maps: Tensor  # B×C×h×w, the selected maps once a sparse head is installed
-    pooled: Tensor        # B×C, pooled features after dropout (= raw pooled f in eval mode)
+    pooled: Tensor  # B×C, pooled features after dropout (= raw pooled f in eval mode)
 
 
 class SparseHead(nn.Module):
@@ -44,8 +45,10 @@ class SparseHead(nn.Module):
         super().__init__()
         n_features = len(selection)
         if weight.shape[1] != n_features or mean.shape != (n_features,) or std.shape != (n_features,):
-            raise ValueError(f"sparse head shapes disagree: selection {n_features}, "
-                             f"mean {tuple(mean.shape)}, std {tuple(std.shape)}, weight {tuple(weight.shape)}")
+            raise ValueError(
+                f"sparse head shapes disagree: selection {n_features}, "
+                f"mean {tuple(mean.shape)}, std {tuple(std.shape)}, weight {tuple(weight.shape)}"
+            )
         self.register_buffer("selection", selection.to(torch.int64).clone())
         self.mean = nn.Parameter(mean.detach().float().clone())
         self.std = nn.Parameter(std.detach().float().clone())
@@ -66,8 +69,7 @@ class SparseHead(nn.Module):
 class QResNet(nn.Module):
     """A torchvision ResNet body whose head is either dense (Linear) or a SparseHead."""
 
-    def __init__(self, arch: str, num_classes: int, *, reduced_strides: bool = False,
-                 dropout: float = 0.2):
+    def __init__(self, arch: str, num_classes: int, *, reduced_strides: bool = False, dropout: float = 0.2):
         super().__init__()
         if arch not in ARCHS:
             raise QsennError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -77,7 +79,7 @@ class QResNet(nn.Module):
         self.conv1, self.bn1, self.relu, self.maxpool = body.conv1, body.bn1, body.relu, body.maxpool
         if arch in SMALL_STEM_ARCHS:
             self.conv1 = nn.Conv2d(3, self.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")   # as torchvision's
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's
         self.layer1, self.layer2, self.layer3, self.layer4 = body.layer1, body.layer2, body.layer3, body.layer4
         if reduced_strides:
             _set_stride_one(self.layer3)
@@ -120,8 +122,9 @@ class QResNet(nn.Module):
     def head_bias(self) -> Tensor:
         return self.linear.layer.bias if self.is_sparse else self.linear.bias
 
-    def install_sparse_head(self, selection: Tensor, mean: Tensor, std: Tensor, weight: Tensor,
-                            bias: Tensor, dropout: float = 0.1) -> None:
+    def install_sparse_head(
+        self, selection: Tensor, mean: Tensor, std: Tensor, weight: Tensor, bias: Tensor, dropout: float = 0.1
+    ) -> None:
         """Replace the whole head (fresh μ/σ, odd-T) and switch the dropout rate (§1.4)."""
         device = self.conv1.weight.device
         self.linear = SparseHead(selection, mean, std, weight, bias).to(device)
@@ -145,8 +148,9 @@ def _set_stride_one(layer: nn.Sequential) -> None:
         first.downsample[0].stride = (1, 1)
 
 
-def build_model(arch: str, num_classes: int, *, reduced_strides: bool = False,
-                pretrained: bool = False, dropout: float = 0.2) -> QResNet:
+def build_model(
+    arch: str, num_classes: int, *, reduced_strides: bool = False, pretrained: bool = False, dropout: float = 0.2
+) -> QResNet:
     model = QResNet(arch, num_classes, reduced_strides=reduced_strides, dropout=dropout)
     if pretrained:
         load_pretrained(model, arch)
@@ -173,18 +177,22 @@ def load_pretrained(model: QResNet, arch: str) -> None:
     if found is None:
         raise QsennError(
             f"ImageNet weights for {arch} not found: put {candidates[0].name} (torchvision "
-            f"IMAGENET1K_V1) into {folder}, or train from scratch with --no-pretrained")
+            f"IMAGENET1K_V1) into {folder}, or train from scratch with --no-pretrained"
+        )
     try:
         state = torch.load(found, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise QsennError(f"cannot read pretrained weights {found} ({str(exc).splitlines()[0]}); "
-                         f"delete it and copy it again") from None
+        raise QsennError(
+            f"cannot read pretrained weights {found} ({str(exc).splitlines()[0]}); delete it and copy it again"
+        ) from None
     fc_weight, fc_bias = state.pop("fc.weight", None), state.pop("fc.bias", None)
     missing, unexpected = model.load_state_dict(state, strict=False)
     backbone_missing = [k for k in missing if not k.startswith("linear.")]
     if backbone_missing or unexpected:
-        raise QsennError(f"{found} does not match {arch}: missing {backbone_missing[:3]}, "
-                         f"unexpected {unexpected[:3]}; use the torchvision IMAGENET1K_V1 file")
+        raise QsennError(
+            f"{found} does not match {arch}: missing {backbone_missing[:3]}, "
+            f"unexpected {unexpected[:3]}; use the torchvision IMAGENET1K_V1 file"
+        )
     if model.num_classes == 1000 and fc_weight is not None and not model.is_sparse:
         with torch.no_grad():
             model.linear.weight.copy_(fc_weight)

@@ -2,6 +2,7 @@
 
 The registries in model.py and data/layouts.py are keyed by exactly these names (tested).
 """
+
 DATASETS = ("synth", "CUB2011", "TravelingBirds", "StanfordCars", "ImageNet", "folder", "fashion-mnist")
 ARCHS = ("resnet10", "resnet18", "resnet18s", "resnet34", "resnet50")
 # Small-image variants: a 3×3 stride-1 stem conv instead of 7×7 stride 2 (total stride 16, not 32).

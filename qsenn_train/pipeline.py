@@ -1,10 +1,11 @@
 """`qsenn train` and `qsenn evaluate`: the stages in order, each cached in the run directory."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .checkpoint import load_checkpoint, model_from_record, model_record
 from .context import RunContext, RunOptions, prepare, seed_stage, timed
@@ -23,9 +24,21 @@ METRIC_KEYS = ("Accuracy", "NFfeatures", "PerClass", "diversity", "Dependence", 
 def dense_key(ctx: RunContext) -> str:
     r = ctx.recipe
     variant = r.data_variant()
-    return stage_key("dense", r.dataset, r.crop_gt, r.arch, r.img_size, r.reduced_strides,
-                     r.pretrained, r.do_dense, r.dense, r.fdl_beta, r.dense_dropout, ctx.seed,
-                     *([variant] if variant else []))
+    return stage_key(
+        "dense",
+        r.dataset,
+        r.crop_gt,
+        r.arch,
+        r.img_size,
+        r.reduced_strides,
+        r.pretrained,
+        r.do_dense,
+        r.dense,
+        r.fdl_beta,
+        r.dense_dropout,
+        ctx.seed,
+        *([variant] if variant else []),
+    )
 
 
 def dense_stage(ctx: RunContext, key: str) -> QResNet:
@@ -38,22 +51,45 @@ def dense_stage(ctx: RunContext, key: str) -> QResNet:
         return ctx.device.prepare(model_from_record(record))
 
     seed_stage(ctx, "dense")
-    model = ctx.device.prepare(build_model(r.arch, ctx.info.num_classes, reduced_strides=r.reduced_strides,
-                                           pretrained=r.pretrained, dropout=r.dense_dropout))
+    model = ctx.device.prepare(
+        build_model(
+            r.arch,
+            ctx.info.num_classes,
+            reduced_strides=r.reduced_strides,
+            pretrained=r.pretrained,
+            dropout=r.dense_dropout,
+        )
+    )
     history: list[dict] = []
     # Each stage's timed block ends with its result saved: a kill anywhere before is inside the stage.
     with timed(ctx, "dense training"):
         if r.do_dense:
             optimizer, scheduler = make_sgd(
-                [{"params": model.backbone_parameters(), "lr": r.dense.lr},
-                 {"params": model.head_parameters(), "lr": r.dense.head_lr}], r.dense)
-            sched = Schedule("dense", optimizer, scheduler, r.dense.epochs, r.dense.batch_size,
-                             r.eval_every, partial_name=partial)
-            history = run_epochs(model, ctx.train_set, ctx.test_set, sched, device=ctx.device,
-                                 fdl_beta=r.fdl_beta, seed=ctx.seed, workers=r.workers, run=ctx.run,
-                                 echo=ctx.echo)
-        ctx.run.save_torch(name, model_record(model, ctx.info, r.img_size, recipe=r.name, seed=ctx.seed,
-                                              stage="dense", history=history))
+                [
+                    {"params": model.backbone_parameters(), "lr": r.dense.lr},
+                    {"params": model.head_parameters(), "lr": r.dense.head_lr},
+                ],
+                r.dense,
+            )
+            sched = Schedule(
+                "dense", optimizer, scheduler, r.dense.epochs, r.dense.batch_size, r.eval_every, partial_name=partial
+            )
+            history = run_epochs(
+                model,
+                ctx.train_set,
+                ctx.test_set,
+                sched,
+                device=ctx.device,
+                fdl_beta=r.fdl_beta,
+                seed=ctx.seed,
+                workers=r.workers,
+                run=ctx.run,
+                echo=ctx.echo,
+            )
+        ctx.run.save_torch(
+            name,
+            model_record(model, ctx.info, r.img_size, recipe=r.name, seed=ctx.seed, stage="dense", history=history),
+        )
         ctx.run.remove(partial)
     return model
 
@@ -65,8 +101,15 @@ def metrics_stage(ctx: RunContext, model: QResNet, name: str, key: str, label: s
         return cached
     r = ctx.recipe
     with timed(ctx, f"metrics ({label})"):
-        result = evaluate_metrics(model, ctx.train_eval_set, ctx.test_set, ctx.info, device=ctx.device,
-                                  batch_size=r.metrics_batch_size, workers=r.workers)
+        result = evaluate_metrics(
+            model,
+            ctx.train_eval_set,
+            ctx.test_set,
+            ctx.info,
+            device=ctx.device,
+            batch_size=r.metrics_batch_size,
+            workers=r.workers,
+        )
         result["model"] = key
         ctx.run.save_json(name, result)
     return result
@@ -102,8 +145,12 @@ def train(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print)
     echo(summary_table({"dense": dense_metrics, **sparse_metrics(ctx)}))
     echo(class_explanation(model, ctx.info.class_names))
     echo(f"final model: {ctx.run.file(FINAL_LINK)}")
-    return {"run_dir": str(ctx.run.path), "dense": dense_metrics, recipe.model_type: final_metrics,
-            "timings": dict(ctx.timings)}
+    return {
+        "run_dir": str(ctx.run.path),
+        "dense": dense_metrics,
+        recipe.model_type: final_metrics,
+        "timings": dict(ctx.timings),
+    }
 
 
 def record_timings(ctx: RunContext) -> None:
@@ -139,14 +186,17 @@ def class_explanation(model: QResNet, class_names: tuple[str, ...], k: int = 0) 
         return ""
     row = model.head_weight[k].detach().cpu()
     selection = model.linear.selection.cpu()
-    terms = [f"{'+' if row[j] > 0 else '-'}feature {j} (channel {int(selection[j])}, w {row[j]:+.3f})"
-             for j in row.nonzero().flatten().tolist()]
+    terms = [
+        f"{'+' if row[j] > 0 else '-'}feature {j} (channel {int(selection[j])}, w {row[j]:+.3f})"
+        for j in row.nonzero().flatten().tolist()
+    ]
     bias = float(model.head_bias[k])
     return f"class {class_names[k]!r}: " + ", ".join(terms) + f"; bias {bias:+.3f}"
 
 
-def evaluate_run(run_dir: Path, data_root: Path | None = None, device: str = "auto",
-                 echo: Callable[[str], None] = print) -> dict:
+def evaluate_run(
+    run_dir: Path, data_root: Path | None = None, device: str = "auto", echo: Callable[[str], None] = print
+) -> dict:
     """`qsenn evaluate RUN`: recompute the metrics of the run's dense and final models.
 
     The data root defaults to the one the run was trained with (config.json)."""
@@ -155,13 +205,18 @@ def evaluate_run(run_dir: Path, data_root: Path | None = None, device: str = "au
         raise QsennError(f"{run_dir} is not a run directory (no {CONFIG}); pass OUT/<arch>/<dataset>/<seed>")
     config = json.loads(config_file.read_text())
     recipe = Recipe.from_json(config["recipe"])
-    opts = RunOptions(seed=config["seed"], data_root=data_root or Path(config["data_root"]),
-                      out=Path(run_dir).parents[2], device=device, resume=True)
+    opts = RunOptions(
+        seed=config["seed"],
+        data_root=data_root or Path(config["data_root"]),
+        out=Path(run_dir).parents[2],
+        device=device,
+        resume=True,
+    )
     ctx = prepare(recipe, opts, echo)
     key = dense_key(ctx)
     final = ctx.run.file(FINAL_LINK)
     models = {"dense": (ctx.run.file(f"dense-{key}.pt"), key)}
-    if final.exists():   # a link's first component is the sparsification folder (its key)
+    if final.exists():  # a link's first component is the sparsification folder (its key)
         models[recipe.model_type] = (final, Path(os.readlink(final)).parts[0] if final.is_symlink() else FINAL_LINK)
     rows = {}
     for label, (path, model_key) in models.items():
@@ -169,9 +224,15 @@ def evaluate_run(run_dir: Path, data_root: Path | None = None, device: str = "au
             echo(f"{label}: {path} not found (stage not finished), skipped")
             continue
         model, _ = load_checkpoint(path)
-        rows[label] = evaluate_metrics(ctx.device.prepare(model), ctx.train_eval_set, ctx.test_set,
-                                       ctx.info, device=ctx.device, batch_size=recipe.metrics_batch_size,
-                                       workers=recipe.workers)
+        rows[label] = evaluate_metrics(
+            ctx.device.prepare(model),
+            ctx.train_eval_set,
+            ctx.test_set,
+            ctx.info,
+            device=ctx.device,
+            batch_size=recipe.metrics_batch_size,
+            workers=recipe.workers,
+        )
         ctx.run.save_json(f"metrics_{label}.json", {**rows[label], "model": model_key})
     echo(summary_table(rows))
     return rows

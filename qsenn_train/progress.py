@@ -1,5 +1,6 @@
 """Progress bars for long work: shown on a terminal, silent in logs and pipes (disable=None).
 Without tqdm (a bare machine that only exports or benchmarks) the bars are silent stand-ins."""
+
 try:
     from tqdm.auto import tqdm
 except ImportError:

@@ -4,6 +4,7 @@ The input is one entry of the regularisation path (§6), picked by `quantization
 The default mode implements the fixes of spec §13 (A, B, C); `reference_compat=True`
 reproduces the original code, quirks included, for parity checks.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ _REFERENCE_BIN_SIGN = torch.tensor([1, -1, 0, 1], dtype=torch.int8)
 class TernaryHead:
     """Wq = magnitude · ternary and bq = bias (spec §7.5)."""
 
-    ternary: Tensor     # K×F int8 in {−1, 0, +1}; the export stores it as is
-    magnitude: float    # the shared a > 0
-    bias: Tensor        # K float32
+    ternary: Tensor  # K×F int8 in {−1, 0, +1}; the export stores it as is
+    magnitude: float  # the shared a > 0
+    bias: Tensor  # K float32
 
     @property
     def weight(self) -> Tensor:
@@ -42,7 +43,8 @@ def quantization_entry(path_len: int) -> int:
     if path_len < 2:
         raise QsennError(
             f"the regularisation path has {path_len} entries; quantisation needs one with "
-            "λ > 0 before the final λ = 0 entry — rerun the path stage")
+            "λ > 0 before the final λ = 0 entry — rerun the path stage"
+        )
     return path_len - 2
 
 
@@ -57,8 +59,7 @@ def threshold(weight: Tensor, target: int) -> tuple[float, float]:
     return float(_threshold(ranked, target)), float(ranked[0])
 
 
-def quantize(weight: Tensor, bias: Tensor, n_per_class: int, *,
-             reference_compat: bool = False) -> TernaryHead:
+def quantize(weight: Tensor, bias: Tensor, n_per_class: int, *, reference_compat: bool = False) -> TernaryHead:
     """Quantise a path entry W* (K×F), b* (K) to a ternary head with r·K non-zeros (spec §7).
 
     reference_compat=False (default): the largest-magnitude entry keeps its sign and counts
@@ -81,17 +82,21 @@ def _check_entry(weight: Tensor, bias: Tensor, n_per_class: int) -> None:
     if weight.dim() != 2 or bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
         raise QsennError(
             f"cannot quantise a weight of shape {tuple(weight.shape)} with a bias of shape "
-            f"{tuple(bias.shape)}: expected K×F and K from the same path entry")
+            f"{tuple(bias.shape)}: expected K×F and K from the same path entry"
+        )
     if n_per_class < 1:
         raise QsennError(f"n_per_class must be at least 1, got {n_per_class}")
     if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
-        raise QsennError("the regularisation path produced non-finite weights or biases; "
-                         "rerun the path stage (check the extracted features for NaN/inf)")
+        raise QsennError(
+            "the regularisation path produced non-finite weights or biases; "
+            "rerun the path stage (check the extracted features for NaN/inf)"
+        )
     if not weight.any():
         raise QsennError(
             "the regularisation path produced an all-zero solution; nothing to quantise. "
             "The features probably carry no class signal (constant or broken extraction): "
-            "check the feature statistics and the path stage's log")
+            "check the feature statistics and the path stage's log"
+        )
 
 
 def _ranked_magnitudes(weight: Tensor) -> Tensor:
@@ -122,10 +127,11 @@ def _discretize(weight: Tensor, target: int) -> tuple[Tensor, float]:
             raise QsennError(
                 f"the {target + 1} largest weights of the path entry all have the same "
                 f"magnitude {float(ranked[0]):g}, so none lies above the threshold; "
-                "nothing to quantise — check the path stage (a degenerate solution)")
+                "nothing to quantise — check the path stage (a degenerate solution)"
+            )
     else:
-        kept = weight != 0   # fix C: the budget allows every non-zero
-    ternary = (torch.sign(weight) * kept).to(torch.int8)   # fix A: −Mx keeps its sign
+        kept = weight != 0  # fix C: the budget allows every non-zero
+    ternary = (torch.sign(weight) * kept).to(torch.int8)  # fix A: −Mx keeps its sign
     magnitude = float(magnitudes[kept].double().mean())
     return ternary, magnitude
 
@@ -136,7 +142,7 @@ def _discretize_like_reference(weight: Tensor, target: int) -> tuple[Tensor, flo
     # bucketize (right=False) gives bin i for edges[i-1] < w ≤ edges[i]: bins closed on
     # the right, so +t → 0 and −t → −a (odd-C); w = −Mx falls into bin 0 (odd-A).
     bins = torch.bucketize(weight, torch.stack([-mx, -t, t, mx]))
-    averaged = (bins == 1) | (bins == 3)   # bin 0 is left out of the average (odd-A)
+    averaged = (bins == 1) | (bins == 3)  # bin 0 is left out of the average (odd-A)
     # With bins 1 and 3 empty the reference keeps its initial value Mx as the magnitude.
     magnitude = float(weight[averaged].abs().mean()) if averaged.any() else float(mx)
     return _REFERENCE_BIN_SIGN[bins], magnitude
@@ -149,7 +155,7 @@ def _ternary_bias(ternary: Tensor, bias: Tensor, reference_compat: bool) -> Tens
     distance = net_count - net_count.min()
     steps = int(distance.max())
     if steps == 0 and not reference_compat:
-        return bmax.expand(len(bias)).clone()   # fix B: equal biases leave predictions unchanged
+        return bmax.expand(len(bias)).clone()  # fix B: equal biases leave predictions unchanged
     # Tensor division on purpose: with steps = 0 it gives inf, and 0·inf makes every bias
     # NaN, as in the reference (odd-B).
     step = 2 * bmax / steps

@@ -3,6 +3,7 @@
 `paper` holds the numbers of the specification (qsenn-algorithm.md); `demo` and `tiny`
 scale the same pipeline down for the embedded dataset and for tests.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ class SGDSchedule:
     gamma: float
     epochs: int
     batch_size: int
-    head_lr: float | None = None   # dense training: the head gets its own learning rate
+    head_lr: float | None = None  # dense training: the head gets its own learning rate
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class SagaSettings:
     n_lambdas: int
     epsilon: float
     batch_size: int
-    lam_factor: float = 1.0   # selection only: every λ is scaled by 0.1 (odd-F)
+    lam_factor: float = 1.0  # selection only: every λ is scaled by 0.1 (odd-F)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class FinetuneSettings:
 
     schedule: SGDSchedule
     iterations: int = 4
-    short_epochs: int = 10        # epochs of every iteration but the last
+    short_epochs: int = 10  # epochs of every iteration but the last
     lr_decay_per_iteration: float = 0.9
     dropout: float = 0.1
 
@@ -75,17 +76,17 @@ class Recipe:
     reduced_strides: bool = False
     crop_gt: bool = False
     do_dense: bool = True
-    fdl_beta: float = 0.196          # spec §2 (only defined for ResNet-50 there; used for all)
+    fdl_beta: float = 0.196  # spec §2 (only defined for ResNet-50 there; used for all)
     dense_dropout: float = 0.2
-    eval_every: int = 5              # test pass when epoch % eval_every == 0 (reporting only)
+    eval_every: int = 5  # test pass when epoch % eval_every == 0 (reporting only)
     extraction_batch_size: int = 16
     val_fraction: float = 0.1
     metrics_batch_size: int = 100
     sldd_drop_rate: float = 0.5
-    reference_compat: bool = False   # reproduce the original code's quirks (spec §13)
+    reference_compat: bool = False  # reproduce the original code's quirks (spec §13)
     workers: int = 2
-    synth: SynthSpec = field(default_factory=SynthSpec)   # the embedded dataset's size
-    augment: str = "paper"           # training augmentation (names.AUGMENTATIONS)
+    synth: SynthSpec = field(default_factory=SynthSpec)  # the embedded dataset's size
+    augment: str = "paper"  # training augmentation (names.AUGMENTATIONS)
     # Smoke runs: this many training / test images, evenly spaced over the split (None: all).
     limit_train: int | None = None
     limit_test: int | None = None
@@ -94,10 +95,13 @@ class Recipe:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Recipe":
+    def from_json(cls, d: dict) -> Recipe:
         nested = {
-            "dense": SGDSchedule, "sldd_finetune": SGDSchedule,
-            "selection": SagaSettings, "glm_path": SagaSettings, "synth": SynthSpec,
+            "dense": SGDSchedule,
+            "sldd_finetune": SGDSchedule,
+            "selection": SagaSettings,
+            "glm_path": SagaSettings,
+            "synth": SynthSpec,
         }
         kwargs = {k: (nested[k](**v) if k in nested else v) for k, v in d.items()}
         ft = dict(d["finetune"])
@@ -105,7 +109,7 @@ class Recipe:
         kwargs["finetune"] = FinetuneSettings(**ft)
         return cls(**kwargs)
 
-    def replace(self, **changes) -> "Recipe":
+    def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **changes)
 
     def data_variant(self) -> dict:
@@ -121,25 +125,47 @@ class Recipe:
     def subset_tag(self) -> str:
         """`_train300_test100` for a run on a subset (empty for the full dataset): results of
         smoke runs never land in the directory of a full run."""
-        return "".join(f"_{split}{limit}" for split, limit in
-                       (("train", self.limit_train), ("test", self.limit_test)) if limit is not None)
+        return "".join(
+            f"_{split}{limit}"
+            for split, limit in (("train", self.limit_train), ("test", self.limit_test))
+            if limit is not None
+        )
 
 
 # ---- the specification's numbers -------------------------------------------------------
 
-_PAPER_DENSE = SGDSchedule(lr=0.005, head_lr=0.01, momentum=0.9, weight_decay=5e-4,
-                           step_size=30, gamma=0.4, epochs=150, batch_size=16)
-_PAPER_FINETUNE = SGDSchedule(lr=1e-4, momentum=0.95, weight_decay=5e-4,
-                              step_size=10, gamma=0.4, epochs=40, batch_size=16)
-_PAPER_SELECTION = SagaSettings(alpha=0.8, lr=0.1, max_epochs=2000, tol=1e-4, lookbehind=3,
-                                n_lambdas=100, epsilon=0.001, batch_size=256, lam_factor=0.1)
-_PAPER_GLM_PATH = SagaSettings(alpha=0.99, lr=0.1, max_epochs=2000, tol=1e-4, lookbehind=5,
-                               n_lambdas=100, epsilon=0.001, batch_size=256)
+_PAPER_DENSE = SGDSchedule(
+    lr=0.005, head_lr=0.01, momentum=0.9, weight_decay=5e-4, step_size=30, gamma=0.4, epochs=150, batch_size=16
+)
+_PAPER_FINETUNE = SGDSchedule(
+    lr=1e-4, momentum=0.95, weight_decay=5e-4, step_size=10, gamma=0.4, epochs=40, batch_size=16
+)
+_PAPER_SELECTION = SagaSettings(
+    alpha=0.8,
+    lr=0.1,
+    max_epochs=2000,
+    tol=1e-4,
+    lookbehind=3,
+    n_lambdas=100,
+    epsilon=0.001,
+    batch_size=256,
+    lam_factor=0.1,
+)
+_PAPER_GLM_PATH = SagaSettings(
+    alpha=0.99, lr=0.1, max_epochs=2000, tol=1e-4, lookbehind=5, n_lambdas=100, epsilon=0.001, batch_size=256
+)
 
 PAPER = Recipe(
-    name="paper", dataset="CUB2011", arch="resnet50", pretrained=True, img_size=448,
-    dense=_PAPER_DENSE, finetune=FinetuneSettings(schedule=_PAPER_FINETUNE),
-    sldd_finetune=_PAPER_FINETUNE, selection=_PAPER_SELECTION, glm_path=_PAPER_GLM_PATH,
+    name="paper",
+    dataset="CUB2011",
+    arch="resnet50",
+    pretrained=True,
+    img_size=448,
+    dense=_PAPER_DENSE,
+    finetune=FinetuneSettings(schedule=_PAPER_FINETUNE),
+    sldd_finetune=_PAPER_FINETUNE,
+    selection=_PAPER_SELECTION,
+    glm_path=_PAPER_GLM_PATH,
     workers=8,
 )
 
@@ -147,9 +173,13 @@ PAPER = Recipe(
 # model, fine-tuning lr 0.005·0.4⁴.
 _IMAGENET_FINETUNE = dataclasses.replace(_PAPER_FINETUNE, lr=1.28e-4, batch_size=64)
 PAPER_IMAGENET = PAPER.replace(
-    name="paper-imagenet", dataset="ImageNet", img_size=224, do_dense=False,
+    name="paper-imagenet",
+    dataset="ImageNet",
+    img_size=224,
+    do_dense=False,
     dense=dataclasses.replace(_PAPER_DENSE, batch_size=64),
-    finetune=FinetuneSettings(schedule=_IMAGENET_FINETUNE), sldd_finetune=_IMAGENET_FINETUNE,
+    finetune=FinetuneSettings(schedule=_IMAGENET_FINETUNE),
+    sldd_finetune=_IMAGENET_FINETUNE,
     extraction_batch_size=64,
 )
 
@@ -157,35 +187,44 @@ PAPER_IMAGENET = PAPER.replace(
 
 # The embedded synthetic dataset on 2 CPU cores: a small ResNet from scratch, short schedules.
 DEMO = PAPER.replace(
-    name="demo", dataset="synth", arch="resnet18", pretrained=False, img_size=64,
-    dense=dataclasses.replace(_PAPER_DENSE, lr=0.05, head_lr=0.05, epochs=16, step_size=6,
-                              batch_size=32),
+    name="demo",
+    dataset="synth",
+    arch="resnet18",
+    pretrained=False,
+    img_size=64,
+    dense=dataclasses.replace(_PAPER_DENSE, lr=0.05, head_lr=0.05, epochs=16, step_size=6, batch_size=32),
     # The paper's shape at a fifth of the length: three short rounds that never reach their
     # step (odd-U), then a round four steps long.
     finetune=FinetuneSettings(
-        schedule=dataclasses.replace(_PAPER_FINETUNE, lr=1e-3, epochs=8, step_size=2,
-                                     batch_size=32),
-        short_epochs=2),
-    sldd_finetune=dataclasses.replace(_PAPER_FINETUNE, lr=1e-3, epochs=8, step_size=2,
-                                      batch_size=32),
+        schedule=dataclasses.replace(_PAPER_FINETUNE, lr=1e-3, epochs=8, step_size=2, batch_size=32), short_epochs=2
+    ),
+    sldd_finetune=dataclasses.replace(_PAPER_FINETUNE, lr=1e-3, epochs=8, step_size=2, batch_size=32),
     selection=dataclasses.replace(_PAPER_SELECTION, max_epochs=200),
     glm_path=dataclasses.replace(_PAPER_GLM_PATH, max_epochs=200),
-    n_features=50, n_per_class=5, eval_every=4, extraction_batch_size=64,
-    workers=0,   # decoding 64 px PNGs is cheap; worker processes only compete for 2 cores
+    n_features=50,
+    n_per_class=5,
+    eval_every=4,
+    extraction_batch_size=64,
+    workers=0,  # decoding 64 px PNGs is cheap; worker processes only compete for 2 cores
 )
 
 # Unit and integration tests: a 1-block-per-stage ResNet at 32 px on a handful of images.
 TINY = DEMO.replace(
-    name="tiny", arch="resnet10", img_size=32,
+    name="tiny",
+    arch="resnet10",
+    img_size=32,
     dense=dataclasses.replace(DEMO.dense, epochs=2, step_size=1, batch_size=8),
     finetune=FinetuneSettings(
-        schedule=dataclasses.replace(DEMO.finetune.schedule, epochs=2, step_size=1,
-                                     batch_size=8),
-        short_epochs=1),
+        schedule=dataclasses.replace(DEMO.finetune.schedule, epochs=2, step_size=1, batch_size=8), short_epochs=1
+    ),
     sldd_finetune=dataclasses.replace(DEMO.sldd_finetune, epochs=1, batch_size=8),
     selection=dataclasses.replace(_PAPER_SELECTION, max_epochs=30, n_lambdas=20),
     glm_path=dataclasses.replace(_PAPER_GLM_PATH, max_epochs=30, n_lambdas=20),
-    n_features=6, n_per_class=2, eval_every=1, extraction_batch_size=16, workers=0,
+    n_features=6,
+    n_per_class=2,
+    eval_every=1,
+    extraction_batch_size=16,
+    workers=0,
     synth=SynthSpec(n_classes=4, train_per_class=8, test_per_class=4, image_size=32),
 )
 
@@ -202,18 +241,20 @@ TINY = DEMO.replace(
 #   point), under a minute per selection; dense 41.7 min (its first epoch slowed by other
 #   work), SLDD 17.8, Q-SENN 46.2, validation 0.6: 108 min in all, ~97 min on a quiet machine.
 FASHION_MNIST = DEMO.replace(
-    name="fashion-mnist", dataset="fashion-mnist", arch="resnet18s", img_size=28, augment="flip",
-    dense=dataclasses.replace(_PAPER_DENSE, lr=0.02, head_lr=0.02, epochs=6, step_size=2,
-                              batch_size=64),
+    name="fashion-mnist",
+    dataset="fashion-mnist",
+    arch="resnet18s",
+    img_size=28,
+    augment="flip",
+    dense=dataclasses.replace(_PAPER_DENSE, lr=0.02, head_lr=0.02, epochs=6, step_size=2, batch_size=64),
     # The paper's fine-tuning lr is 1/50 of its dense lr; rounds of one epoch get 1/20.
     finetune=FinetuneSettings(
-        schedule=dataclasses.replace(_PAPER_FINETUNE, lr=1e-3, epochs=2, step_size=1,
-                                     batch_size=64),
-        short_epochs=1),
-    sldd_finetune=dataclasses.replace(_PAPER_FINETUNE, lr=1e-3, epochs=2, step_size=1,
-                                      batch_size=64),
+        schedule=dataclasses.replace(_PAPER_FINETUNE, lr=1e-3, epochs=2, step_size=1, batch_size=64), short_epochs=1
+    ),
+    sldd_finetune=dataclasses.replace(_PAPER_FINETUNE, lr=1e-3, epochs=2, step_size=1, batch_size=64),
     glm_path=dataclasses.replace(_PAPER_GLM_PATH, n_lambdas=25, max_epochs=20),
-    eval_every=2, extraction_batch_size=256,
+    eval_every=2,
+    extraction_batch_size=256,
 )
 
 RECIPES = {r.name: r for r in (PAPER, PAPER_IMAGENET, DEMO, TINY, FASHION_MNIST)}

@@ -6,6 +6,7 @@ the next run deletes those whose process is gone. The manifest records each resu
 a file whose hash does not match (truncated, altered) is reported in one line and treated as
 absent, never loaded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,9 @@ import os
 import pickle
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -25,7 +27,7 @@ from .errors import QsennError
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
 CONFIG = "config.json"
-FINAL_LINK = "final.pt"   # a link to the checkpoint of the run's final model
+FINAL_LINK = "final.pt"  # a link to the checkpoint of the run's final model
 _TEMPORARY = re.compile(r"^\..+\.(?:tmp|partial)(\d+)$")
 
 
@@ -53,7 +55,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # someone else's process
+    except PermissionError:  # someone else's process
         return True
     return True
 
@@ -148,8 +150,10 @@ class RunDir:
         try:
             return torch.load(self.file(name), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            raise QsennError(f"refusing to load {self.file(name)}: it holds objects other than "
-                             f"tensors and plain data, which could run code; delete it") from None
+            raise QsennError(
+                f"refusing to load {self.file(name)}: it holds objects other than "
+                f"tensors and plain data, which could run code; delete it"
+            ) from None
 
     def load_json(self, name: str) -> Any | None:
         if not self.intact(name):

@@ -4,13 +4,14 @@ Multinomial logistic regression on standardised features with a group lasso over
 columns plus ridge; an extended proximal operator lets at most one new column in per step,
 and the λ sweep restarts after every admitted feature until exactly F features are chosen.
 """
+
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 from .errors import QsennError
 from .recipes import SagaSettings
 
-STD_FLOOR = 1e-5        # σ clamp of the GLM pre-processing (odd-V: the model head uses 1e-6)
+STD_FLOOR = 1e-5  # σ clamp of the GLM pre-processing (odd-V: the model head uses 1e-6)
 COLUMN_NORM_EPS = 1e-6  # added to every column norm by the reference's prox
 
 
@@ -45,10 +46,12 @@ def lambda_grid(max_reg_group: float, settings: SagaSettings) -> Tensor:
         raise QsennError(
             "cannot select features: every feature is constant on the training set; the dense "
             "model is dead/untrained (or the training set holds a single class). Check the dense "
-            "training run (loss, learning rate) or the checkpoint it started from")
-    lam_max = max_reg_group / max(settings.alpha, 1e-3)   # the reference's guard against α = 0
-    path = torch.logspace(math.log10(lam_max), math.log10(settings.epsilon * lam_max),
-                          settings.n_lambdas, dtype=torch.float64)
+            "training run (loss, learning rate) or the checkpoint it started from"
+        )
+    lam_max = max_reg_group / max(settings.alpha, 1e-3)  # the reference's guard against α = 0
+    path = torch.logspace(
+        math.log10(lam_max), math.log10(settings.epsilon * lam_max), settings.n_lambdas, dtype=torch.float64
+    )
     return torch.cat([path, path.new_zeros(1)]) * settings.lam_factor
 
 
@@ -94,8 +97,15 @@ class ProximalSaga:
     Only the prox differs between the selection (§5) and the regularisation path (§6).
     """
 
-    def __init__(self, batches: _TensorBatches | _MemmapBatches, labels: Tensor, n_classes: int,
-                 n_total: int, settings: SagaSettings, device: torch.device):
+    def __init__(
+        self,
+        batches: _TensorBatches | _MemmapBatches,
+        labels: Tensor,
+        n_classes: int,
+        n_total: int,
+        settings: SagaSettings,
+        device: torch.device,
+    ):
         n_samples = labels.numel()
         self.batches, self.labels, self.settings, self.device = batches, labels, settings, device
         # odd-G: the averages are normalised by n_total (the selection passes N incl. the
@@ -119,8 +129,11 @@ class ProximalSaga:
         for epoch in range(1, s.max_epochs + 1):
             loss_sum = self._epoch(prox)
             # Element-wise L1 even though the prox is grouped, as in the reference.
-            objective = (loss_sum / self.n_total + lam * s.alpha * self.weight.abs().sum()
-                         + 0.5 * lam * (1 - s.alpha) * self.weight.square().sum()).item()
+            objective = (
+                loss_sum / self.n_total
+                + lam * s.alpha * self.weight.abs().sum()
+                + 0.5 * lam * (1 - s.alpha) * self.weight.square().sum()
+            ).item()
             if objective + s.tol < best:
                 best, epochs_without_progress = objective, 0
             else:
@@ -165,16 +178,26 @@ def standardised_batches(features, mean, std, device: torch.device) -> _TensorBa
 
 @dataclass
 class SelectionResult:
-    selected: list[int]   # the F chosen feature indices, ascending
-    rounds: list[dict]    # per admitted feature, in admission order
-    weight: Tensor        # final K×D solution (non-zero only in the selected columns)
+    selected: list[int]  # the F chosen feature indices, ascending
+    rounds: list[dict]  # per admitted feature, in admission order
+    weight: Tensor  # final K×D solution (non-zero only in the selected columns)
     bias: Tensor
 
 
-def select_features(features, labels, mean, std, *, n_features: int, n_total: int,
-                    max_reg_group: float, settings: SagaSettings, device="cpu",
-                    progress: Callable[[int, int, int], None] | None = None,
-                    n_classes: int | None = None) -> SelectionResult:
+def select_features(
+    features,
+    labels,
+    mean,
+    std,
+    *,
+    n_features: int,
+    n_total: int,
+    max_reg_group: float,
+    settings: SagaSettings,
+    device="cpu",
+    progress: Callable[[int, int, int], None] | None = None,
+    n_classes: int | None = None,
+) -> SelectionResult:
     """Choose `n_features` feature columns with the modified group elastic net (§5.5).
 
     features: raw pooled features of the train split (N_tr × D): tensor, array or np.memmap.
@@ -184,18 +207,20 @@ def select_features(features, labels, mean, std, *, n_features: int, n_total: in
     """
     n_samples, n_columns = features.shape
     if not 1 <= n_features <= n_columns:
-        raise QsennError(f"cannot select {n_features} features out of {n_columns}; "
-                         f"choose --n-features between 1 and {n_columns}")
+        raise QsennError(
+            f"cannot select {n_features} features out of {n_columns}; choose --n-features between 1 and {n_columns}"
+        )
     if len(labels) != n_samples or n_total < n_samples:
         raise ValueError(f"{len(labels)} labels and n_total={n_total} for {n_samples} feature rows")
     lams = lambda_grid(max_reg_group, settings).tolist()
     device = torch.device(device)
     if not isinstance(labels, torch.Tensor):
-        labels = np.array(labels)   # a copy: memmaps are read-only and torch wants writable memory
+        labels = np.array(labels)  # a copy: memmaps are read-only and torch wants writable memory
     labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
     n_classes = n_classes or int(labels.max()) + 1
-    solver = ProximalSaga(standardised_batches(features, mean, std, device), labels, n_classes,
-                          n_total, settings, device)
+    solver = ProximalSaga(
+        standardised_batches(features, mean, std, device), labels, n_classes, n_total, settings, device
+    )
 
     selected = torch.zeros(n_columns, dtype=torch.bool, device=device)
     rounds: list[dict] = []
@@ -203,8 +228,7 @@ def select_features(features, labels, mean, std, *, n_features: int, n_total: in
         epochs_in_round = 0
         # odd-H: every round sweeps again from the largest λ, warm-started.
         for lam_index, lam in enumerate(lams):
-            prox = functools.partial(extended_prox, selected=selected, lam=lam,
-                                     lr=settings.lr, alpha=settings.alpha)
+            prox = functools.partial(extended_prox, selected=selected, lam=lam, lr=settings.lr, alpha=settings.alpha)
             epochs = solver.fit(lam, prox)
             epochs_in_round += epochs
             used = solver.weight.ne(0).any(dim=0)
@@ -212,17 +236,29 @@ def select_features(features, labels, mean, std, *, n_features: int, n_total: in
             if progress is not None:
                 progress(len(rounds) + len(admitted), n_features, lam_index)
             if admitted:
-                (feature,) = admitted   # the prox lets at most one new column through
+                (feature,) = admitted  # the prox lets at most one new column through
                 selected |= used
-                rounds.append({"feature": feature, "lam_index": lam_index, "lam": lam,
-                               "epochs": epochs, "epochs_in_round": epochs_in_round,
-                               "weight": solver.weight.to("cpu", copy=True),
-                               "bias": solver.bias.to("cpu", copy=True)})
+                rounds.append(
+                    {
+                        "feature": feature,
+                        "lam_index": lam_index,
+                        "lam": lam,
+                        "epochs": epochs,
+                        "epochs_in_round": epochs_in_round,
+                        "weight": solver.weight.to("cpu", copy=True),
+                        "bias": solver.bias.to("cpu", copy=True),
+                    }
+                )
                 break
         else:
             raise QsennError(
                 f"feature selection stalled after {len(rounds)} of {n_features} features: even "
                 "λ = 0 admits no new feature because every remaining feature has a zero "
-                "gradient (constant on the training split); ask for fewer --n-features")
-    return SelectionResult(selected=selected.nonzero().flatten().tolist(), rounds=rounds,
-                           weight=solver.weight.cpu(), bias=solver.bias.cpu())
+                "gradient (constant on the training split); ask for fewer --n-features"
+            )
+    return SelectionResult(
+        selected=selected.nonzero().flatten().tolist(),
+        rounds=rounds,
+        weight=solver.weight.cpu(),
+        bias=solver.bias.cpu(),
+    )

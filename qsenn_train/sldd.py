@@ -2,6 +2,7 @@
 
 No quantisation: the kept weights stay real-valued and the bias is the entry's own.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,15 +31,14 @@ def choose_sldd_entry(weights: Sequence[Tensor], n_per_class: int, drop_rate: fl
     mean_nnz = [int(torch.count_nonzero(w)) / w.shape[0] for w in weights]
     limit = n_per_class / drop_rate
     chosen = _densest_within(mean_nnz, limit, skip_first=False)
-    if chosen == 0 and sum(mean_nnz) > 1:   # the reference's guard: "sometimes first one is odd"
+    if chosen == 0 and sum(mean_nnz) > 1:  # the reference's guard: "sometimes first one is odd"
         chosen = _densest_within(mean_nnz, limit, skip_first=True)
     return chosen
 
 
 def _densest_within(mean_nnz: list[float], limit: float, skip_first: bool) -> int:
-    scores = [s if s <= limit and not (skip_first and i == 0) else 0.0
-              for i, s in enumerate(mean_nnz)]
-    return max(range(len(scores)), key=scores.__getitem__)   # max returns the first maximum
+    scores = [s if s <= limit and not (skip_first and i == 0) else 0.0 for i, s in enumerate(mean_nnz)]
+    return max(range(len(scores)), key=scores.__getitem__)  # max returns the first maximum
 
 
 def prune_to_top(weight: Tensor, keep: int) -> Tensor:
@@ -58,15 +58,22 @@ def prune_to_top(weight: Tensor, keep: int) -> Tensor:
     return pruned.view_as(weight)
 
 
-def sldd_head(weights: Sequence[Tensor], biases: Sequence[Tensor], n_per_class: int, *,
-              drop_rate: float = 0.5, reference_compat: bool = False) -> tuple[Tensor, Tensor, int]:
+def sldd_head(
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    n_per_class: int,
+    *,
+    drop_rate: float = 0.5,
+    reference_compat: bool = False,
+) -> tuple[Tensor, Tensor, int]:
     """(W pruned, b of the chosen entry, chosen index) for the SLDD model (spec §8).
 
     W keeps n_per_class·K entries (fix I); reference_compat=True keeps 5·K (odd-I).
     """
     if len(weights) != len(biases):
-        raise QsennError(f"the regularisation path has {len(weights)} weights but "
-                         f"{len(biases)} biases; rerun the path stage")
+        raise QsennError(
+            f"the regularisation path has {len(weights)} weights but {len(biases)} biases; rerun the path stage"
+        )
     if n_per_class < 1:
         raise QsennError(f"n_per_class must be at least 1, got {n_per_class}")
     chosen = choose_sldd_entry(weights, n_per_class, drop_rate)
@@ -75,6 +82,7 @@ def sldd_head(weights: Sequence[Tensor], biases: Sequence[Tensor], n_per_class: 
         raise QsennError(
             f"SLDD chose regularisation-path entry {chosen}, which is all zero: no entry has "
             f"between 0 and {n_per_class / drop_rate:g} non-zeros per class "
-            "(n_per_class / drop_rate). Check the path stage, or raise n_per_class")
+            "(n_per_class / drop_rate). Check the path stage, or raise n_per_class"
+        )
     keep_per_class = REFERENCE_KEEP_PER_CLASS if reference_compat else n_per_class
     return prune_to_top(weight, keep_per_class * weight.shape[0]), biases[chosen].clone(), chosen

@@ -1,11 +1,13 @@
 """From a dense model to Q-SENN (spec §9: four rounds of extract → select → path → quantise →
 fine-tune) or SLDD (§8: one round with magnitude pruning). Every step is cached in the run
 directory and skipped when its result is intact."""
+
 from __future__ import annotations
 
 import torch
 
 from .checkpoint import model_from_record, model_record
+from .context import RunContext, saga_threads, seed_stage, timed
 from .features import FeatureSet, extract_features, load_feature_set
 from .glm_path import fit_path
 from .model import QResNet
@@ -15,16 +17,27 @@ from .recipes import SGDSchedule
 from .rundir import stage_key
 from .selection import select_features
 from .sldd import sldd_head
-from .context import RunContext, saga_threads, seed_stage, timed
 from .training import Schedule, make_sgd, run_epochs
 
 
 def sparse_folder(ctx: RunContext, dense_key: str) -> str:
     """Names the sparsification run by everything it depends on (the dense model included)."""
     r = ctx.recipe
-    key = stage_key(dense_key, r.model_type, r.n_features, r.n_per_class, r.selection, r.glm_path,
-                    r.finetune, r.sldd_finetune, r.sldd_drop_rate, r.reference_compat,
-                    r.extraction_batch_size, r.val_fraction, r.fdl_beta)
+    key = stage_key(
+        dense_key,
+        r.model_type,
+        r.n_features,
+        r.n_per_class,
+        r.selection,
+        r.glm_path,
+        r.finetune,
+        r.sldd_finetune,
+        r.sldd_drop_rate,
+        r.reference_compat,
+        r.extraction_batch_size,
+        r.val_fraction,
+        r.fdl_beta,
+    )
     return f"{r.model_type}_{r.n_features}_{r.n_per_class}-{key}"
 
 
@@ -38,16 +51,26 @@ def sparsify(ctx: RunContext, model: QResNet, folder: str) -> QResNet:
 
 # ---- shared steps ------------------------------------------------------------------------
 
+
 def _features(ctx: RunContext, model: QResNet, step: str, seed_label: str) -> FeatureSet:
     cached = load_feature_set(ctx.run, step)
     if cached is not None:
         return cached
     r = ctx.recipe
     with timed(ctx, f"{step}: feature extraction"):
-        return extract_features(model, ctx.train_eval_set, ctx.test_set, ctx.run, step,
-                                batch_size=r.extraction_batch_size, workers=r.workers,
-                                device=ctx.device, seed=seed_stage(ctx, seed_label),
-                                val_fraction=r.val_fraction, n_classes=ctx.info.num_classes)
+        return extract_features(
+            model,
+            ctx.train_eval_set,
+            ctx.test_set,
+            ctx.run,
+            step,
+            batch_size=r.extraction_batch_size,
+            workers=r.workers,
+            device=ctx.device,
+            seed=seed_stage(ctx, seed_label),
+            val_fraction=r.val_fraction,
+            n_classes=ctx.info.num_classes,
+        )
 
 
 def _selection(ctx: RunContext, model: QResNet, features: FeatureSet, step: str) -> list[int]:
@@ -63,15 +86,24 @@ def _selection(ctx: RunContext, model: QResNet, features: FeatureSet, step: str)
     with timed(ctx, f"{step}: feature selection"), saga_threads(ctx):
         with progress(total=r.n_features, desc="selecting features") as bar:
             result = select_features(
-                features.train, features.train_labels, features.stats.mean, features.stats.std,
-                n_features=r.n_features, n_total=features.stats.n_total,
-                max_reg_group=features.stats.max_reg_group, settings=r.selection,
-                device=ctx.device.torch_device, n_classes=ctx.info.num_classes,
-                progress=lambda admitted, total, lam_index: bar.update(admitted - bar.n))
+                features.train,
+                features.train_labels,
+                features.stats.mean,
+                features.stats.std,
+                n_features=r.n_features,
+                n_total=features.stats.n_total,
+                max_reg_group=features.stats.max_reg_group,
+                settings=r.selection,
+                device=ctx.device.torch_device,
+                n_classes=ctx.info.num_classes,
+                progress=lambda admitted, total, lam_index: bar.update(admitted - bar.n),
+            )
         # Per-round K×D solutions are large (ImageNet: ~400 MB); keep the admission log only.
         rounds = [{k: v for k, v in entry.items() if k not in ("weight", "bias")} for entry in result.rounds]
-        ctx.run.save_torch(name, {"selected": result.selected, "rounds": rounds,
-                                  "weight": result.weight.cpu(), "bias": result.bias.cpu()})
+        ctx.run.save_torch(
+            name,
+            {"selected": result.selected, "rounds": rounds, "weight": result.weight.cpu(), "bias": result.bias.cpu()},
+        )
     ctx.run.event("selection", step=step, selected=result.selected)
     return result.selected
 
@@ -86,41 +118,73 @@ def _path(ctx: RunContext, features: FeatureSet, selection: list[int] | None, st
     seed_stage(ctx, f"{step}/glm_path")
     with timed(ctx, f"{step}: regularisation path"), saga_threads(ctx):
         with progress(total=settings.n_lambdas + 1, desc="glm-saga path") as bar:
-            path = fit_path(features, selection, settings, n_classes=ctx.info.num_classes,
-                            device=ctx.device.torch_device, tick=lambda: bar.update(1),
-                            log=lambda line: ctx.run.event("glm_saga", step=step, line=line))
+            path = fit_path(
+                features,
+                selection,
+                settings,
+                n_classes=ctx.info.num_classes,
+                device=ctx.device.torch_device,
+                tick=lambda: bar.update(1),
+                log=lambda line: ctx.run.event("glm_saga", step=step, line=line),
+            )
         ctx.run.save_torch(name, {"path": path})
     return path
 
 
-def _install(model: QResNet, features: FeatureSet, selection: list[int], from_dense: bool,
-             weight: torch.Tensor, bias: torch.Tensor, dropout: float) -> None:
+def _install(
+    model: QResNet,
+    features: FeatureSet,
+    selection: list[int],
+    from_dense: bool,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    dropout: float,
+) -> None:
     """§1.4/§7.5: fresh μ_S, σ_S from this step's statistics (odd-T), frozen weight and bias."""
     mean, std = features.stats.mean, features.stats.std
-    if from_dense:                  # D-dimensional statistics: restrict them to S
+    if from_dense:  # D-dimensional statistics: restrict them to S
         mean, std = mean[selection], std[selection]
     model.install_sparse_head(torch.tensor(selection), mean, std, weight, bias, dropout=dropout)
 
 
-def _finetune(ctx: RunContext, model: QResNet, step: str, schedule: SGDSchedule, lr: float,
-              epochs: int) -> None:
+def _finetune(ctx: RunContext, model: QResNet, step: str, schedule: SGDSchedule, lr: float, epochs: int) -> None:
     """§9.3: one SGD over the backbone and μ/σ (ternary weight and bias frozen); CE + FDL."""
     seed_stage(ctx, f"{step}/finetune")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_sgd([{"params": trainable, "lr": lr}], schedule)
-    sched = Schedule(f"{step} fine-tune", optimizer, scheduler, epochs, schedule.batch_size,
-                     ctx.recipe.eval_every, partial_name=f"{step}/model.partial.pt")
+    sched = Schedule(
+        f"{step} fine-tune",
+        optimizer,
+        scheduler,
+        epochs,
+        schedule.batch_size,
+        ctx.recipe.eval_every,
+        partial_name=f"{step}/model.partial.pt",
+    )
     with timed(ctx, f"{step}: fine-tuning"):
-        history = run_epochs(model, ctx.train_set, ctx.test_set, sched, device=ctx.device,
-                             fdl_beta=ctx.recipe.fdl_beta, seed=ctx.seed, workers=ctx.recipe.workers,
-                             run=ctx.run, echo=ctx.echo)
-        ctx.run.save_torch(f"{step}/model.pt", model_record(model, ctx.info, ctx.recipe.img_size,
-                                                            recipe=ctx.recipe.name, seed=ctx.seed,
-                                                            stage=step, history=history))
+        history = run_epochs(
+            model,
+            ctx.train_set,
+            ctx.test_set,
+            sched,
+            device=ctx.device,
+            fdl_beta=ctx.recipe.fdl_beta,
+            seed=ctx.seed,
+            workers=ctx.recipe.workers,
+            run=ctx.run,
+            echo=ctx.echo,
+        )
+        ctx.run.save_torch(
+            f"{step}/model.pt",
+            model_record(
+                model, ctx.info, ctx.recipe.img_size, recipe=ctx.recipe.name, seed=ctx.seed, stage=step, history=history
+            ),
+        )
         ctx.run.remove(f"{step}/model.partial.pt")
 
 
 # ---- Q-SENN ------------------------------------------------------------------------------
+
 
 def _ternary_head(ctx: RunContext, path: list[dict], step: str) -> TernaryHead:
     """§7: quantise entry 99 (λ = 0.001·λ_max, odd-D) to {−a, 0, +a} with the bias rule."""
@@ -130,12 +194,13 @@ def _ternary_head(ctx: RunContext, path: list[dict], step: str) -> TernaryHead:
         return TernaryHead(cached["ternary"], cached["magnitude"], cached["bias"])
     entry = path[quantization_entry(len(path))]
     with timed(ctx, f"{step}: quantisation"):
-        head = quantize(entry["weight"], entry["bias"], ctx.recipe.n_per_class,
-                        reference_compat=ctx.recipe.reference_compat)
-        ctx.run.save_torch(name, {"ternary": head.ternary, "magnitude": head.magnitude,
-                                  "bias": head.bias, "lam": entry["lam"]})
-    ctx.run.event("quantised", step=step, magnitude=head.magnitude,
-                  nonzeros=int((head.ternary != 0).sum()))
+        head = quantize(
+            entry["weight"], entry["bias"], ctx.recipe.n_per_class, reference_compat=ctx.recipe.reference_compat
+        )
+        ctx.run.save_torch(
+            name, {"ternary": head.ternary, "magnitude": head.magnitude, "bias": head.bias, "lam": entry["lam"]}
+        )
+    ctx.run.event("quantised", step=step, magnitude=head.magnitude, nonzeros=int((head.ternary != 0).sum()))
     return head
 
 
@@ -158,12 +223,13 @@ def _qsenn_round(ctx: RunContext, model: QResNet, step: str, iteration: int) -> 
     _install(model, features, selection, from_dense, head.weight, head.bias, ft.dropout)
     last = iteration == ft.iterations - 1
     # Fine-tuning call n = iteration + 2 of the reference's scheduler: lr·0.9^(n−2) (§9.2).
-    lr = ft.schedule.lr * ft.lr_decay_per_iteration ** iteration
+    lr = ft.schedule.lr * ft.lr_decay_per_iteration**iteration
     _finetune(ctx, model, step, ft.schedule, lr, ft.schedule.epochs if last else ft.short_epochs)
     return model
 
 
 # ---- SLDD --------------------------------------------------------------------------------
+
 
 def _sldd_round(ctx: RunContext, model: QResNet, step: str) -> QResNet:
     if (done := _finished(ctx, step)) is not None:
@@ -172,11 +238,14 @@ def _sldd_round(ctx: RunContext, model: QResNet, step: str) -> QResNet:
     features = _features(ctx, model, step, f"{step}/features")
     selection = _selection(ctx, model, features, step)
     path = _path(ctx, features, selection, step)
-    weight, bias, index = sldd_head([e["weight"] for e in path], [e["bias"] for e in path],
-                                    r.n_per_class, drop_rate=r.sldd_drop_rate,
-                                    reference_compat=r.reference_compat)
-    ctx.run.event("sldd_entry", step=step, index=index, lam=path[index]["lam"],
-                  nonzeros=int((weight != 0).sum()))
+    weight, bias, index = sldd_head(
+        [e["weight"] for e in path],
+        [e["bias"] for e in path],
+        r.n_per_class,
+        drop_rate=r.sldd_drop_rate,
+        reference_compat=r.reference_compat,
+    )
+    ctx.run.event("sldd_entry", step=step, index=index, lam=path[index]["lam"], nonzeros=int((weight != 0).sum()))
     _install(model, features, selection, True, weight, bias, r.finetune.dropout)
     _finetune(ctx, model, step, r.sldd_finetune, r.sldd_finetune.lr, r.sldd_finetune.epochs)
     return model

@@ -4,11 +4,12 @@ Loss = mean cross-entropy + Feature Diversity Loss on the head's current weight.
 epochs checkpoints itself after every epoch (model, optimiser, scheduler, RNG), so a killed
 run continues from its last finished epoch and reproduces the uninterrupted run on the CPU.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +28,11 @@ class Device:
     """Where and how tensors are computed."""
 
     torch_device: torch.device
-    amp: bool = False            # fp16 autocast + GradScaler (CUDA only)
+    amp: bool = False  # fp16 autocast + GradScaler (CUDA only)
     channels_last: bool = False  # NHWC memory format (CUDA only)
 
     @classmethod
-    def resolve(cls, name: str = "auto", amp: bool = False, channels_last: bool = False) -> "Device":
+    def resolve(cls, name: str = "auto", amp: bool = False, channels_last: bool = False) -> Device:
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
         if name.startswith("cuda") and not torch.cuda.is_available():
@@ -53,21 +54,35 @@ class Device:
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int,
-                generator: torch.Generator | None = None, train: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    workers: int,
+    generator: torch.Generator | None = None,
+    train: bool = False,
+) -> DataLoader:
     # In training, a trailing batch of one image would break BatchNorm on 1×1 maps; drop only that one.
     drop_last = train and len(dataset) % batch_size == 1
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=generator, drop_last=drop_last, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def make_sgd(param_groups: list[dict], schedule: SGDSchedule):
     """SGD (coupled weight decay on every parameter) with a per-epoch StepLR."""
-    optimizer = torch.optim.SGD(param_groups, lr=schedule.lr, momentum=schedule.momentum,
-                                weight_decay=schedule.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=schedule.step_size,
-                                                gamma=schedule.gamma)
+    optimizer = torch.optim.SGD(
+        param_groups, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=schedule.step_size, gamma=schedule.gamma)
     return optimizer, scheduler
 
 
@@ -77,8 +92,9 @@ def epoch_generator(seed: int, label: str, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + digest * 7919 + epoch)
 
 
-def train_epoch(model: QResNet, loader: DataLoader, optimizer, scaler, device: Device,
-                fdl_beta: float, desc: str) -> dict:
+def train_epoch(
+    model: QResNet, loader: DataLoader, optimizer, scaler, device: Device, fdl_beta: float, desc: str
+) -> dict:
     model.train()
     totals = {"loss": 0.0, "ce": 0.0, "fdl": 0.0, "correct": 0, "seen": 0}
     bar = progress(loader, desc=desc)
@@ -99,8 +115,7 @@ def train_epoch(model: QResNet, loader: DataLoader, optimizer, scaler, device: D
         totals["fdl"] += fdl.item() * n
         totals["correct"] += (out.logits.argmax(1) == labels).sum().item()
         totals["seen"] += n
-        bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}",
-                        acc=f"{totals['correct'] / totals['seen']:.3f}")
+        bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}", acc=f"{totals['correct'] / totals['seen']:.3f}")
     if not totals["seen"]:
         raise QsennError("the training set produced no batch; it needs at least 2 images")
     seen = totals.pop("seen")
@@ -127,18 +142,28 @@ def evaluate(model: QResNet, loader: DataLoader, device: Device, desc: str = "te
 class Schedule:
     """One resumable run of epochs: the optimiser, its scheduler and where to checkpoint."""
 
-    label: str               # names the stage in progress bars, seeds and the event log
+    label: str  # names the stage in progress bars, seeds and the event log
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     epochs: int
     batch_size: int
     eval_every: int
-    partial_name: str        # run-dir name of the per-epoch checkpoint
+    partial_name: str  # run-dir name of the per-epoch checkpoint
 
 
-def run_epochs(model: QResNet, train_set: Dataset, test_set: Dataset, sched: Schedule, *,
-               device: Device, fdl_beta: float, seed: int, workers: int, run: RunDir,
-               echo: Callable[[str], None] = print) -> list[dict]:
+def run_epochs(
+    model: QResNet,
+    train_set: Dataset,
+    test_set: Dataset,
+    sched: Schedule,
+    *,
+    device: Device,
+    fdl_beta: float,
+    seed: int,
+    workers: int,
+    run: RunDir,
+    echo: Callable[[str], None] = print,
+) -> list[dict]:
     """Train for sched.epochs, continuing from the per-epoch checkpoint when one exists."""
     scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
     history: list[dict] = []
@@ -158,11 +183,18 @@ def run_epochs(model: QResNet, train_set: Dataset, test_set: Dataset, sched: Sch
 
     test_loader = make_loader(test_set, sched.batch_size, shuffle=False, workers=workers)
     for epoch in range(start, sched.epochs):
-        loader = make_loader(train_set, sched.batch_size, shuffle=True, workers=workers,
-                             generator=epoch_generator(seed, sched.label, epoch), train=True)
+        loader = make_loader(
+            train_set,
+            sched.batch_size,
+            shuffle=True,
+            workers=workers,
+            generator=epoch_generator(seed, sched.label, epoch),
+            train=True,
+        )
         lrs = [g["lr"] for g in sched.optimizer.param_groups]
-        stats = train_epoch(model, loader, sched.optimizer, scaler, device, fdl_beta,
-                            desc=f"{sched.label} {epoch + 1}/{sched.epochs}")
+        stats = train_epoch(
+            model, loader, sched.optimizer, scaler, device, fdl_beta, desc=f"{sched.label} {epoch + 1}/{sched.epochs}"
+        )
         sched.scheduler.step()
         record = {"epoch": epoch, "lr": lrs, **{f"train_{k}": round(v, 6) for k, v in stats.items()}}
         if epoch % sched.eval_every == 0 or epoch == sched.epochs - 1:
@@ -172,9 +204,13 @@ def run_epochs(model: QResNet, train_set: Dataset, test_set: Dataset, sched: Sch
         run.event("epoch", stage=sched.label, **record)
         echo(_epoch_line(sched, record))
         checkpoint = {
-            "model": model.state_dict(), "optimizer": sched.optimizer.state_dict(),
-            "scheduler": sched.scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": torch.get_rng_state(), "epoch": epoch, "history": history,
+            "model": model.state_dict(),
+            "optimizer": sched.optimizer.state_dict(),
+            "scheduler": sched.scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "history": history,
         }
         if device.torch_device.type == "cuda":
             checkpoint["cuda_rng"] = torch.cuda.get_rng_state()
@@ -184,5 +220,7 @@ def run_epochs(model: QResNet, train_set: Dataset, test_set: Dataset, sched: Sch
 
 def _epoch_line(sched: Schedule, r: dict) -> str:
     test = f"  test acc {r['test_acc']:.4f}" if "test_acc" in r else ""
-    return (f"{sched.label} epoch {r['epoch'] + 1}/{sched.epochs}: loss {r['train_loss']:.4f} "
-            f"(ce {r['train_ce']:.4f}, fdl {r['train_fdl']:.4f})  train acc {r['train_acc']:.4f}{test}")
+    return (
+        f"{sched.label} epoch {r['epoch'] + 1}/{sched.epochs}: loss {r['train_loss']:.4f} "
+        f"(ce {r['train_ce']:.4f}, fdl {r['train_fdl']:.4f})  train acc {r['train_acc']:.4f}{test}"
+    )

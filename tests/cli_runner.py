@@ -1,4 +1,5 @@
 """Running the `qsenn` command line in-process, as its console script does."""
+
 from __future__ import annotations
 
 import sys

@@ -6,6 +6,7 @@ draws inputs at random (seeded per thread) and checks every answer against that 
 good inputs must give bitwise the same logits and features, bad ones the same one-line error.
 Resident memory is read at the start, the middle and the end of the concurrent run.
 """
+
 from __future__ import annotations
 
 import io
@@ -40,12 +41,18 @@ def mixed_inputs(folder: Path) -> dict[str, object]:
     nan = rng.random((20, 30, 3))
     nan[1, 2, 0] = np.nan
     return {
-        "path": str(path), "png bytes": png.getvalue(), "jpeg bytes": jpeg.getvalue(),
-        "uint8 array": pixels, "float array": rng.random((33, 21, 3)),
+        "path": str(path),
+        "png bytes": png.getvalue(),
+        "jpeg bytes": jpeg.getvalue(),
+        "uint8 array": pixels,
+        "float array": rng.random((33, 21, 3)),
         "grey array": rng.integers(0, 256, (40, 40), dtype=np.uint8),
-        "bad: truncated": jpeg.getvalue()[:300], "bad: text": b"not an image at all",
-        "bad: nan array": nan, "bad: 5 channels": np.zeros((8, 8, 5), np.uint8),
-        "bad: missing file": str(folder / "missing.png"), "bad: empty bytes": b"",
+        "bad: truncated": jpeg.getvalue()[:300],
+        "bad: text": b"not an image at all",
+        "bad: nan array": nan,
+        "bad: 5 channels": np.zeros((8, 8, 5), np.uint8),
+        "bad: missing file": str(folder / "missing.png"),
+        "bad: empty bytes": b"",
         "batch": [png.getvalue(), nan, pixels],
     }
 
@@ -65,11 +72,11 @@ def answer(model, source) -> object:
 class ServingReport:
     threads: int
     per_thread: int
-    served: int               # predictions answered (a batch of three counts three)
+    served: int  # predictions answered (a batch of three counts three)
     good: int
     bad: int
-    mismatches: int           # answers that differ from the sequential reference
-    unexpected: list          # exceptions other than InputError (type: message)
+    mismatches: int  # answers that differ from the sequential reference
+    unexpected: list  # exceptions other than InputError (type: message)
     seconds: float
     rss_start_mib: float
     rss_middle_mib: float
@@ -80,18 +87,19 @@ class ServingReport:
         return self.rss_end_mib - self.rss_start_mib
 
     def line(self) -> str:
-        return (f"{self.threads} threads × {self.per_thread} calls: {self.served} predictions "
-                f"({self.good} good, {self.bad} bad inputs) in {self.seconds:.1f} s; "
-                f"{self.mismatches} mismatches, {len(self.unexpected)} unexpected errors; "
-                f"RSS {self.rss_start_mib:.1f} → {self.rss_middle_mib:.1f} → {self.rss_end_mib:.1f} MiB "
-                f"({self.growth_mib:+.1f} MiB)")
+        return (
+            f"{self.threads} threads × {self.per_thread} calls: {self.served} predictions "
+            f"({self.good} good, {self.bad} bad inputs) in {self.seconds:.1f} s; "
+            f"{self.mismatches} mismatches, {len(self.unexpected)} unexpected errors; "
+            f"RSS {self.rss_start_mib:.1f} → {self.rss_middle_mib:.1f} → {self.rss_end_mib:.1f} MiB "
+            f"({self.growth_mib:+.1f} MiB)"
+        )
 
 
-def serve(model, inputs: dict[str, object], threads: int = 8, per_thread: int = 500,
-          seed: int = 0) -> ServingReport:
+def serve(model, inputs: dict[str, object], threads: int = 8, per_thread: int = 500, seed: int = 0) -> ServingReport:
     names = sorted(inputs)
     reference = {name: answer(model, inputs[name]) for name in names}
-    for _ in range(20):                      # let the allocator and onnxruntime's arena settle
+    for _ in range(20):  # let the allocator and onnxruntime's arena settle
         answer(model, inputs["path"])
     lock = threading.Lock()
     counts = {"calls": 0, "served": 0, "good": 0, "bad": 0, "mismatches": 0}
@@ -106,7 +114,7 @@ def serve(model, inputs: dict[str, object], threads: int = 8, per_thread: int = 
             name = rng.choice(names)
             try:
                 got, failure = answer(model, inputs[name]), None
-            except Exception as exc:   # anything but InputError is a bug
+            except Exception as exc:  # anything but InputError is a bug
                 got, failure = None, f"{name}: {type(exc).__name__}: {exc}"
             expected = reference[name]
             pairs = list(zip(got, expected)) if name == "batch" and got else [(got, expected)]
@@ -133,5 +141,16 @@ def serve(model, inputs: dict[str, object], threads: int = 8, per_thread: int = 
     for thread in pool:
         thread.join()
     seconds = time.perf_counter() - began
-    return ServingReport(threads, per_thread, counts["served"], counts["good"], counts["bad"],
-                         counts["mismatches"], unexpected, seconds, rss_start, rss_middle, rss_mib())
+    return ServingReport(
+        threads,
+        per_thread,
+        counts["served"],
+        counts["good"],
+        counts["bad"],
+        counts["mismatches"],
+        unexpected,
+        seconds,
+        rss_start,
+        rss_middle,
+        rss_mib(),
+    )

@@ -1,4 +1,5 @@
 """Toy Q-SENN models and checkpoints for the export tests (no training, no downloads)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,14 @@ from qsenn_train.model import QResNet, build_model
 
 MAGNITUDE = 0.37
 # A dataset that is not on disk: verification falls back to random images.
-ABSENT_DATASET = DatasetInfo(name="CUB2011", root="/nonexistent/qsenn-test-data",
-                             class_names=("albatross", "cardinal", "crow", "wren"),
-                             mean=(0.4853, 0.4964, 0.4295), std=(0.2300, 0.2258, 0.2625),
-                             resize_mode=RESIZE_SHORTER)
+ABSENT_DATASET = DatasetInfo(
+    name="CUB2011",
+    root="/nonexistent/qsenn-test-data",
+    class_names=("albatross", "cardinal", "crow", "wren"),
+    mean=(0.4853, 0.4964, 0.4295),
+    std=(0.2300, 0.2258, 0.2625),
+    resize_mode=RESIZE_SHORTER,
+)
 
 
 def _randomise_batch_norms(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -39,8 +44,9 @@ def random_ternary(num_classes: int, n_features: int, per_class: int, generator:
     return ternary
 
 
-def ternary_model(arch: str = "resnet10", num_classes: int = 4, n_features: int = 6, per_class: int = 2,
-                  seed: int = 0) -> QResNet:
+def ternary_model(
+    arch: str = "resnet10", num_classes: int = 4, n_features: int = 6, per_class: int = 2, seed: int = 0
+) -> QResNet:
     """A random backbone with a random Q-SENN head: weight = MAGNITUDE · T, T ∈ {−1, 0, +1}."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -49,9 +55,13 @@ def ternary_model(arch: str = "resnet10", num_classes: int = 4, n_features: int 
         _randomise_batch_norms(model, generator)
     selection = torch.randperm(model.feature_dim, generator=generator)[:n_features].sort().values
     ternary = random_ternary(num_classes, n_features, per_class, generator)
-    model.install_sparse_head(selection, torch.rand(n_features, generator=generator),
-                              0.2 + torch.rand(n_features, generator=generator), MAGNITUDE * ternary,
-                              torch.randn(num_classes, generator=generator))
+    model.install_sparse_head(
+        selection,
+        torch.rand(n_features, generator=generator),
+        0.2 + torch.rand(n_features, generator=generator),
+        MAGNITUDE * ternary,
+        torch.randn(num_classes, generator=generator),
+    )
     return model.eval()
 
 

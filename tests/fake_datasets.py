@@ -2,6 +2,7 @@
 
 Images are a few pixels of one solid colour; what matters is the files and their order.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -33,8 +34,8 @@ def write_lines(path: Path, lines) -> Path:
 @dataclass(frozen=True)
 class CubRecord:
     image_id: int
-    rel_path: str       # `<class folder>/<file>`
-    label: int          # 0-based
+    rel_path: str  # `<class folder>/<file>`
+    label: int  # 0-based
     is_train: bool
 
 
@@ -65,19 +66,21 @@ def make_cub_folder(cub_dir: Path, *, attributes: bool = True) -> FakeCub:
     shuffled = records[1::2] + records[::2]
     write_lines(cub_dir / "classes.txt", (f"{i} {n}" for i, n in enumerate(CUB_CLASSES, start=1)))
     write_lines(cub_dir / "images.txt", (f"{r.image_id} {r.rel_path}" for r in shuffled))
-    write_lines(cub_dir / "image_class_labels.txt",
-                (f"{r.image_id} {r.label + 1}" for r in shuffled))
-    write_lines(cub_dir / "train_test_split.txt",
-                (f"{r.image_id} {int(r.is_train)}" for r in shuffled))
+    write_lines(cub_dir / "image_class_labels.txt", (f"{r.image_id} {r.label + 1}" for r in shuffled))
+    write_lines(cub_dir / "train_test_split.txt", (f"{r.image_id} {int(r.is_train)}" for r in shuffled))
     for r in records:
         solid_image(cub_dir / "images" / r.rel_path, color=(10 * r.image_id, 100, 50))
     if attributes:
         # As in the CUB tarball: attributes.txt beside CUB_200_2011/, labels inside it.
-        write_lines(cub_dir.parent / "attributes.txt",
-                    (f"{i} {n}" for i, n in enumerate(CUB_ATTRIBUTES, start=1)))
-        write_lines(cub_dir / "attributes" / "image_attribute_labels.txt",
-                    (f"{r.image_id} {a} {(r.image_id + a) % 2} 3 1.5"
-                     for r in records for a in range(1, len(CUB_ATTRIBUTES) + 1)))
+        write_lines(cub_dir.parent / "attributes.txt", (f"{i} {n}" for i, n in enumerate(CUB_ATTRIBUTES, start=1)))
+        write_lines(
+            cub_dir / "attributes" / "image_attribute_labels.txt",
+            (
+                f"{r.image_id} {a} {(r.image_id + a) % 2} 3 1.5"
+                for r in records
+                for a in range(1, len(CUB_ATTRIBUTES) + 1)
+            ),
+        )
     return FakeCub(cub_dir, records)
 
 
@@ -117,8 +120,14 @@ def _cars_annotations(classes_1_based) -> np.ndarray:
     fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
     annotations = np.zeros((1, len(classes_1_based)), dtype=[(f, object) for f in fields])
     for i, class_id in enumerate(classes_1_based):
-        annotations[0, i] = (np.array([[1]]), np.array([[2]]), np.array([[10]]), np.array([[7]]),
-                             np.array([[class_id]], dtype=np.uint8), f"{i + 1:05d}.jpg")
+        annotations[0, i] = (
+            np.array([[1]]),
+            np.array([[2]]),
+            np.array([[10]]),
+            np.array([[7]]),
+            np.array([[class_id]], dtype=np.uint8),
+            f"{i + 1:05d}.jpg",
+        )
     return annotations
 
 
@@ -128,12 +137,9 @@ def make_stanford_cars(data_root: Path, train_classes=(3, 1, 2, 1), test_classes
 
     root = data_root / "StanfordCars" / "stanford_cars"
     (root / "devkit").mkdir(parents=True)
-    scipy.io.savemat(root / "devkit" / "cars_meta.mat",
-                     {"class_names": np.array([list(CARS_CLASSES)], dtype=object)})
-    scipy.io.savemat(root / "devkit" / "cars_train_annos.mat",
-                     {"annotations": _cars_annotations(train_classes)})
-    scipy.io.savemat(root / "cars_test_annos_withlabels.mat",
-                     {"annotations": _cars_annotations(test_classes)})
+    scipy.io.savemat(root / "devkit" / "cars_meta.mat", {"class_names": np.array([list(CARS_CLASSES)], dtype=object)})
+    scipy.io.savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": _cars_annotations(train_classes)})
+    scipy.io.savemat(root / "cars_test_annos_withlabels.mat", {"annotations": _cars_annotations(test_classes)})
     for folder, classes in (("cars_train", train_classes), ("cars_test", test_classes)):
         for i in range(len(classes)):
             solid_image(root / folder / f"{i + 1:05d}.jpg", size=(16, 9))

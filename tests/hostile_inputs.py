@@ -5,6 +5,7 @@ tests/test_hostile_inputs.py and benchmarks/reliability_figures.py.
 Every run gives an Outcome: the one-line error the user saw (None when it worked) and whether a
 traceback showed (an exception other than the documented one, or "Traceback" in the output).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,7 @@ def load_cases(folder: Path = CASES, kind: str | None = None) -> list[dict]:
 class Outcome:
     case: dict
     runner: str
-    error: str | None          # what the user was told; None: the input was used
+    error: str | None  # what the user was told; None: the input was used
     traceback: bool = False
     exit_code: int | None = None
     output: str = ""
@@ -63,6 +64,7 @@ def _unexpected(case: dict, runner: str) -> Outcome:
 
 
 # ---- the library ---------------------------------------------------------------------------
+
 
 def library_outcome(case: dict, model, folder: Path = CASES) -> Outcome:
     """One case through qsenn_runtime: load for models, predict / predict_tensor for inputs."""
@@ -89,9 +91,16 @@ def library_outcome(case: dict, model, folder: Path = CASES) -> Outcome:
 
 # ---- qsenn predict (subprocesses: the real script) ------------------------------------------
 
+
 def _qsenn(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def cli_predict_images(cases: list[dict], folder: Path = CASES) -> list[Outcome]:
@@ -102,8 +111,10 @@ def cli_predict_images(cases: list[dict], folder: Path = CASES) -> list[Outcome]
         entries = json.loads(result.stdout)
     except ValueError:
         return [Outcome(c, "qsenn predict", None, True, result.returncode, result.stderr) for c in cases]
-    return [Outcome(c, "qsenn predict", entry.get("error"), broken, result.returncode, result.stderr)
-            for c, entry in zip(cases, entries, strict=True)]
+    return [
+        Outcome(c, "qsenn predict", entry.get("error"), broken, result.returncode, result.stderr)
+        for c, entry in zip(cases, entries, strict=True)
+    ]
 
 
 def cli_predict_model(case: dict, folder: Path = CASES) -> Outcome:
@@ -116,14 +127,29 @@ def cli_predict_model(case: dict, folder: Path = CASES) -> Outcome:
 
 # ---- qsenn train (in this process: importing torch per case would cost seconds) ---------------
 
+
 def cli_train_dataset(case: dict, out: Path, folder: Path = CASES) -> Outcome:
     """`qsenn train --recipe tiny --dataset D --data-root CASE` through cli.main(), the function the
     `qsenn` script calls: exit 2 and one `error: …` line, or an exception escaping it (traceback)."""
     import cli
 
-    argv = ["qsenn", "train", "--recipe", "tiny", "--dataset", case["dataset"], "--seed", "0",
-            "--data-root", str(folder / case["file"]), "--out", str(out), "--device", "cpu",
-            *case.get("args", [])]
+    argv = [
+        "qsenn",
+        "train",
+        "--recipe",
+        "tiny",
+        "--dataset",
+        case["dataset"],
+        "--seed",
+        "0",
+        "--data-root",
+        str(folder / case["file"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *case.get("args", []),
+    ]
     stdout, stderr = io.StringIO(), io.StringIO()
     saved, sys.argv = sys.argv, argv
     code = 0
@@ -138,5 +164,4 @@ def cli_train_dataset(case: dict, out: Path, folder: Path = CASES) -> Outcome:
         sys.argv = saved
     err = stderr.getvalue()
     error = err.strip().removeprefix("error: ") if code else None
-    return Outcome(case, "qsenn train", error, "Traceback" in err + stdout.getvalue() or code not in (0, 2),
-                   code, err)
+    return Outcome(case, "qsenn train", error, "Traceback" in err + stdout.getvalue() or code not in (0, 2), code, err)

@@ -13,6 +13,7 @@ range by a random generator seeded per stage, so CI repeats the same points.
 One chain covers every stage cheaply: kill in stage A, resume and kill in stage B, ... in
 pipeline order, then resume to the end and compare with the uninterrupted reference run.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,13 +39,13 @@ BETWEEN_EPOCHS_WINDOW = 4000
 
 @dataclass(frozen=True)
 class KillPoint:
-    stage: str              # a substring of exactly one stage label
-    where: str = "random"   # "random": anywhere in the stage; "between epochs": after epoch 0
+    stage: str  # a substring of exactly one stage label
+    where: str = "random"  # "random": anywhere in the stage; "between epochs": after epoch 0
 
 
 # Pipeline order: each kill lands in a stage that the chain has not finished yet.
 KILL_POINTS = (
-    KillPoint("dense training"),                       # drawn inside epoch 0 (see points())
+    KillPoint("dense training"),  # drawn inside epoch 0 (see points())
     KillPoint("dense training", "between epochs"),
     KillPoint("metrics (dense)"),
     KillPoint("iter0: feature extraction"),
@@ -62,8 +63,23 @@ KILL_POINTS = (
 
 
 def train_command(data_root: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "cli", "train", "--recipe", "tiny", "--seed", str(SEED),
-            "--data-root", str(data_root), "--out", str(out), "--device", "cpu", "--resume"]
+    return [
+        sys.executable,
+        "-m",
+        "cli",
+        "train",
+        "--recipe",
+        "tiny",
+        "--seed",
+        str(SEED),
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--resume",
+    ]
 
 
 def run_train(data_root: Path, out: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -71,8 +87,7 @@ def run_train(data_root: Path, out: Path, kill_at: str | None = None) -> subproc
     env.pop("QSENN_KILL_AT", None)
     if kill_at is not None:
         env["QSENN_KILL_AT"] = kill_at
-    return subprocess.run(train_command(data_root, out), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(train_command(data_root, out), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def read_events(run_dir: Path) -> list[list[dict]]:
@@ -108,7 +123,7 @@ def points(reference_calls: dict[str, dict], seed: int = CHAIN_SEED) -> list[tup
         rng = random.Random(f"{seed}:{point.stage}:{point.where}")
         if point.where == "between epochs":
             n = calls["epochs"][0] + rng.randint(1, BETWEEN_EPOCHS_WINDOW)
-        elif point.stage == "dense training":   # mid-epoch 0, so the next kill finds epoch 0 to end
+        elif point.stage == "dense training":  # mid-epoch 0, so the next kill finds epoch 0 to end
             n = rng.randint(1, calls["epochs"][0])
         else:
             n = rng.randint(1, calls["calls"])
@@ -121,12 +136,12 @@ class Kill:
     stage: str
     where: str
     n: int
-    message: str                 # the hook's line: where in the code the process died
+    message: str  # the hook's line: where in the code the process died
     returncode: int
-    temporaries: list = field(default_factory=list)       # left in the run directory by the kill
+    temporaries: list = field(default_factory=list)  # left in the run directory by the kill
     manifest_problems: list = field(default_factory=list)  # recorded results not matching their hash
-    redone_epochs: list = field(default_factory=list)   # finished epochs the next process repeated
-    redone_stages: list = field(default_factory=list)   # finished stages it recomputed
+    redone_epochs: list = field(default_factory=list)  # finished epochs the next process repeated
+    redone_stages: list = field(default_factory=list)  # finished stages it recomputed
 
     @property
     def location(self) -> str:
@@ -138,21 +153,23 @@ class Kill:
 class ChainResult:
     run_dir: Path
     kills: list[Kill]
-    damaged_reports: int          # "is damaged" lines printed by the resumes after the kills
-    temporaries_removed: int      # stale temporaries the resumes deleted
+    damaged_reports: int  # "is damaged" lines printed by the resumes after the kills
+    temporaries_removed: int  # stale temporaries the resumes deleted
     final_output: str
 
 
-def run_chain(data_root: Path, out: Path, reference_calls: dict[str, dict],
-              echo=lambda line: None) -> ChainResult:
+def run_chain(data_root: Path, out: Path, reference_calls: dict[str, dict], echo=lambda line: None) -> ChainResult:
     run_dir = out / RUN_SUBDIR
     kills, outputs = [], []
     for point, label, n in points(reference_calls):
         result = run_train(data_root, out, f"{point.stage}:{n}")
-        message = next((line for line in result.stderr.splitlines() if line.startswith("QSENN_KILL_AT")),
-                       f"no kill (exit {result.returncode}): {result.stderr.strip()[-500:]}")
-        kills.append(Kill(label, point.where, n, message, result.returncode, temporaries(run_dir),
-                          manifest_problems(run_dir)))
+        message = next(
+            (line for line in result.stderr.splitlines() if line.startswith("QSENN_KILL_AT")),
+            f"no kill (exit {result.returncode}): {result.stderr.strip()[-500:]}",
+        )
+        kills.append(
+            Kill(label, point.where, n, message, result.returncode, temporaries(run_dir), manifest_problems(run_dir))
+        )
         outputs.append(result.stdout)
         echo(f"kill {len(kills):2d}: {point.stage} ({point.where}) at call {n}: {message}")
     final = run_train(data_root, out)
@@ -160,10 +177,10 @@ def run_chain(data_root: Path, out: Path, reference_calls: dict[str, dict],
     if final.returncode != 0:
         raise AssertionError(f"the final resume failed:\n{final.stdout}\n{final.stderr}")
     _count_lost_work(run_dir, kills)
-    removed = sum(r.get("count", 0) for run in read_events(run_dir) for r in run
-                  if r["event"] == "stale_temporaries_removed")
-    return ChainResult(run_dir, kills, sum(text.count("is damaged") for text in outputs), removed,
-                       final.stdout)
+    removed = sum(
+        r.get("count", 0) for run in read_events(run_dir) for r in run if r["event"] == "stale_temporaries_removed"
+    )
+    return ChainResult(run_dir, kills, sum(text.count("is damaged") for text in outputs), removed, final.stdout)
 
 
 def _count_lost_work(run_dir: Path, kills: list[Kill]) -> None:
@@ -174,15 +191,19 @@ def _count_lost_work(run_dir: Path, kills: list[Kill]) -> None:
     for kill, before, after in zip(kills, runs, runs[1:]):
         done_epochs |= {(r["stage"], r["epoch"]) for r in before if r["event"] == "epoch"}
         done_stages |= {r["stage"] for r in before if r["event"] == "stage_time"}
-        kill.redone_epochs = [(r["stage"], r["epoch"]) for r in after
-                              if r["event"] == "epoch" and (r["stage"], r["epoch"]) in done_epochs]
-        kill.redone_stages = [r["stage"] for r in after
-                              if r["event"] == "stage_time" and r["stage"] in done_stages]
+        kill.redone_epochs = [
+            (r["stage"], r["epoch"]) for r in after if r["event"] == "epoch" and (r["stage"], r["epoch"]) in done_epochs
+        ]
+        kill.redone_stages = [r["stage"] for r in after if r["event"] == "stage_time" and r["stage"] in done_stages]
 
 
 def temporaries(run_dir: Path) -> list[str]:
-    return sorted(str(Path(folder, name).relative_to(run_dir)) for folder, _, files in os.walk(run_dir)
-                  for name in files if TEMPORARY.match(name))
+    return sorted(
+        str(Path(folder, name).relative_to(run_dir))
+        for folder, _, files in os.walk(run_dir)
+        for name in files
+        if TEMPORARY.match(name)
+    )
 
 
 def manifest_problems(run_dir: Path) -> list[str]:
@@ -190,11 +211,15 @@ def manifest_problems(run_dir: Path) -> list[str]:
     from qsenn_train.rundir import sha256_file
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    return [name for name, entry in manifest.items()
-            if not (run_dir / name).is_file() or sha256_file(run_dir / name) != entry["sha256"]]
+    return [
+        name
+        for name, entry in manifest.items()
+        if not (run_dir / name).is_file() or sha256_file(run_dir / name) != entry["sha256"]
+    ]
 
 
 # ---- comparing two finished runs ----------------------------------------------------------
+
 
 def _load(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -220,16 +245,20 @@ def final_logits(run_dir: Path) -> torch.Tensor:
 def differences(run_dir: Path, reference_dir: Path) -> dict:
     """How the run's results differ from the reference's: selection, heads, models, final logits."""
     ours, theirs = sparse_folder(run_dir), sparse_folder(reference_dir)
-    report = {"selection_equal": _load(ours / "iter0/selection.pt")["selected"]
-              == _load(theirs / "iter0/selection.pt")["selected"],
-              "ternary_equal": [], "head_max_diff": [], "model_max_diff": []}
+    report = {
+        "selection_equal": _load(ours / "iter0/selection.pt")["selected"]
+        == _load(theirs / "iter0/selection.pt")["selected"],
+        "ternary_equal": [],
+        "head_max_diff": [],
+        "model_max_diff": [],
+    }
     for i in range(ITERATIONS):
         a, b = _load(ours / f"iter{i}/head.pt"), _load(theirs / f"iter{i}/head.pt")
         report["ternary_equal"].append(torch.equal(a["ternary"], b["ternary"]))
-        report["head_max_diff"].append(max(abs(float(a["magnitude"]) - float(b["magnitude"])),
-                                           float((a["bias"] - b["bias"]).abs().max())))
+        report["head_max_diff"].append(
+            max(abs(float(a["magnitude"]) - float(b["magnitude"])), float((a["bias"] - b["bias"]).abs().max()))
+        )
         sa, sb = _load(ours / f"iter{i}/model.pt")["state_dict"], _load(theirs / f"iter{i}/model.pt")["state_dict"]
-        report["model_max_diff"].append(max(float((sa[k].double() - sb[k].double()).abs().max())
-                                             for k in sa))
+        report["model_max_diff"].append(max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa))
     report["logits_max_diff"] = float((final_logits(run_dir) - final_logits(reference_dir)).abs().max())
     return report

@@ -1,5 +1,6 @@
 """`qsenn bench` on a tiny model: statistics, agreement, result files, skipped GPU backends,
 the GPU script's dry run."""
+
 from __future__ import annotations
 
 import csv
@@ -12,16 +13,23 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from export_models import save_checkpoint, ternary_model
 
 import cli
-from qsenn_export.bench import (BenchConfig, ReducedPrecisionQSENN, bench_source, random_source, run_bench, table,
-                                write_csv, write_json)
+from qsenn_export.bench import (
+    BenchConfig,
+    ReducedPrecisionQSENN,
+    bench_source,
+    random_source,
+    run_bench,
+    table,
+    write_csv,
+    write_json,
+)
 from qsenn_export.formats import BENCH_BACKENDS, TORCH_BENCH_BACKENDS
 from qsenn_export.onnx_export import fold_source
 from qsenn_export.verify import top_feature_agreement
 from qsenn_train.errors import QsennError
-
-from export_models import save_checkpoint, ternary_model
 
 REPO = Path(__file__).resolve().parents[1]
 LATENCY_FIELDS = ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms")
@@ -37,9 +45,10 @@ def checkpoint(tmp_path_factory):
 def result(checkpoint):
     lines = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.cuda, "is_available", lambda: False)   # the same answer on a GPU machine
-        config = BenchConfig(backends=tuple(BENCH_BACKENDS), batches=(2,), warmup=1, iters=3, threads=1, images=8,
-                             calib_count=8)
+        patch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+        config = BenchConfig(
+            backends=tuple(BENCH_BACKENDS), batches=(2,), warmup=1, iters=3, threads=1, images=8, calib_count=8
+        )
         data = run_bench(bench_source(checkpoint, None, None, False), config, echo=lines.append)
     return data, lines
 
@@ -91,29 +100,56 @@ def test_results_carry_device_and_versions(result, tmp_path):
 
 
 def test_cli_bench_prints_the_table_and_writes_files(checkpoint, tmp_path):
-    result = CliRunner().invoke(cli.qsenn, [
-        "bench", str(checkpoint), "--backends", "torch,onnx", "--batch", "1", "--warmup", "1", "--iters", "2",
-        "--images", "4", "--threads", "1", "--no-memory", "--json", str(tmp_path), "--csv", str(tmp_path / "r.csv")])
+    result = CliRunner().invoke(
+        cli.qsenn,
+        [
+            "bench",
+            str(checkpoint),
+            "--backends",
+            "torch,onnx",
+            "--batch",
+            "1",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+            "--images",
+            "4",
+            "--threads",
+            "1",
+            "--no-memory",
+            "--json",
+            str(tmp_path),
+            "--csv",
+            str(tmp_path / "r.csv"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "backend" in result.output and "100.0%" in result.output
     assert len(list(tmp_path.glob("bench_*.json"))) == 1 and (tmp_path / "r.csv").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--backends", "tflite"], "unknown backend 'tflite'; choose from torch, "),
-    (["--batch", "0"], "--batch needs positive batch sizes"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backends", "tflite"], "unknown backend 'tflite'; choose from torch, "),
+        (["--batch", "0"], "--batch needs positive batch sizes"),
+    ],
+)
 def test_cli_refuses_bad_options(checkpoint, args, message):
     result = CliRunner().invoke(cli.qsenn, ["bench", str(checkpoint), *args])
     assert result.exit_code != 0 and message in str(result.exception)
 
 
-@pytest.mark.parametrize("path, arch, size, random_weights, message", [
-    (Path("x"), "resnet50", 448, True, "either MODEL_OR_RUN or --random"),
-    (None, None, None, True, "--random needs --arch and --img-size"),
-    (None, None, None, False, "pass a run directory or checkpoint"),
-    (Path("x"), "resnet50", None, False, "--arch and --img-size go with --random"),
-])
+@pytest.mark.parametrize(
+    "path, arch, size, random_weights, message",
+    [
+        (Path("x"), "resnet50", 448, True, "either MODEL_OR_RUN or --random"),
+        (None, None, None, True, "--random needs --arch and --img-size"),
+        (None, None, None, False, "pass a run directory or checkpoint"),
+        (Path("x"), "resnet50", None, False, "--arch and --img-size go with --random"),
+    ],
+)
 def test_source_arguments(path, arch, size, random_weights, message):
     with pytest.raises(QsennError, match=message):
         bench_source(path, arch, size, random_weights)
@@ -144,8 +180,8 @@ def test_top_feature_agreement_compares_sets_of_the_reference_class():
     reference = {"logits": np.array([[1.0, 0.0]]), "features": np.array([[6.0, 5, 4, 3, 2, 1, 9]])}
     reordered = {"logits": np.array([[0.0, 1.0]]), "features": np.array([[2.0, 3, 4, 5, 6, 1, 9]])}
     swapped = {"logits": np.array([[1.0, 0.0]]), "features": np.array([[6.0, 5, 4, 3, 0.5, 1, 9]])}
-    assert top_feature_agreement(reference, reordered, ternary) == 1.0   # same set, other order and class
-    assert top_feature_agreement(reference, swapped, ternary) == 0.0     # feature 5 replaces feature 4
+    assert top_feature_agreement(reference, reordered, ternary) == 1.0  # same set, other order and class
+    assert top_feature_agreement(reference, swapped, ternary) == 0.0  # feature 5 replaces feature 4
 
 
 def test_bench_backends_cover_the_torch_table():
@@ -156,9 +192,23 @@ def test_bench_backends_cover_the_torch_table():
 def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu_bench.py end to end with the GPU machine's setup: no install (PYTHONPATH=.),
     tiny sizes; the GPU-only eager backend runs on the CPU, the ONNX check runs."""
-    completed = subprocess.run([sys.executable, "benchmarks/gpu_bench.py", "--dry-run", "--iters", "1", "--threads",
-                                "1", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", "HOME": str(tmp_path)})
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_bench.py",
+            "--dry-run",
+            "--iters",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", "HOME": str(tmp_path)},
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     (path,) = tmp_path.glob("gpu_bench-dry-run_resnet10-64-random_*.json")
     data = json.loads(path.read_text())
@@ -180,9 +230,20 @@ def test_a_failing_backend_is_skipped_with_its_error_and_the_rest_is_measured(ch
     build_runner = bench.build_runner
     monkeypatch.setattr(bench, "build_runner", broken_int8)
     lines = []
-    data = run_bench(bench_source(checkpoint, None, None, False),
-                     BenchConfig(backends=("torch", "onnx", "onnx-int8"), batches=(1,), warmup=1, iters=2, threads=1,
-                                 images=4, calib_count=4, memory=False), echo=lines.append)
+    data = run_bench(
+        bench_source(checkpoint, None, None, False),
+        BenchConfig(
+            backends=("torch", "onnx", "onnx-int8"),
+            batches=(1,),
+            warmup=1,
+            iters=2,
+            threads=1,
+            images=4,
+            calib_count=4,
+            memory=False,
+        ),
+        echo=lines.append,
+    )
     assert data["skipped"]["onnx-int8"] == "failed: RuntimeError: kernel not found"
     assert "onnx-int8: failed: RuntimeError: kernel not found" in lines
     assert [r["backend"] for r in data["results"]] == ["torch", "onnx"] and "onnx-int8" not in data["agreement"]

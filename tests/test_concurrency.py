@@ -1,10 +1,11 @@
 """One loaded model, 8 threads × 500 calls of mixed good and bad inputs: no unexpected error,
 every answer bitwise equal to the sequential one, memory flat (`pytest -s` prints the figures)."""
-import pytest
 
 import concurrent_serving
-import qsenn_runtime
+import pytest
 from toy_onnx import save_toy_model
+
+import qsenn_runtime
 
 pytestmark = pytest.mark.slow
 
@@ -12,8 +13,7 @@ pytestmark = pytest.mark.slow
 def test_concurrent_predictions_match_the_sequential_ones(tmp_path):
     save_toy_model(tmp_path / "toy.onnx")
     model = qsenn_runtime.load(tmp_path / "toy.onnx")
-    report = concurrent_serving.serve(model, concurrent_serving.mixed_inputs(tmp_path), threads=8,
-                                      per_thread=500)
+    report = concurrent_serving.serve(model, concurrent_serving.mixed_inputs(tmp_path), threads=8, per_thread=500)
     print(report.line())
     assert report.unexpected == []
     assert report.mismatches == 0

@@ -3,18 +3,27 @@ uninterrupted run, nothing half-written ever taken for a result, no stale tempor
 
 The kill chain and its reasoning are in kill_chain.py; `pytest -s` prints the kill points.
 """
+
 import shutil
 
-import pytest
-
 import kill_chain as kc
+import pytest
 
 pytestmark = pytest.mark.slow
 
 # Every stage of the issue, as a substring of its stage label.
-REQUIRED_STAGES = ("dense training", "feature extraction", "feature selection", "regularisation path",
-                   "quantisation", "iter0: fine-tuning", "iter1: fine-tuning", "iter2: fine-tuning",
-                   "iter3: fine-tuning", "metrics")
+REQUIRED_STAGES = (
+    "dense training",
+    "feature extraction",
+    "feature selection",
+    "regularisation path",
+    "quantisation",
+    "iter0: fine-tuning",
+    "iter1: fine-tuning",
+    "iter2: fine-tuning",
+    "iter3: fine-tuning",
+    "metrics",
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +84,10 @@ def test_a_kill_loses_at_most_the_epoch_being_checkpointed(chain):
         assert kill.redone_stages == [], kill
         assert len(kill.redone_epochs) <= 1, kill
     lost = [kill for kill in chain.kills if kill.redone_epochs]
-    print(f"{len(chain.kills)} kills survived; {len(lost)} repeated one epoch:",
-          [(kill.stage, kill.location) for kill in lost])
+    print(
+        f"{len(chain.kills)} kills survived; {len(lost)} repeated one epoch:",
+        [(kill.stage, kill.location) for kill in lost],
+    )
 
 
 def test_damaged_results_are_reported_in_one_line_and_recomputed(chain, reference, data_root, tmp_path):
@@ -86,8 +97,13 @@ def test_damaged_results_are_reported_in_one_line_and_recomputed(chain, referenc
     shutil.copytree(chain.run_dir.parents[2], out, symlinks=True)
     run_dir = out / kc.RUN_SUBDIR
     folder = kc.sparse_folder(run_dir)
-    damaged = {"iter0/model.pt": "truncate", "iter0/selection.pt": "flip",
-               "iter0/train_features.npy": "flip", "iter1/head.pt": "truncate", "iter1/model.pt": "append"}
+    damaged = {
+        "iter0/model.pt": "truncate",
+        "iter0/selection.pt": "flip",
+        "iter0/train_features.npy": "flip",
+        "iter1/head.pt": "truncate",
+        "iter1/model.pt": "append",
+    }
     for name, how in damaged.items():
         path = folder / name
         data = bytearray(path.read_bytes())

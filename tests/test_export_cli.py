@@ -1,4 +1,5 @@
 """`qsenn export` and `qsenn import-reference` end to end through the command line."""
+
 from __future__ import annotations
 
 import sys
@@ -7,13 +8,12 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from export_models import save_checkpoint, ternary_model
 
 import cli
 from qsenn_train.data.layouts import load_synth_splits
 from qsenn_train.data.synth import SynthSpec, generate
 from qsenn_train.errors import QsennError
-
-from export_models import save_checkpoint, ternary_model
 
 SYNTH = SynthSpec(n_classes=4, train_per_class=2, test_per_class=3, image_size=32, seed=0)
 
@@ -62,8 +62,9 @@ def test_int8_without_calibration_images_is_refused(synth_checkpoint, monkeypatc
 def test_trt_without_tensorrt_exits_2_and_writes_nothing(synth_checkpoint, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     out_file = tmp_path / "m.engine"
-    code, _, err = run_main(monkeypatch, capsys, "export", str(synth_checkpoint), "--format", "trt",
-                            "--out", str(out_file))
+    code, _, err = run_main(
+        monkeypatch, capsys, "export", str(synth_checkpoint), "--format", "trt", "--out", str(out_file)
+    )
     assert code == 2 and "pip install 'qsenn[trt]'" in err and err.count("\n") == 1
     assert not out_file.exists() and list(tmp_path.iterdir()) == []
 
@@ -78,9 +79,23 @@ def test_import_reference_then_export(tmp_path):
     torch.save(ternary_model(num_classes=3, n_features=4).state_dict(), tmp_path / "ref.pth")
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
     runner = CliRunner()
-    result = runner.invoke(cli.qsenn, ["import-reference", str(tmp_path / "ref.pth"), "--dataset", "CUB2011",
-                                       "--class-names", str(tmp_path / "names.txt"), "--img-size", "32",
-                                       "--data-root", str(tmp_path), "--out", str(tmp_path / "imported.pt")])
+    result = runner.invoke(
+        cli.qsenn,
+        [
+            "import-reference",
+            str(tmp_path / "ref.pth"),
+            "--dataset",
+            "CUB2011",
+            "--class-names",
+            str(tmp_path / "names.txt"),
+            "--img-size",
+            "32",
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "imported.pt"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "resnet10, 3 classes, 4 features" in result.output
     result = runner.invoke(cli.qsenn, ["export", str(tmp_path / "imported.pt"), "--verify-count", "3"])

@@ -1,16 +1,16 @@
 """The folded graph in torch: ternary split, exact last-block slicing, MAC counting."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from export_models import ABSENT_DATASET, MAGNITUDE, ternary_model
 from torch import nn
 
 from qsenn_export.fold import FoldedQSENN, count_macs, slice_last_block, ternary_head
 from qsenn_export.verify import torch_outputs
 from qsenn_train.errors import QsennError
 from qsenn_train.model import build_model
-
-from export_models import ABSENT_DATASET, MAGNITUDE, ternary_model
 
 
 def test_ternary_head_splits_weight_into_T_and_magnitude():

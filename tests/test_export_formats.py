@@ -1,38 +1,57 @@
 """The export-format table: option validation, precisions and tolerances, help text."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from qsenn_export.formats import (BASELINE_BACKEND, BENCH_BACKENDS, FORMATS, OPTION_FLAGS, formats_taking,
-                                  help_table, make_options, validate)
+from qsenn_export.formats import (
+    BASELINE_BACKEND,
+    BENCH_BACKENDS,
+    FORMATS,
+    OPTION_FLAGS,
+    formats_taking,
+    help_table,
+    make_options,
+    validate,
+)
 from qsenn_train.errors import QsennError
 
 
-@pytest.mark.parametrize("fmt, values, message", [
-    ("onnx", {"int8": True}, "--int8 needs --calib DIR"),
-    ("onnx", {"calib": Path("c")}, "--calib is only used with --int8"),
-    ("onnx", {"half": True}, "--half is not available for ONNX export; formats that take it: trt"),
-    ("onnx", {"workspace": 2.0}, "--workspace is not available for ONNX"),
-    ("trt", {"int8": True}, "--int8 needs --calib DIR"),
-    ("trt", {"calib": Path("c")}, "--calib is only used with --int8"),
-    ("onnx", {"batch": 0}, "--batch must be at least 1"),
-    ("trt", {"workspace": -1.0}, "--workspace must be a positive"),
-    ("onnx", {"verify_count": 0}, "--verify-count must be at least 1"),
-    ("onnx", {"verify": False, "verify_images": Path("d")}, "no effect with --no-verify"),
-    ("tflite", {}, "unknown export format 'tflite'; choose one of onnx, trt"),
-])
+@pytest.mark.parametrize(
+    "fmt, values, message",
+    [
+        ("onnx", {"int8": True}, "--int8 needs --calib DIR"),
+        ("onnx", {"calib": Path("c")}, "--calib is only used with --int8"),
+        ("onnx", {"half": True}, "--half is not available for ONNX export; formats that take it: trt"),
+        ("onnx", {"workspace": 2.0}, "--workspace is not available for ONNX"),
+        ("trt", {"int8": True}, "--int8 needs --calib DIR"),
+        ("trt", {"calib": Path("c")}, "--calib is only used with --int8"),
+        ("onnx", {"batch": 0}, "--batch must be at least 1"),
+        ("trt", {"workspace": -1.0}, "--workspace must be a positive"),
+        ("onnx", {"verify_count": 0}, "--verify-count must be at least 1"),
+        ("onnx", {"verify": False, "verify_images": Path("d")}, "no effect with --no-verify"),
+        ("tflite", {}, "unknown export format 'tflite'; choose one of onnx, trt"),
+    ],
+)
 def test_refused_options_say_why(fmt, values, message):
     with pytest.raises(QsennError) as exc:
         validate(make_options(fmt, **values))
     assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("fmt, values", [
-    ("onnx", {}), ("onnx", {"batch": 4}), ("trt", {}), ("trt", {"half": True, "batch": 8, "workspace": 2.0}),
-    ("trt", {"int8": True, "calib": Path("c")}), ("onnx", {"int8": True, "calib": Path("c"), "batch": 1}),
-])
+@pytest.mark.parametrize(
+    "fmt, values",
+    [
+        ("onnx", {}),
+        ("onnx", {"batch": 4}),
+        ("trt", {}),
+        ("trt", {"half": True, "batch": 8, "workspace": 2.0}),
+        ("trt", {"int8": True, "calib": Path("c")}),
+        ("onnx", {"int8": True, "calib": Path("c"), "batch": 1}),
+    ],
+)
 def test_accepted_options(fmt, values):
     validate(make_options(fmt, **values))
 

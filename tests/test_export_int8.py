@@ -1,10 +1,12 @@
 """ONNX INT8 export: quantised backbone, exact float head, int8 T, metadata, verification."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from export_models import save_checkpoint, ternary_model
 from onnx import numpy_helper
 
 import qsenn_runtime
@@ -18,8 +20,6 @@ from qsenn_runtime.metadata import METADATA_KEY, ModelMetadata
 from qsenn_train.data.layouts import load_synth_splits
 from qsenn_train.data.synth import SynthSpec, generate
 from qsenn_train.errors import QsennError
-
-from export_models import save_checkpoint, ternary_model
 
 INT8 = FORMATS["onnx"].tolerances["int8"]
 SYNTH = SynthSpec(n_classes=4, train_per_class=6, test_per_class=8, image_size=32, seed=0)
@@ -42,8 +42,9 @@ def checkpoint(dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(checkpoint, dataset):
     lines = []
-    path = export_onnx(checkpoint, make_options("onnx", int8=True, calib=dataset / "images", verify_count=32),
-                       echo=lines.append)
+    path = export_onnx(
+        checkpoint, make_options("onnx", int8=True, calib=dataset / "images", verify_count=32), echo=lines.append
+    )
     return path, lines
 
 
@@ -92,8 +93,9 @@ def test_runtime_predicts_with_the_exact_identity(exported):
     predictions = model.predict_tensor(batch)
     for p in predictions:
         explanation = p.explanation
-        assert explanation.logit == pytest.approx(sum(c.value for c in explanation.contributions) + explanation.bias,
-                                                  abs=1e-4)
+        assert explanation.logit == pytest.approx(
+            sum(c.value for c in explanation.contributions) + explanation.bias, abs=1e-4
+        )
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +138,7 @@ def test_a_wrong_T_fails_verification(exported, checkpoint, tmp_path):
 
 def test_calibration_folder_must_hold_images(checkpoint, tmp_path):
     with pytest.raises(QsennError, match="no image files"):
-        export_onnx(checkpoint, make_options("onnx", int8=True, calib=tmp_path, out=tmp_path / "m.onnx"),
-                    echo=lambda line: None)
+        export_onnx(
+            checkpoint, make_options("onnx", int8=True, calib=tmp_path, out=tmp_path / "m.onnx"), echo=lambda line: None
+        )
     assert not (tmp_path / "m.onnx").exists()

@@ -1,4 +1,5 @@
 """ONNX export: exact fold, int8 T in the file, metadata, batch modes, verification catches errors."""
+
 from __future__ import annotations
 
 import copy
@@ -9,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from export_models import ABSENT_DATASET, fake_run, save_checkpoint, ternary_model
 from onnx import numpy_helper
 
 from qsenn_export import onnx_export
@@ -19,8 +21,6 @@ from qsenn_export.onnx_export import OPSET, export_onnx, fold_source, to_onnx
 from qsenn_export.verify import compare, torch_outputs, verify_onnx
 from qsenn_runtime.metadata import METADATA_KEY, ModelMetadata
 from qsenn_train.errors import QsennError
-
-from export_models import ABSENT_DATASET, fake_run, save_checkpoint, ternary_model
 
 TOLERANCE = FORMATS["onnx"].tolerances["fp32"]
 
@@ -110,6 +110,7 @@ def test_static_batch(checkpoint, tmp_path):
 
 # ---- verification catches a wrong fold, graph or metadata --------------------------------------
 
+
 @pytest.fixture(scope="module")
 def parts(checkpoint):
     source = load_source(checkpoint)
@@ -158,7 +159,7 @@ def test_permuted_T_in_the_metadata_fails(parts, graph, tmp_path):
 
 
 def test_transposed_T_in_the_graph_fails(tmp_path):
-    model = ternary_model(num_classes=5, n_features=5, per_class=2, seed=3)   # square T
+    model = ternary_model(num_classes=5, n_features=5, per_class=2, seed=3)  # square T
     checkpoint = save_checkpoint(model, tmp_path / "square.pt")
     source = load_source(checkpoint)
     metadata = build_metadata(source, OPSET)
@@ -175,10 +176,14 @@ def test_transposed_T_in_the_graph_fails(tmp_path):
     assert not report.ok and any("Δlogit" in f for f in report.failures)
 
 
-@pytest.mark.parametrize("props, message", [({}, "carries no 'qsenn' metadata"),
-                                            ({METADATA_KEY: "{not json"}, "not valid JSON"),
-                                            ({METADATA_KEY: json.dumps({"format": "qsenn", "format_version": 1})},
-                                             "malformed")])
+@pytest.mark.parametrize(
+    "props, message",
+    [
+        ({}, "carries no 'qsenn' metadata"),
+        ({METADATA_KEY: "{not json"}, "not valid JSON"),
+        ({METADATA_KEY: json.dumps({"format": "qsenn", "format_version": 1})}, "malformed"),
+    ],
+)
 def test_missing_or_malformed_metadata_is_detected(parts, graph, tmp_path, props, message):
     model = copy.deepcopy(graph)
     del model.metadata_props[:]
@@ -199,7 +204,7 @@ def test_failed_verification_leaves_no_good_looking_file(checkpoint, tmp_path, m
         export_onnx(checkpoint, make_options("onnx", out=out, verify_count=4), echo=lambda line: None)
     assert "\n" not in str(exc.value)
     assert not out.exists() and (tmp_path / "model.failed.onnx").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.failed.onnx"]   # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.failed.onnx"]  # no temporary left
 
 
 def test_sldd_checkpoint_is_refused(tmp_path):
@@ -213,6 +218,7 @@ def test_sldd_checkpoint_is_refused(tmp_path):
 
 
 # ---- run directories ------------------------------------------------------------------------------
+
 
 def test_run_directory_exports_to_run_model_onnx_with_its_metrics(tmp_path):
     run = fake_run(tmp_path / "resnet10" / "synth" / "7", ternary_model())

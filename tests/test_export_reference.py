@@ -1,10 +1,12 @@
 """`qsenn import-reference`: checkpoints in the original code's state-dict layout (spec §12.3)."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from export_models import MAGNITUDE, random_ternary, ternary_model
 from torchvision.models import resnet50
 
 from qsenn_export.formats import make_options
@@ -15,8 +17,6 @@ from qsenn_train.data.layouts import CUB_MEAN, CUB_STD
 from qsenn_train.errors import QsennError
 from qsenn_train.model import build_model
 
-from export_models import MAGNITUDE, random_ternary, ternary_model
-
 NUM_CLASSES, N_FEATURES = 5, 8
 
 
@@ -25,7 +25,7 @@ def reference_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     state = {k: v for k, v in resnet50().state_dict().items() if not k.startswith("fc.")}
-    for key, value in state.items():   # non-trivial BN statistics
+    for key, value in state.items():  # non-trivial BN statistics
         if key.endswith("running_var"):
             value.copy_(0.5 + torch.rand(value.shape, generator=generator))
         elif key.endswith("running_mean"):
@@ -58,8 +58,9 @@ def test_round_trip_reference_to_onnx_matches_torch(tmp_path):
     model.load_state_dict(state)
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        expected = model.eval()((images - torch.tensor(CUB_MEAN).view(1, 3, 1, 1))
-                                / torch.tensor(CUB_STD).view(1, 3, 1, 1)).logits.numpy()
+        expected = model.eval()(
+            (images - torch.tensor(CUB_MEAN).view(1, 3, 1, 1)) / torch.tensor(CUB_STD).view(1, 3, 1, 1)
+        ).logits.numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"images": images.numpy()})[0]
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
@@ -110,19 +111,24 @@ def test_class_names_file(small_state, tmp_path):
         _import(tmp_path / "ref.pth", tmp_path, class_names=tmp_path / "names.txt")
 
 
-@pytest.mark.parametrize("dataset, crop_gt, mean, resize_mode", [
-    ("CUB2011", False, list(CUB_MEAN), "shorter"),
-    ("CUB2011", True, list(CUB_MEAN), "square"),
-    ("ImageNet", False, None, "imagenet"),   # the original applies no normalisation (odd-L)
-])
+@pytest.mark.parametrize(
+    "dataset, crop_gt, mean, resize_mode",
+    [
+        ("CUB2011", False, list(CUB_MEAN), "shorter"),
+        ("CUB2011", True, list(CUB_MEAN), "square"),
+        ("ImageNet", False, None, "imagenet"),  # the original applies no normalisation (odd-L)
+    ],
+)
 def test_dataset_constants(small_state, tmp_path, dataset, crop_gt, mean, resize_mode):
     torch.save(small_state, tmp_path / "ref.pth")
     info = _import(tmp_path / "ref.pth", tmp_path, dataset=dataset, crop_gt=crop_gt)["dataset"]
     assert (info["mean"], info["resize_mode"], info["crop_gt"]) == (mean, resize_mode, crop_gt)
 
 
-@pytest.mark.parametrize("dataset, crop_gt, message", [("synth", False, "the original code trains"),
-                                                        ("StanfordCars", True, "--crop-gt applies only")])
+@pytest.mark.parametrize(
+    "dataset, crop_gt, message",
+    [("synth", False, "the original code trains"), ("StanfordCars", True, "--crop-gt applies only")],
+)
 def test_unsupported_dataset_options(small_state, tmp_path, dataset, crop_gt, message):
     torch.save(small_state, tmp_path / "ref.pth")
     with pytest.raises(QsennError, match=message):

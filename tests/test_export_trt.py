@@ -1,5 +1,6 @@
 """TensorRT export: what runs without TensorRT (errors, profile, engine metadata, the parser's
 float-T graph), and a real build that runs only with TensorRT and an NVIDIA GPU."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from export_models import save_checkpoint, ternary_model
 
 from qsenn_export import trt_build
 from qsenn_export.fold import TERNARY_INITIALIZER, ternary_as_float
@@ -22,8 +24,6 @@ from qsenn_export.verify import onnx_outputs, onnx_session
 from qsenn_runtime.engine_file import pack_engine, unpack_engine
 from qsenn_runtime.metadata import MetadataError
 from qsenn_train.errors import QsennError
-
-from export_models import save_checkpoint, ternary_model
 
 HAVE_TRT_GPU = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
@@ -39,7 +39,7 @@ def graph(source):
 
 
 def test_missing_tensorrt_is_one_line_with_the_install_command(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)   # makes `import tensorrt` fail
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
     with pytest.raises(QsennError) as exc:
         require_tensorrt()
     message = str(exc.value)
@@ -82,9 +82,13 @@ def test_engine_metadata_round_trips_through_the_container(source):
     packed = pack_engine(metadata.with_engine(info), b"plan-bytes")
     read, plan = unpack_engine(packed)
     assert plan == b"plan-bytes"
-    assert read.engine == {"tensorrt": "10.9.0", "gpu": "NVIDIA H100", "compute_capability": "9.0",
-                           "precision": "fp16",
-                           "profile": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [16, 3, 32, 32]}}
+    assert read.engine == {
+        "tensorrt": "10.9.0",
+        "gpu": "NVIDIA H100",
+        "compute_capability": "9.0",
+        "precision": "fp16",
+        "profile": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [16, 3, 32, 32]},
+    }
     np.testing.assert_array_equal(read.ternary, metadata.ternary)
     with pytest.raises(MetadataError, match="truncated"):
         unpack_engine(packed[:40])
@@ -102,8 +106,7 @@ def test_parser_graph_has_float_T_and_the_same_outputs(graph):
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     # The int8 original is untouched.
-    assert any(i.name == TERNARY_INITIALIZER and i.data_type == onnx.TensorProto.INT8
-               for i in model.graph.initializer)
+    assert any(i.name == TERNARY_INITIALIZER and i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer)
 
 
 def test_timing_cache_lives_in_the_user_cache(monkeypatch, tmp_path):
@@ -141,7 +144,7 @@ def test_builder_configuration_and_timing_cache_reuse(graph, monkeypatch, tmp_pa
     profile.set_shape.assert_any_call("images", shapes.min, shapes.opt, shapes.max)
     profile.set_shape.assert_any_call("images", (8, 3, 32, 32), (8, 3, 32, 32), (8, 3, 32, 32))
     calibrator = config.int8_calibrator
-    assert calibrator.get_batch_size() == 8 and len(calibrator.batches) == 2   # 20 images: 2 full batches
+    assert calibrator.get_batch_size() == 8 and len(calibrator.batches) == 2  # 20 images: 2 full batches
     # The parser gets T as float (see ternary_as_float).
     parsed = onnx.load_from_string(trt.OnnxParser.return_value.parse.call_args.args[0])
     assert all(i.data_type != onnx.TensorProto.INT8 for i in parsed.graph.initializer)
@@ -162,8 +165,11 @@ def test_parser_errors_are_one_line(graph):
 def test_engine_build_and_verification(source, tmp_path, precision):
     out = tmp_path / f"{precision}.engine"
     lines = []
-    export_trt(source.checkpoint, make_options("trt", out=out, batch=4, half=precision == "fp16",
-                                               verify_count=8), echo=lines.append)
+    export_trt(
+        source.checkpoint,
+        make_options("trt", out=out, batch=4, half=precision == "fp16", verify_count=8),
+        echo=lines.append,
+    )
     metadata, plan = unpack_engine(out.read_bytes())
     assert metadata.engine["precision"] == precision and plan
     assert metadata.engine["profile"]["max"] == [4, 3, 32, 32]

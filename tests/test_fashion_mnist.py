@@ -1,5 +1,6 @@
 """The Fashion-MNIST validation: its recipe, smoke-run subsets, feature names, and (with the
 Debian dataset installed) train → export → runtime over the test set end to end."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from export_models import save_checkpoint, ternary_model
+from fake_datasets import make_fashion_mnist
 
 import qsenn_runtime
 from qsenn_export import export
@@ -22,15 +25,13 @@ from qsenn_train.errors import QsennError
 from qsenn_train.pipeline import train
 from qsenn_train.recipes import DEMO, FASHION_MNIST, PAPER, TINY, FinetuneSettings, resolve_recipe
 
-from export_models import save_checkpoint, ternary_model
-from fake_datasets import make_fashion_mnist
-
 needs_fashion_mnist = pytest.mark.skipif(
-    not SYSTEM_FASHION_MNIST.is_dir(),
-    reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
+    not SYSTEM_FASHION_MNIST.is_dir(), reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)"
+)
 
 
 # ---- recipe and subsets ------------------------------------------------------------------------
+
 
 def test_fashion_mnist_is_the_default_recipe_of_its_dataset():
     recipe = resolve_recipe(None, "fashion-mnist")
@@ -62,14 +63,15 @@ def test_data_variant_keeps_earlier_runs_keys_and_dirs():
 def test_spread_subset_is_evenly_spaced_and_keeps_pixels(tmp_path):
     train, _, _ = load_splits("fashion-mnist", make_fashion_mnist(tmp_path / "fashion-mnist", n_train=10))
     subset = spread_subset(train, 4)
-    assert subset.targets == [0, 2, 5, 7]          # positions i·10//4
-    assert np.asarray(subset.load_image(1))[0, 0, 0] == 20   # image k is filled with 10·k
+    assert subset.targets == [0, 2, 5, 7]  # positions i·10//4
+    assert np.asarray(subset.load_image(1))[0, 0, 0] == 20  # image k is filled with 10·k
     assert spread_subset(train, None) is train and spread_subset(train, 10) is train
     listed = ImageListDataset([(f"{k}.png", k % 3) for k in range(9)], image_ids=list(range(1, 10)))
     assert spread_subset(listed, 3).image_ids == [1, 4, 7]
 
 
 # ---- feature names ------------------------------------------------------------------------------
+
 
 def test_feature_names_come_from_the_classes_a_feature_raises_and_lowers():
     ternary = np.array([[1, 0, 0], [1, -1, 0], [-1, 0, 0]])
@@ -82,16 +84,21 @@ def test_read_feature_names_takes_a_list_or_an_index_map(tmp_path):
     assert read_feature_names(names, 3) == ["a", "b", "c"]
     names.write_text(json.dumps({"1": "sleeve"}))
     assert read_feature_names(names, 3) == ["feature 0", "sleeve", "feature 2"]
-    for bad, message in ((["a"], "lists 1 feature names; the model has 3"), ({"7": "x"}, "entry 7"),
-                         ({"x": "y"}, "keys must be feature indices"), ("a", "must hold a JSON list")):
+    for bad, message in (
+        (["a"], "lists 1 feature names; the model has 3"),
+        ({"7": "x"}, "entry 7"),
+        ({"x": "y"}, "keys must be feature indices"),
+        ("a", "must hold a JSON list"),
+    ):
         names.write_text(json.dumps(bad))
         with pytest.raises(QsennError, match=message):
             read_feature_names(names, 3)
 
 
 def test_export_puts_the_feature_names_into_the_metadata(tmp_path):
-    checkpoint = save_checkpoint(ternary_model("resnet18s", num_classes=4, n_features=3), tmp_path / "m.pt",
-                                 img_size=28)
+    checkpoint = save_checkpoint(
+        ternary_model("resnet18s", num_classes=4, n_features=3), tmp_path / "m.pt", img_size=28
+    )
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"2": "+c0 −c3"}))
     path = export(checkpoint, make_options("onnx", feature_names=names, verify_count=2), echo=lambda line: None)
@@ -102,21 +109,29 @@ def test_export_puts_the_feature_names_into_the_metadata(tmp_path):
 
 # One epoch per stage and two Q-SENN rounds on 200 training and 60 test images, 10 features.
 SMOKE = FASHION_MNIST.replace(
-    limit_train=200, limit_test=60, n_features=10, n_per_class=2,
+    limit_train=200,
+    limit_test=60,
+    n_features=10,
+    n_per_class=2,
     dense=dataclasses.replace(FASHION_MNIST.dense, epochs=1),
-    finetune=FinetuneSettings(schedule=dataclasses.replace(FASHION_MNIST.finetune.schedule, epochs=1),
-                              short_epochs=1, iterations=2),
+    finetune=FinetuneSettings(
+        schedule=dataclasses.replace(FASHION_MNIST.finetune.schedule, epochs=1), short_epochs=1, iterations=2
+    ),
     sldd_finetune=dataclasses.replace(FASHION_MNIST.sldd_finetune, epochs=1),
-    selection=TINY.selection, glm_path=TINY.glm_path)
+    selection=TINY.selection,
+    glm_path=TINY.glm_path,
+)
 
 
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_train_export_and_runtime_agree_on_the_test_subset(tmp_path):
-    for model_type in ("sldd", "qsenn"):   # as `make validate`: SLDD first, Q-SENN last
-        train(SMOKE.replace(model_type=model_type),
-              RunOptions(seed=0, data_root=SYSTEM_FASHION_MNIST, out=tmp_path / "runs", device="cpu", resume=True),
-              echo=lambda line: None)
+    for model_type in ("sldd", "qsenn"):  # as `make validate`: SLDD first, Q-SENN last
+        train(
+            SMOKE.replace(model_type=model_type),
+            RunOptions(seed=0, data_root=SYSTEM_FASHION_MNIST, out=tmp_path / "runs", device="cpu", resume=True),
+            echo=lambda line: None,
+        )
     run = tmp_path / "runs/resnet18s/fashion-mnist_train200_test60/0"
     result = validate_run(run, sheet=tmp_path / "sheet.png", sheet_features=3, top_images=3, echo=lambda line: None)
 

@@ -82,4 +82,4 @@ def test_gradient_reaches_maps_and_weight():
     logits = torch.randn(2, 3, generator=g)
     feature_diversity_loss(maps, logits, weight, BETA).backward()
     assert maps.grad.abs().sum() > 0
-    assert weight.grad.abs().sum() > 0   # odd-Z: no detach of |W|
+    assert weight.grad.abs().sum() > 0  # odd-Z: no detach of |W|

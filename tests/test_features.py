@@ -1,4 +1,5 @@
 """Feature files (spec §4): the seeded 90/10 split and the chunked gather that writes it."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """Hostile inputs: each case of the committed corpus (tests/hostile/cases) gives its expected
 one-line error, or works, through the runtime library, `qsenn predict` and `qsenn train`, and
 never a traceback. Property-based tests extend the corpus to arbitrary metadata and images."""
+
 from __future__ import annotations
 
 import filecmp
@@ -9,18 +10,18 @@ import json
 import time
 import warnings
 
+import hostile_inputs as hi
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from toy_onnx import toy_metadata
 
-import hostile_inputs as hi
 import qsenn_runtime
 from qsenn_runtime.errors import InputError
 from qsenn_runtime.metadata import InputSpec, MetadataError, ModelMetadata
 from qsenn_runtime.preprocess import load_rgb, resize_and_crop, to_chw
-from toy_onnx import toy_metadata
 
 
 def ids(cases):
@@ -36,17 +37,19 @@ def test_the_committed_corpus_is_what_the_generator_writes(tmp_path):
     make_cases = hi.generator()
     recorded = json.loads((hi.CASES / "cases.json").read_text(encoding="utf-8"))["versions"]
     if recorded != make_cases.versions():
-        pytest.skip(f"the corpus was written with {recorded}, this is {make_cases.versions()}; "
-                    f"rerun tests/hostile/make_cases.py and commit the result")
+        pytest.skip(
+            f"the corpus was written with {recorded}, this is {make_cases.versions()}; "
+            f"rerun tests/hostile/make_cases.py and commit the result"
+        )
     make_cases.generate(tmp_path / "cases")
     mismatch = filecmp.dircmp(hi.CASES, tmp_path / "cases")
     differing = []
 
     def walk(cmp, prefix=""):
-        differing.extend(prefix + name for name in cmp.left_only + cmp.right_only + cmp.diff_files
-                         + cmp.funny_files)
+        differing.extend(prefix + name for name in cmp.left_only + cmp.right_only + cmp.diff_files + cmp.funny_files)
         for name, sub in cmp.subdirs.items():
             walk(sub, f"{prefix}{name}/")
+
     walk(mismatch)
     # dircmp compares by stat signature first: confirm byte for byte
     for case in hi.load_cases():
@@ -63,7 +66,7 @@ def test_the_corpus_is_commit_sized():
 
 @pytest.fixture(scope="module")
 def model():
-    with warnings.catch_warnings():   # the 90-megapixel case makes Pillow warn before we refuse
+    with warnings.catch_warnings():  # the 90-megapixel case makes Pillow warn before we refuse
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         yield qsenn_runtime.load(hi.CASES / hi.GOOD_MODEL)
 
@@ -84,7 +87,7 @@ def test_exif_orientation_is_applied():
 def test_qsenn_predict_on_every_image_case():
     cases = hi.load_cases(kind="image")
     outcomes = hi.cli_predict_images(cases)
-    assert outcomes[0].exit_code == 1          # some images could not be used: exit 1, the rest predicted
+    assert outcomes[0].exit_code == 1  # some images could not be used: exit 1, the rest predicted
     assert [o.case["file"] for o in outcomes if not o.as_expected] == [], outcomes[0].output
     failed = sum(c["expect"] is not None for c in cases)
     assert outcomes[0].output.strip() == f"error: {failed} of {len(cases)} images could not be used (see above)"
@@ -112,7 +115,7 @@ def test_an_extreme_aspect_ratio_costs_no_more_than_a_normal_image():
     sliver = Image.fromarray(np.random.default_rng(0).integers(0, 256, (4000, 1, 3), dtype=np.uint8))
     start = time.perf_counter()
     assert resize_and_crop(sliver, spec).size == (448, 448)
-    assert time.perf_counter() - start < 2     # 26 s when the intermediate was materialised
+    assert time.perf_counter() - start < 2  # 26 s when the intermediate was materialised
     thin = Image.fromarray(np.random.default_rng(1).integers(0, 256, (900, 9, 3), dtype=np.uint8))
     small = InputSpec(32, "shorter", None, None)
     full = thin.resize((32, 3200), Image.Resampling.BILINEAR).crop((0, 1584, 32, 1616))
@@ -125,7 +128,8 @@ def test_an_extreme_aspect_ratio_costs_no_more_than_a_normal_image():
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 VALID = json.loads(toy_metadata().to_json())
 
 
@@ -175,9 +179,26 @@ def test_arbitrary_bytes_are_metadata_or_a_metadata_error(blob):
     _parse(blob)
 
 
-PIL_MODES = ("1", "L", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F", "I;16",
-             "LA", "PA", "La", "RGBa")
-FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", None)   # None: pass the PIL image itself
+PIL_MODES = (
+    "1",
+    "L",
+    "P",
+    "RGB",
+    "RGBA",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "HSV",
+    "I",
+    "F",
+    "I;16",
+    "LA",
+    "PA",
+    "La",
+    "RGBa",
+)
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", None)  # None: pass the PIL image itself
 SIZE = 32
 
 
@@ -186,8 +207,14 @@ def _preprocess(source) -> np.ndarray:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mode=st.sampled_from(PIL_MODES), width=st.integers(1, 300), height=st.integers(1, 300),
-       fmt=st.sampled_from(FORMATS), seed=st.integers(0, 2**16), cut=st.integers(0, 100))
+@given(
+    mode=st.sampled_from(PIL_MODES),
+    width=st.integers(1, 300),
+    height=st.integers(1, 300),
+    fmt=st.sampled_from(FORMATS),
+    seed=st.integers(0, 2**16),
+    cut=st.integers(0, 100),
+)
 def test_any_image_is_a_float_crop_or_an_input_error(mode, width, height, fmt, seed, cut):
     """Any mode and size, encoded in any format (or cut short): a 3×S×S float32 in [0, 1] or an
     InputError, never another exception."""
@@ -199,7 +226,7 @@ def test_any_image_is_a_float_crop_or_an_input_error(mode, width, height, fmt, s
         try:
             img.save(buffer, fmt)
         except (OSError, ValueError, KeyError):
-            return                                # Pillow cannot write this mode in this format
+            return  # Pillow cannot write this mode in this format
         data = buffer.getvalue()
         source = data[: max(1, len(data) * cut // 100)] if cut < 100 else data
     try:
@@ -212,14 +239,23 @@ def test_any_image_is_a_float_crop_or_an_input_error(mode, width, height, fmt, s
 
 
 @settings(max_examples=150, deadline=None)
-@given(shape=st.lists(st.integers(0, 40), min_size=0, max_size=4),
-       dtype=st.sampled_from(["uint8", "int8", "uint16", "int32", "int64", "float16", "float32",
-                              "float64", "bool", "complex64"]),
-       fill=st.sampled_from(["random", "nan", "inf", "big", "negative"]), seed=st.integers(0, 2**16))
+@given(
+    shape=st.lists(st.integers(0, 40), min_size=0, max_size=4),
+    dtype=st.sampled_from(
+        ["uint8", "int8", "uint16", "int32", "int64", "float16", "float32", "float64", "bool", "complex64"]
+    ),
+    fill=st.sampled_from(["random", "nan", "inf", "big", "negative"]),
+    seed=st.integers(0, 2**16),
+)
 def test_any_array_is_a_float_crop_or_an_input_error(shape, dtype, fill, seed):
     rng = np.random.default_rng(seed)
-    values = {"random": rng.random(shape), "nan": np.full(shape, np.nan), "inf": np.full(shape, np.inf),
-              "big": np.full(shape, 1e6), "negative": -rng.random(shape)}[fill]
+    values = {
+        "random": rng.random(shape),
+        "nan": np.full(shape, np.nan),
+        "inf": np.full(shape, np.inf),
+        "big": np.full(shape, 1e6),
+        "negative": -rng.random(shape),
+    }[fill]
     with np.errstate(invalid="ignore", over="ignore"):
         array = values.astype(dtype) if dtype != "uint8" else (values * 255).astype(dtype)
     try:

@@ -1,4 +1,5 @@
 """Dataset loaders on tiny fake trees in each exact layout of spec §11."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,14 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_datasets import (
+    CARS_CLASSES,
+    CUB_ATTRIBUTES,
+    CUB_CLASSES,
+    make_class_folders,
+    make_cub,
+    make_cub_crop,
+    make_cub_folder,
+    make_fashion_mnist,
+    make_imagenet,
+    make_stanford_cars,
+    make_traveling_birds,
+    solid_image,
+    write_idx,
+    write_lines,
+)
 
-from fake_datasets import (CARS_CLASSES, CUB_ATTRIBUTES, CUB_CLASSES,
-                           make_class_folders, make_cub, make_cub_crop, make_cub_folder,
-                           make_fashion_mnist, make_imagenet, make_stanford_cars,
-                           make_traveling_birds, solid_image, write_idx, write_lines)
 from qsenn_train.data import layouts
-from qsenn_train.data.base import (RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE,
-                                   ArrayImageDataset)
+from qsenn_train.data.base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, ArrayImageDataset
 from qsenn_train.data.idx import read_idx, read_idx_header
 from qsenn_train.data.layouts import DATASET_NAMES, load_splits, load_synth_splits
 from qsenn_train.data.transforms import build_transform
@@ -41,11 +53,19 @@ def first_item_tensor(dataset, info):
 
 
 def test_dataset_names():
-    assert set(DATASET_NAMES) == {"CUB2011", "TravelingBirds", "StanfordCars", "ImageNet",
-                                  "folder", "fashion-mnist", "synth"}
+    assert set(DATASET_NAMES) == {
+        "CUB2011",
+        "TravelingBirds",
+        "StanfordCars",
+        "ImageNet",
+        "folder",
+        "fashion-mnist",
+        "synth",
+    }
 
 
 # ---------------------------------------------------------------- CUB-200-2011
+
 
 def test_cub_splits_in_image_id_order(tmp_path):
     cub = make_cub(tmp_path)
@@ -53,12 +73,11 @@ def test_cub_splits_in_image_id_order(tmp_path):
     for dataset, split in ((train, cub.split(True)), (test, cub.split(False))):
         assert dataset.image_ids == [r.image_id for r in split]
         assert dataset.targets == [r.label for r in split]
-        assert [p for p, _ in dataset.samples] == [str(cub.cub_dir / "images" / r.rel_path)
-                                                    for r in split]
+        assert [p for p, _ in dataset.samples] == [str(cub.cub_dir / "images" / r.rel_path) for r in split]
         assert dataset.transform is None
     assert (len(train), len(test)) == (8, 4)
     assert info.name == "CUB2011" and info.root == str(cub.cub_dir)
-    assert info.class_names == CUB_CLASSES   # folder names kept, `001.` prefix included
+    assert info.class_names == CUB_CLASSES  # folder names kept, `001.` prefix included
     assert info.mean == layouts.CUB_MEAN and info.std == layouts.CUB_STD
     assert info.resize_mode == RESIZE_SHORTER and not info.crop_gt
     assert info.attributes_file == str(cub.cub_dir / "attributes" / "image_attribute_labels.txt")
@@ -68,7 +87,7 @@ def test_cub_splits_in_image_id_order(tmp_path):
 
 def test_cub_data_root_may_be_the_dataset_folder(tmp_path):
     cub = make_cub(tmp_path)
-    train, _, info = load_splits("cub2011", cub.cub_dir)   # name matched case-insensitively
+    train, _, info = load_splits("cub2011", cub.cub_dir)  # name matched case-insensitively
     assert info.root == str(cub.cub_dir) and len(train) == 8
 
 
@@ -99,7 +118,8 @@ def test_cub_gt_crop_without_cropped_images(tmp_path):
 def test_synth_folder_reads_its_normalisation(tmp_path):
     cub = make_cub_folder(tmp_path / "synth" / "CUB_200_2011")
     (cub.cub_dir / "qsenn_dataset.json").write_text(
-        json.dumps({"name": "synth", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.1]}))
+        json.dumps({"name": "synth", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.1]})
+    )
     train, test, info = load_synth_splits(cub.cub_dir)
     assert (len(train), len(test), info.name) == (8, 4, "synth")
     assert info.mean == (0.5, 0.4, 0.3) and info.std == (0.2, 0.2, 0.1)
@@ -115,12 +135,12 @@ def test_synth_malformed_description(tmp_path):
 
 # ---------------------------------------------------------------- TravelingBirds
 
+
 def test_traveling_birds_takes_ids_and_split_from_cub(tmp_path):
     cub = make_cub(tmp_path)
     tb_dir = make_traveling_birds(tmp_path, cub)
     train, test, info = load_splits("TravelingBirds", tmp_path)
-    for dataset, folder, split in ((train, "train", cub.split(True)),
-                                   (test, "test", cub.split(False))):
+    for dataset, folder, split in ((train, "train", cub.split(True)), (test, "test", cub.split(False))):
         assert dataset.image_ids == [r.image_id for r in split]
         assert dataset.targets == [r.label for r in split]
         assert [p for p, _ in dataset.samples] == [str(tb_dir / folder / r.rel_path) for r in split]
@@ -157,6 +177,7 @@ def test_traveling_birds_image_unknown_to_cub(tmp_path):
 
 # ---------------------------------------------------------------- Stanford Cars
 
+
 def test_stanford_cars_devkit_layout(tmp_path):
     pytest.importorskip("scipy")
     root = make_stanford_cars(tmp_path, train_classes=(3, 1, 2, 1), test_classes=(2, 3))
@@ -180,14 +201,12 @@ def test_stanford_cars_unreadable_mat(tmp_path):
     pytest.importorskip("scipy")
     root = make_stanford_cars(tmp_path)
     (root / "devkit" / "cars_meta.mat").write_bytes(b"not a mat file at all" * 10)
-    assert f"cannot read {root / 'devkit' / 'cars_meta.mat'}" in error_of(
-        load_splits, "StanfordCars", tmp_path)
+    assert f"cannot read {root / 'devkit' / 'cars_meta.mat'}" in error_of(load_splits, "StanfordCars", tmp_path)
 
 
 def test_stanford_cars_without_scipy(tmp_path, monkeypatch):
     root = tmp_path / "StanfordCars" / "stanford_cars"
-    for rel in ("devkit/cars_meta.mat", "devkit/cars_train_annos.mat",
-                "cars_test_annos_withlabels.mat"):
+    for rel in ("devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).touch()
     monkeypatch.setitem(sys.modules, "scipy", None)
@@ -196,6 +215,7 @@ def test_stanford_cars_without_scipy(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- class-per-folder layouts
+
 
 def test_imagenet_sorted_wnids(tmp_path):
     root = make_imagenet(tmp_path)
@@ -252,6 +272,7 @@ def test_folder_without_test_or_val(tmp_path):
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_fashion_mnist_idx_files(tmp_path, gz):
     make_fashion_mnist(tmp_path / "fashion-mnist", n_train=6, n_test=4, gz=gz)
@@ -280,7 +301,7 @@ def test_fashion_mnist_count_mismatch(tmp_path):
 
 def test_idx_bad_magic(tmp_path):
     path = write_idx(tmp_path / "labels.gz", np.zeros(5, np.uint8))
-    message = error_of(read_idx, path, 3)   # a label file read as images
+    message = error_of(read_idx, path, 3)  # a label file read as images
     assert f"IDX file {path} is malformed" in message and "magic 00000801" in message
 
 
@@ -300,8 +321,9 @@ def test_idx_truncated_gzip(tmp_path):
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(not REAL_FASHION_MNIST.is_dir(),
-                    reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not REAL_FASHION_MNIST.is_dir(), reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)"
+)
 def test_real_fashion_mnist_files():
     assert read_idx_header(REAL_FASHION_MNIST / "train-images-idx3-ubyte.gz", 3) == (60000, 28, 28)
     assert read_idx_header(REAL_FASHION_MNIST / "t10k-images-idx3-ubyte.gz", 3) == (10000, 28, 28)
@@ -310,8 +332,9 @@ def test_real_fashion_mnist_files():
         assert np.bincount(labels).tolist() == [per_class] * 10
 
 
-@pytest.mark.skipif(not REAL_FASHION_MNIST.is_dir(),
-                    reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not REAL_FASHION_MNIST.is_dir(), reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist)"
+)
 def test_real_fashion_mnist_normalisation_constants():
     images = read_idx(REAL_FASHION_MNIST / "train-images-idx3-ubyte.gz", 3)
     # A histogram gives exact moments without a float copy of 47 M pixels.
@@ -319,22 +342,26 @@ def test_real_fashion_mnist_normalisation_constants():
     values = np.arange(256) / 255.0
     mean = (counts * values).sum() / counts.sum()
     std = np.sqrt((counts * (values - mean) ** 2).sum() / counts.sum())
-    assert layouts.FASHION_MNIST_MEAN == (round(mean, 4),) * 3
-    assert layouts.FASHION_MNIST_STD == (round(std, 4),) * 3
+    assert (round(mean, 4),) * 3 == layouts.FASHION_MNIST_MEAN
+    assert (round(std, 4),) * 3 == layouts.FASHION_MNIST_STD
 
 
 # ---------------------------------------------------------------- errors
 
+
 def test_missing_root_names_both_places(tmp_path):
     missing = tmp_path / "x"
     message = error_of(load_splits, "CUB2011", missing)
-    assert message == (f"CUB2011: images.txt not found in {missing / 'CUB200' / 'CUB_200_2011'} "
-                       f"or {missing} ({missing} does not exist); pass --data-root pointing at the "
-                       f"folder that holds CUB200/CUB_200_2011 (or at CUB_200_2011 itself)")
+    assert message == (
+        f"CUB2011: images.txt not found in {missing / 'CUB200' / 'CUB_200_2011'} "
+        f"or {missing} ({missing} does not exist); pass --data-root pointing at the "
+        f"folder that holds CUB200/CUB_200_2011 (or at CUB_200_2011 itself)"
+    )
 
 
-@pytest.mark.parametrize("name, marker", [("StanfordCars", "cars_meta.mat"),
-                                          ("ImageNet", "train"), ("synth", "qsenn_dataset.json")])
+@pytest.mark.parametrize(
+    "name, marker", [("StanfordCars", "cars_meta.mat"), ("ImageNet", "train"), ("synth", "qsenn_dataset.json")]
+)
 def test_empty_root(tmp_path, name, marker):
     message = error_of(load_splits, name, tmp_path)
     assert message.startswith(f"{name}: ") and marker in message and "--data-root" in message
@@ -347,14 +374,17 @@ def test_missing_metadata_file(tmp_path):
     assert message.startswith(f"CUB2011: image_class_labels.txt not found in {cub.cub_dir};")
 
 
-@pytest.mark.parametrize("line, problem", [
-    ("5", "line 3 is malformed"),                      # field missing
-    ("5 1 7", "line 3 is malformed"),                  # field too many
-    ("five 1", "line 3 is malformed"),                 # id not an integer
-    ("5 0", "line 3: class id 0 outside 1..3"),
-    ("5 4", "line 3: class id 4 outside 1..3"),
-    ("2 1", "line 3: id 2 appears twice"),             # line 1 holds id 2
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("5", "line 3 is malformed"),  # field missing
+        ("5 1 7", "line 3 is malformed"),  # field too many
+        ("five 1", "line 3 is malformed"),  # id not an integer
+        ("5 0", "line 3: class id 0 outside 1..3"),
+        ("5 4", "line 3: class id 4 outside 1..3"),
+        ("2 1", "line 3: id 2 appears twice"),  # line 1 holds id 2
+    ],
+)
 def test_malformed_label_line(tmp_path, line, problem):
     cub = make_cub(tmp_path)
     labels = cub.cub_dir / "image_class_labels.txt"

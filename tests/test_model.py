@@ -2,13 +2,19 @@ import pytest
 import torch
 
 from qsenn_train import names
-from qsenn_train.data.base import DatasetInfo, RESIZE_SHORTER
 from qsenn_train.checkpoint import load_checkpoint, model_from_record, model_record
+from qsenn_train.data.base import RESIZE_SHORTER, DatasetInfo
 from qsenn_train.errors import QsennError
 from qsenn_train.model import ARCHS, build_model, load_pretrained
 
-INFO = DatasetInfo(name="toy", root="/nowhere", class_names=("a", "b", "c"),
-                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize_mode=RESIZE_SHORTER)
+INFO = DatasetInfo(
+    name="toy",
+    root="/nowhere",
+    class_names=("a", "b", "c"),
+    mean=(0.5, 0.5, 0.5),
+    std=(0.25, 0.25, 0.25),
+    resize_mode=RESIZE_SHORTER,
+)
 
 
 def sparse_model(n_classes=3, seed=0):
@@ -16,8 +22,7 @@ def sparse_model(n_classes=3, seed=0):
     model = build_model("resnet10", n_classes)
     selection = torch.tensor([3, 17, 200, 511])
     weight = torch.tensor([[1.0, 0, -1, 0], [0, 1, 0, 1], [-1, 0, 0, 1]]) * 0.7
-    model.install_sparse_head(selection, torch.rand(4), torch.rand(4) + 0.5, weight,
-                              torch.tensor([0.1, -0.2, 0.3]))
+    model.install_sparse_head(selection, torch.rand(4), torch.rand(4) + 0.5, weight, torch.tensor([0.1, -0.2, 0.3]))
     return model.eval()
 
 
@@ -30,9 +35,9 @@ def test_dense_forward_shapes(arch, dim):
     model = build_model(arch, 5).eval()
     out = model(torch.rand(2, 3, 64, 64))
     assert out.logits.shape == (2, 5)
-    assert out.feature_maps.shape == (2, dim, 2, 2)      # total stride 32
+    assert out.feature_maps.shape == (2, dim, 2, 2)  # total stride 32
     assert out.pooled.shape == (2, dim)
-    assert (out.feature_maps >= 0).all()                 # after the last ReLU
+    assert (out.feature_maps >= 0).all()  # after the last ReLU
     assert torch.allclose(out.pooled, out.feature_maps.mean((2, 3)))
 
 
@@ -42,7 +47,7 @@ def test_small_image_stem_gives_2x2_maps_at_28_px_and_round_trips(tmp_path):
     x = torch.rand(2, 3, 28, 28)
     with torch.no_grad():
         out = model(x)
-    assert out.feature_maps.shape == (2, 512, 2, 2)      # total stride 16: 28 → 14 → 7 → 4 → 2
+    assert out.feature_maps.shape == (2, 512, 2, 2)  # total stride 16: 28 → 14 → 7 → 4 → 2
     torch.save(model_record(model, INFO, 28), tmp_path / "m.pt")
     loaded, record = load_checkpoint(tmp_path / "m.pt")
     assert record["arch"] == "resnet18s"
@@ -77,14 +82,21 @@ def test_dropout_acts_on_raw_pooled_features_in_train_mode():
     torch.manual_seed(0)
     out = model(torch.rand(4, 3, 32, 32))
     dropped = out.pooled == 0
-    assert dropped.any()   # with p=0.1 over 16 values, seed 0 drops some
+    assert dropped.any()  # with p=0.1 over 16 values, seed 0 drops some
     assert not model.eval()(torch.rand(1, 3, 32, 32)).pooled.eq(0).all()
 
 
 def test_state_dict_uses_reference_names():
     keys = set(sparse_model().state_dict())
-    assert {"linear.selection", "linear.mean", "linear.std", "linear.layer.weight",
-            "linear.layer.bias", "conv1.weight", "layer4.0.conv1.weight"} <= keys
+    assert {
+        "linear.selection",
+        "linear.mean",
+        "linear.std",
+        "linear.layer.weight",
+        "linear.layer.bias",
+        "conv1.weight",
+        "layer4.0.conv1.weight",
+    } <= keys
     assert {"linear.weight", "linear.bias"} <= set(build_model("resnet10", 3).state_dict())
 
 
@@ -124,6 +136,7 @@ def test_pretrained_loads_backbone_and_fc_only_for_1000_classes(tmp_path, monkey
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     torch.manual_seed(3)
     from torchvision.models import resnet18
+
     reference = resnet18()
     (tmp_path / "checkpoints").mkdir()
     torch.save(reference.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")

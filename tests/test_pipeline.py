@@ -1,4 +1,5 @@
 """End-to-end `qsenn train` on the tiny recipe: artefacts, the ternary head, resume after a crash."""
+
 import json
 import os
 
@@ -43,8 +44,15 @@ def test_qsenn_run_writes_every_artefact(qsenn_run):
     result, _ = qsenn_run
     run = result["run_dir"]
     names = set(os.listdir(run))
-    assert {"config.json", "manifest.json", "events.jsonl", "metrics_dense.json",
-            "metrics_qsenn.json", "final.pt", "timings.json"} <= names
+    assert {
+        "config.json",
+        "manifest.json",
+        "events.jsonl",
+        "metrics_dense.json",
+        "metrics_qsenn.json",
+        "final.pt",
+        "timings.json",
+    } <= names
     assert any(n.startswith("dense-") and n.endswith(".pt") for n in names)
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["recipe"]["name"] == "tiny" and config["seed"] == 3
@@ -61,7 +69,7 @@ def test_final_head_is_ternary_with_r_times_k_weights(qsenn_run):
     assert model.is_sparse and len(model.linear.selection) == recipe.n_features
     weight = model.head_weight
     nonzero = weight[weight != 0].abs()
-    assert torch.allclose(nonzero, nonzero[0].expand_as(nonzero))    # one shared magnitude a
+    assert torch.allclose(nonzero, nonzero[0].expand_as(nonzero))  # one shared magnitude a
     assert len(nonzero) <= recipe.n_per_class * model.num_classes
     assert result["qsenn"]["PerClass"] <= recipe.n_per_class
     assert not weight.requires_grad and model.linear.std.requires_grad
@@ -108,6 +116,7 @@ def test_crash_then_resume_equals_uninterrupted_run(qsenn_run, data_root, tmp_pa
     expected = final_logits(result["run_dir"], images)
 
     import qsenn_train.sparsify as sparsify
+
     calls = {"n": 0}
 
     def crash_on(original, at_call):
@@ -116,15 +125,16 @@ def test_crash_then_resume_equals_uninterrupted_run(qsenn_run, data_root, tmp_pa
             if calls["n"] == at_call:
                 raise Crash(where)
             return original(*args, **kwargs)
+
         return wrapper
 
-    if where == "dense epoch":     # the second dense epoch dies
+    if where == "dense epoch":  # the second dense epoch dies
         monkeypatch.setattr(training, "train_epoch", crash_on(training.train_epoch, 2))
     elif where == "selection":
         monkeypatch.setattr(sparsify, "select_features", crash_on(sparsify.select_features, 1))
-    elif where == "glm path":      # the path of the second Q-SENN iteration dies
+    elif where == "glm path":  # the path of the second Q-SENN iteration dies
         monkeypatch.setattr(sparsify, "fit_path", crash_on(sparsify.fit_path, 2))
-    else:   # the 2nd epoch of the last fine-tuning dies (calls: 2 dense, 3 short fine-tunings, then 2)
+    else:  # the 2nd epoch of the last fine-tuning dies (calls: 2 dense, 3 short fine-tunings, then 2)
         monkeypatch.setattr(training, "train_epoch", crash_on(training.train_epoch, 7))
     with pytest.raises(Crash):
         run_tiny(data_root, tmp_path)
@@ -138,12 +148,15 @@ def test_damaged_stage_result_is_recomputed(qsenn_run, data_root, tmp_path):
     first = run_tiny(data_root, tmp_path)
     images = torch.rand(2, 3, 32, 32)
     expected = final_logits(first["run_dir"], images)
-    last = os.path.realpath(os.path.join(first["run_dir"], "final.pt"))   # …/iter3/model.pt
+    last = os.path.realpath(os.path.join(first["run_dir"], "final.pt"))  # …/iter3/model.pt
     with open(last, "r+b") as fh:
         fh.truncate(100)
     messages = []
-    train(resolve_recipe("tiny"), RunOptions(seed=3, data_root=data_root, out=tmp_path, device="cpu",
-                                             resume=True), echo=messages.append)
+    train(
+        resolve_recipe("tiny"),
+        RunOptions(seed=3, data_root=data_root, out=tmp_path, device="cpu", resume=True),
+        echo=messages.append,
+    )
     assert sum("is damaged" in m for m in messages) == 1, messages
     assert any("is damaged" in m and "model.pt" in m for m in messages)
     assert torch.allclose(final_logits(first["run_dir"], images), expected, atol=1e-5)

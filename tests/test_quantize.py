@@ -9,9 +9,7 @@ from qsenn_train.quantize import quantization_entry, quantize, threshold
 BOTH_MODES = pytest.mark.parametrize("reference_compat", [False, True])
 
 # Spec §7.4: K = 3, F = 4, r = 2 → T = 6.
-WORKED_W = torch.tensor([[0.9, -0.2, 0.0, 0.4],
-                         [-0.1, 0.6, -0.5, 0.05],
-                         [0.3, 0.0, -0.7, 0.2]])
+WORKED_W = torch.tensor([[0.9, -0.2, 0.0, 0.4], [-0.1, 0.6, -0.5, 0.05], [0.3, 0.0, -0.7, 0.2]])
 WORKED_B = torch.tensor([0.5, -1.2, 0.3])
 
 
@@ -28,7 +26,7 @@ def test_quantization_entry_is_last_nonzero_lambda():
 
 def test_worked_example_threshold():
     t, mx = threshold(WORKED_W, 6)
-    assert t == pytest.approx(0.25)       # (v_6 + v_7)/2 = (0.3 + 0.2)/2
+    assert t == pytest.approx(0.25)  # (v_6 + v_7)/2 = (0.3 + 0.2)/2
     assert mx == pytest.approx(0.9)
 
 
@@ -36,7 +34,7 @@ def test_worked_example_threshold():
 def test_worked_example(reference_compat):
     head = quantize(WORKED_W, WORKED_B, 2, reference_compat=reference_compat)
     assert torch.equal(head.ternary, ternary([[1, 0, 0, 1], [0, 1, -1, 0], [1, 0, -1, 0]]))
-    assert head.magnitude == pytest.approx(3.4 / 6, rel=1e-6)   # 0.9+0.4+0.6+0.5+0.3+0.7
+    assert head.magnitude == pytest.approx(3.4 / 6, rel=1e-6)  # 0.9+0.4+0.6+0.5+0.3+0.7
     # n = [2, 0, 0], Bmax = 1.2, steps = 2, step = 1.2.
     assert torch.allclose(head.bias, torch.tensor([-1.2, 1.2, 1.2]))
     assert head.bias.dtype == torch.float32
@@ -44,9 +42,7 @@ def test_worked_example(reference_compat):
 
 # Spec §7.4 sign-flip illustration: the largest magnitude, 0.9, is negative.
 # Magnitudes 0.9, 0.7, 0.6, 0.5, 0.5, 0.4 | 0.3, 0.2, 0.1, 0.05 → t = 0.35, six kept.
-FLIP_W = torch.tensor([[0.5, -0.9, 0.0, 0.4],
-                       [-0.1, 0.6, -0.5, 0.05],
-                       [0.3, 0.0, -0.7, 0.2]])
+FLIP_W = torch.tensor([[0.5, -0.9, 0.0, 0.4], [-0.1, 0.6, -0.5, 0.05], [0.3, 0.0, -0.7, 0.2]])
 
 
 def test_sign_flip_reference_compat():
@@ -96,7 +92,7 @@ def test_budget_above_nnz_fixed_keeps_all_nonzeros():
 def test_budget_above_nnz_reference_drops_smallest_if_positive():
     w = torch.tensor([[0.9, 0.2], [0.0, -0.5]])
     head = quantize(w, torch.tensor([0.1, 0.2]), 2, reference_compat=True)
-    assert torch.equal(head.ternary, ternary([[1, 0], [0, -1]]))   # +t falls in (−t, t]
+    assert torch.equal(head.ternary, ternary([[1, 0], [0, -1]]))  # +t falls in (−t, t]
     assert head.magnitude == pytest.approx(1.4 / 2, rel=1e-6)
 
 
@@ -120,7 +116,7 @@ def test_tie_at_threshold_fixed_drops_both_signs():
 def test_tie_at_threshold_reference_keeps_only_the_negative():
     head = quantize(TIE_W, torch.tensor([0.1, 0.2]), 1, reference_compat=True)
     assert torch.equal(head.ternary, ternary([[1, 0], [-1, 0]]))
-    assert head.magnitude == pytest.approx(0.6, rel=1e-6)   # (0.9 + 0.3)/2
+    assert head.magnitude == pytest.approx(0.6, rel=1e-6)  # (0.9 + 0.3)/2
 
 
 def test_midpoint_rounding_onto_v_T_still_keeps_it():
@@ -143,11 +139,14 @@ def test_all_zero_solution_is_an_error(reference_compat):
         quantize(torch.zeros(3, 4), torch.ones(3), 2, reference_compat=reference_compat)
 
 
-@pytest.mark.parametrize("weight,bias", [
-    (torch.ones(3, 4), torch.ones(4)),
-    (torch.ones(12), torch.ones(3)),
-    (torch.ones(3, 4), torch.ones(3, 1)),
-])
+@pytest.mark.parametrize(
+    "weight,bias",
+    [
+        (torch.ones(3, 4), torch.ones(4)),
+        (torch.ones(12), torch.ones(3)),
+        (torch.ones(3, 4), torch.ones(3, 1)),
+    ],
+)
 def test_shape_mismatch_is_an_error(weight, bias):
     with pytest.raises(QsennError, match="shape"):
         quantize(weight, bias, 1)
@@ -166,12 +165,12 @@ def random_entry(seed, n_classes=7, n_features=9):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("n_per_class", [1, 3, 9])   # T < m, T < m, T ≥ m
+@pytest.mark.parametrize("n_per_class", [1, 3, 9])  # T < m, T < m, T ≥ m
 def test_fixed_mode_keeps_top_magnitudes_with_their_signs(seed, n_per_class):
     weight, bias = random_entry(seed)
     head = quantize(weight, bias, n_per_class)
     target, nnz = n_per_class * weight.shape[0], int(weight.count_nonzero())
-    top = weight.abs().flatten().argsort(descending=True)[:min(target, nnz)]
+    top = weight.abs().flatten().argsort(descending=True)[: min(target, nnz)]
     expected_kept = torch.zeros(weight.numel(), dtype=torch.bool)
     expected_kept[top] = True
 

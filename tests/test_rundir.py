@@ -16,7 +16,7 @@ def test_save_and_load_roundtrip_with_manifest(tmp_path):
     assert run.load_json("m.json") == {"Accuracy": 0.5}
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert set(manifest) == {"a.pt", "m.json"} and len(manifest["a.pt"]["sha256"]) == 64
-    assert RunDir(tmp_path).intact("a.pt")   # a fresh handle reads the manifest back
+    assert RunDir(tmp_path).intact("a.pt")  # a fresh handle reads the manifest back
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
@@ -45,6 +45,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     def boom(tmp):
         tmp.write_text("half")
         raise RuntimeError("disk full")
+
     with pytest.raises(RuntimeError):
         atomic_write(tmp_path / "out.txt", boom)
     assert os.listdir(tmp_path) == []
@@ -54,6 +55,7 @@ def test_pickle_payload_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
             return (os.system, ("echo pwned",))
+
     run = RunDir(tmp_path)
     run.save_torch("evil.pt", {"x": Evil()})
     with pytest.raises(QsennError, match="refusing to load .*evil.pt"):
@@ -70,10 +72,11 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     run = RunDir(tmp_path)
-    run.save_torch("iter0/model.partial.pt", {"w": torch.ones(1)})      # a resume point, not a temporary
+    run.save_torch("iter0/model.partial.pt", {"w": torch.ones(1)})  # a resume point, not a temporary
     stale = [tmp_path / f".a.pt.tmp{dead}", tmp_path / "iter0" / f".train_features.npy.partial{dead}"]
     live = tmp_path / f".b.pt.tmp{os.getpid()}"
     for path in stale + [live]:

@@ -1,4 +1,5 @@
 """`qsenn predict | explain | inspect`, the report formats, and the torch-free guarantee."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cli_runner import run_cli
+from PIL import Image
+from toy_onnx import save_toy_model, toy_metadata
+
 from qsenn_runtime.metadata import Feature
 from qsenn_runtime.report import FORMATS, render
-from toy_onnx import save_toy_model, toy_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,10 +30,10 @@ def files(tmp_path_factory):
     return folder
 
 
-
 def test_predict_table_and_json(files, capsys):
-    code, out, err = run_cli(capsys, "predict", files / "toy.onnx", files / "a.png", files / "b.jpg",
-                             "--top-k", "1", "--batch-size", "1")
+    code, out, err = run_cli(
+        capsys, "predict", files / "toy.onnx", files / "a.png", files / "b.jpg", "--top-k", "1", "--batch-size", "1"
+    )
     assert code == 0 and err == ""
     header, rule, *rows = out.splitlines()
     assert header.split() == ["image", "class", "probability", "contributions"]
@@ -45,8 +46,9 @@ def test_predict_table_and_json(files, capsys):
 
 
 def test_predict_exits_non_zero_when_an_image_fails(files, capsys):
-    code, out, err = run_cli(capsys, "predict", files / "toy.onnx", files / "a.png", files / "broken.jpg",
-                             files / "missing.png", "--json")
+    code, out, err = run_cli(
+        capsys, "predict", files / "toy.onnx", files / "a.png", files / "broken.jpg", files / "missing.png", "--json"
+    )
     entries = json.loads(out)
     assert code == 1 and "2 of 3 images could not be used" in err
     assert [("error" in e) for e in entries] == [False, True, True]
@@ -60,24 +62,28 @@ def test_model_errors_are_one_line(files, capsys):
     assert err.count("\n") == 1
     code, _, err = run_cli(capsys, "predict", files / "toy.onnx", files / "a.png", "--provider", "nosuch")
     assert code == 2 and "'nosuch' is not available; available: " in err
-    code, _, err = run_cli(capsys, "explain", files / "toy.onnx", files / "a.png", "--out",
-                           files / "x.png", "--class", "no such")
+    code, _, err = run_cli(
+        capsys, "explain", files / "toy.onnx", files / "a.png", "--out", files / "x.png", "--class", "no such"
+    )
     assert code == 2 and "unknown class 'no such'" in err
 
 
 def test_explain_writes_a_png(files, capsys):
     out_png = files / "explained" / "a.png"
-    code, out, _ = run_cli(capsys, "explain", files / "toy.onnx", files / "a.png", "--out", out_png,
-                           "--top-k", "2", "--class", "class 1")
+    code, out, _ = run_cli(
+        capsys, "explain", files / "toy.onnx", files / "a.png", "--out", out_png, "--top-k", "2", "--class", "class 1"
+    )
     assert code == 0 and "explained class class 1" in out
     with Image.open(out_png) as picture:
         assert picture.format == "PNG" and picture.width > 600 and picture.height > 300
 
 
 def test_explain_without_matplotlib_names_the_extra(files):
-    code = ("import sys; sys.modules['matplotlib'] = None; "
-            f"sys.argv = ['qsenn', 'explain', {str(files / 'toy.onnx')!r}, {str(files / 'a.png')!r}, "
-            f"'--out', {str(files / 'never.png')!r}]; import cli; cli.main()")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; "
+        f"sys.argv = ['qsenn', 'explain', {str(files / 'toy.onnx')!r}, {str(files / 'a.png')!r}, "
+        f"'--out', {str(files / 'never.png')!r}]; import cli; cli.main()"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert "needs matplotlib: pip install 'qsenn[plot]'" in result.stderr
@@ -94,8 +100,13 @@ def test_inspect_formats(files, capsys, fmt):
 
 def test_report_escapes_names():
     metadata = toy_metadata(num_classes=2, num_features=2)
-    odd = type(metadata)(**{**metadata.__dict__, "class_names": ("a|b", "<script>"),
-                            "features": (Feature(0, 1, "x|y"), Feature(1, 4, "<b>"))})
+    odd = type(metadata)(
+        **{
+            **metadata.__dict__,
+            "class_names": ("a|b", "<script>"),
+            "features": (Feature(0, 1, "x|y"), Feature(1, 4, "<b>")),
+        }
+    )
     assert "a\\|b" in render(odd, "markdown") and "x\\|y" in render(odd, "markdown")
     page = render(odd, "html")
     assert "&lt;script&gt;" in page and "<script>" not in page
@@ -109,11 +120,11 @@ def test_predict_never_imports_torch(files):
 import sys, time
 start = time.perf_counter()
 import qsenn_runtime
-model = qsenn_runtime.load({str(files / 'toy.onnx')!r})
+model = qsenn_runtime.load({str(files / "toy.onnx")!r})
 ready = time.perf_counter() - start
-model.predict({str(files / 'a.png')!r})
+model.predict({str(files / "a.png")!r})
 assert 'torch' not in sys.modules, 'the runtime imported torch'
-sys.argv = ['qsenn', 'predict', {str(files / 'toy.onnx')!r}, {str(files / 'b.jpg')!r}, '--json']
+sys.argv = ['qsenn', 'predict', {str(files / "toy.onnx")!r}, {str(files / "b.jpg")!r}, '--json']
 import cli
 cli.main()
 assert 'torch' not in sys.modules, 'qsenn predict imported torch'
@@ -122,4 +133,4 @@ print('import+load seconds', round(ready, 3), file=sys.stderr)
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["source"].endswith("b.jpg")
-    print(result.stderr.strip())      # the import time, shown with pytest -s
+    print(result.stderr.strip())  # the import time, shown with pytest -s

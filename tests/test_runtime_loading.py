@@ -1,5 +1,6 @@
 """qsenn_runtime.load / read_metadata: format detection, metadata checks against the graph,
 execution-provider choice, and the TensorRT compatibility rule (no TensorRT needed)."""
+
 from __future__ import annotations
 
 import re
@@ -8,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from toy_onnx import save_toy_model, toy_metadata, toy_model
 
 import qsenn_runtime
 from qsenn_runtime import BackendError, MetadataError
@@ -15,7 +17,6 @@ from qsenn_runtime.backends import choose_providers, engine_mismatch
 from qsenn_runtime.engine_file import pack_engine
 from qsenn_runtime.loader import check_io_shapes
 from qsenn_runtime.onnx_proto import summarise
-from toy_onnx import save_toy_model, toy_metadata, toy_model
 
 ENGINE = {"tensorrt": "10.3.0.26", "gpu": "NVIDIA H100 80GB HBM3", "precision": "fp16"}
 
@@ -44,7 +45,7 @@ def test_files_that_are_not_models(tmp_path):
     _refused(tmp_path / "notes.onnx", "neither an ONNX model nor a qsenn engine")
     (tmp_path / "noise.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
     _refused(tmp_path / "noise.onnx", "neither an ONNX model nor a qsenn engine")
-    whole = (tmp_path / "whole.onnx")
+    whole = tmp_path / "whole.onnx"
     save_toy_model(whole)
     (tmp_path / "cut.onnx").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     _refused(tmp_path / "cut.onnx", "neither an ONNX model .*truncated file")
@@ -56,8 +57,7 @@ def test_onnx_without_or_with_bad_metadata(tmp_path):
     _refused(tmp_path / "plain.onnx", "is an ONNX model without qsenn metadata")
     onnx.save(toy_model(metadata, metadata_json="{not json"), tmp_path / "garbled.onnx")
     _refused(tmp_path / "garbled.onnx", "garbled.onnx: qsenn metadata is not valid JSON")
-    onnx.save(toy_model(metadata, metadata_json='{"format": "qsenn", "format_version": 99}'),
-              tmp_path / "future.onnx")
+    onnx.save(toy_model(metadata, metadata_json='{"format": "qsenn", "format_version": 99}'), tmp_path / "future.onnx")
     _refused(tmp_path / "future.onnx", "format version 99 is not supported")
 
 
@@ -67,9 +67,12 @@ def test_metadata_t_must_match_the_graph(tmp_path):
     k, j = np.argwhere(flipped != 0)[0]
     flipped[k, j] *= -1
     save_toy_model(tmp_path / "values.onnx", metadata, graph_ternary=flipped)
-    _refused(tmp_path / "values.onnx", r"T \(4 classes × 6 features\) disagrees with the graph's "
-                                       r"int8 initializer 'T' \(other values\)")
-    other = toy_metadata(num_classes=5, num_features=6)      # K differs from the graph's
+    _refused(
+        tmp_path / "values.onnx",
+        r"T \(4 classes × 6 features\) disagrees with the graph's "
+        r"int8 initializer 'T' \(other values\)",
+    )
+    other = toy_metadata(num_classes=5, num_features=6)  # K differs from the graph's
     onnx.save(toy_model(metadata, metadata_json=other.to_json()), tmp_path / "classes.onnx")
     _refused(tmp_path / "classes.onnx", r"T \(5 classes × 6 features\) disagrees .* \(shape 4×6\)")
 
@@ -79,8 +82,9 @@ def test_output_shapes_must_match_the_metadata(tmp_path):
     good = {"images": (None, 3, 32, 32)}
     outputs = {"logits": (None, 4), "features": (None, 6), "feature_maps": (None, 6, 16, 16)}
     check_io_shapes(metadata, good, outputs, "m")
-    with pytest.raises(MetadataError, match=re.escape("logits has shape ?×7 in the graph but the metadata "
-                                                      "implies ?×4")):
+    with pytest.raises(
+        MetadataError, match=re.escape("logits has shape ?×7 in the graph but the metadata implies ?×4")
+    ):
         check_io_shapes(metadata, good, {**outputs, "logits": (None, 7)}, "m")
     with pytest.raises(MetadataError, match="features has shape"):
         check_io_shapes(metadata, good, {**outputs, "features": (None, 5)}, "m")
@@ -90,11 +94,16 @@ def test_output_shapes_must_match_the_metadata(tmp_path):
         check_io_shapes(metadata, good, {"logits": (None, 4), "features": (None, 6)}, "m")
     # and on a file whose graph has no T initializer to compare: the output dims catch it
     onnx.save(_without_ternary_initializer(toy_model(metadata)), tmp_path / "m.onnx")
-    onnx.save(_without_ternary_initializer(toy_model(metadata, metadata_json=toy_metadata(
-        num_classes=4, num_features=6, size=64).to_json())), tmp_path / "size.onnx")
+    onnx.save(
+        _without_ternary_initializer(
+            toy_model(metadata, metadata_json=toy_metadata(num_classes=4, num_features=6, size=64).to_json())
+        ),
+        tmp_path / "size.onnx",
+    )
     qsenn_runtime.load(tmp_path / "m.onnx")
-    _refused(tmp_path / "size.onnx", re.escape("images has shape ?×3×32×32 in the graph but the "
-                                               "metadata implies ?×3×64×64"))
+    _refused(
+        tmp_path / "size.onnx", re.escape("images has shape ?×3×32×32 in the graph but the metadata implies ?×3×64×64")
+    )
 
 
 def _without_ternary_initializer(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -109,8 +118,7 @@ def _without_ternary_initializer(model: onnx.ModelProto) -> onnx.ModelProto:
 def test_int8_initializers_stored_as_int32_data():
     values = [[-1, 0, 1], [1, -1, 0]]
     tensor = helper.make_tensor("T", TensorProto.INT8, (2, 3), np.array(values).ravel().tolist(), raw=False)
-    graph = helper.make_graph([], "g", [], [helper.make_tensor_value_info("T", TensorProto.INT8, (2, 3))],
-                              [tensor])
+    graph = helper.make_graph([], "g", [], [helper.make_tensor_value_info("T", TensorProto.INT8, (2, 3))], [tensor])
     model = helper.make_model(graph)
     helper.set_model_props(model, {"qsenn": "{}", "other": "x"})
     summary = summarise(model.SerializeToString())
@@ -124,10 +132,13 @@ def test_provider_choice():
     assert choose_providers(None, ["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert choose_providers("cuda", gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("CPUExecutionProvider", gpu) == ["CPUExecutionProvider"]
-    assert choose_providers("OpenVINOExecutionProvider", ["OpenVINOExecutionProvider", "CPUExecutionProvider"]) \
-        == ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
-    with pytest.raises(BackendError, match="'tensorrt' is not available; available: CPUExecutionProvider "
-                                           ".*onnxruntime-gpu instead"):
+    assert choose_providers("OpenVINOExecutionProvider", ["OpenVINOExecutionProvider", "CPUExecutionProvider"]) == [
+        "OpenVINOExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    with pytest.raises(
+        BackendError, match="'tensorrt' is not available; available: CPUExecutionProvider .*onnxruntime-gpu instead"
+    ):
         choose_providers("tensorrt", ["CPUExecutionProvider"])
     with pytest.raises(BackendError, match="'warp' is not available; available: A, CPUExecutionProvider"):
         choose_providers("warp", ["A", "CPUExecutionProvider"])
@@ -160,8 +171,9 @@ def test_engines_without_tensorrt_are_refused_clearly(tmp_path):
     metadata = toy_metadata().with_engine(ENGINE)
     (tmp_path / "m.engine").write_bytes(pack_engine(metadata, b"not really a plan"))
     assert qsenn_runtime.read_metadata(tmp_path / "m.engine").engine == ENGINE
-    with pytest.raises(BackendError, match="TensorRT engine; it runs on TensorRT, not on the execution "
-                                           "provider 'cuda'"):
+    with pytest.raises(
+        BackendError, match="TensorRT engine; it runs on TensorRT, not on the execution provider 'cuda'"
+    ):
         qsenn_runtime.load(tmp_path / "m.engine", provider="cuda")
     try:
         import tensorrt  # noqa: F401

@@ -1,5 +1,6 @@
 """qsenn_runtime.Model on toy ONNX models: predictions, explanations, the identity check,
 batching, bad inputs in a batch, thread safety."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from PIL import Image
+from toy_onnx import save_toy_model, toy_metadata
 
 import qsenn_runtime
 from qsenn_runtime import IdentityCheckError, InputError, Prediction, PredictionError
 from qsenn_runtime.model import ATOL, FP32_RTOL, Model
-from toy_onnx import save_toy_model, toy_metadata
 
 
 def photo(seed: int, width: int = 50, height: int = 40) -> np.ndarray:
@@ -65,7 +66,13 @@ def test_to_dict_is_json(model):
     assert data["class_name"] == prediction.class_name
     assert len(data["explanations"][0]["contributions"]) == 1
     assert set(data["explanations"][0]["contributions"][0]) == {
-        "feature", "channel", "name", "weight", "activation", "value"}
+        "feature",
+        "channel",
+        "name",
+        "weight",
+        "activation",
+        "value",
+    }
     assert PredictionError("x", "x: broken").to_dict() == {"source": "x", "error": "x: broken"}
 
 
@@ -80,8 +87,16 @@ def test_batch_keeps_order_and_reports_bad_inputs(model, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     nan = np.full((8, 8, 3), 0.5)
     nan[0, 0, 0] = np.nan
-    inputs = [photo(2), tmp_path / "missing.png", photo(3), b"\x89PNG\r\n", tmp_path / "notes.txt",
-              np.zeros((4, 4), np.int32), nan, photo(4)]
+    inputs = [
+        photo(2),
+        tmp_path / "missing.png",
+        photo(3),
+        b"\x89PNG\r\n",
+        tmp_path / "notes.txt",
+        np.zeros((4, 4), np.int32),
+        nan,
+        photo(4),
+    ]
     results = model.predict(inputs, batch_size=2)
     assert [r.ok for r in results] == [True, False, True, False, False, False, False, True]
     for good, seed in zip([results[0], results[2], results[7]], (2, 3, 4)):
@@ -149,17 +164,20 @@ def test_a_broken_head_fails_the_identity_check(tmp_path):
     broken = qsenn_runtime.load(path)
     with pytest.raises(IdentityCheckError, match=r"broken.onnx is broken: .* logit of class 0"):
         broken.predict(photo(0))
-    with pytest.raises(IdentityCheckError):      # a batch raises too: the model, not an input, is bad
+    with pytest.raises(IdentityCheckError):  # a batch raises too: the model, not an input, is bad
         broken.predict([photo(0), photo(1)])
 
 
 class ScriptedBackend:
     """Returns the given outputs, to test the identity check's tolerance without a graph."""
+
     name, precision, batch_range = "scripted", "fp32", (1, None)
 
     def __init__(self, logits, features):
-        self.outputs = {"logits": np.atleast_2d(logits).astype(np.float32),
-                        "features": np.atleast_2d(features).astype(np.float32)}
+        self.outputs = {
+            "logits": np.atleast_2d(logits).astype(np.float32),
+            "features": np.atleast_2d(features).astype(np.float32),
+        }
 
     def run(self, batch, names):
         return [self.outputs[name] for name in names]

@@ -1,4 +1,5 @@
 """qsenn_runtime.preprocess: parity with the training test transform, image modes, bad inputs."""
+
 from __future__ import annotations
 
 import io
@@ -29,26 +30,30 @@ def encoded(img: Image.Image, fmt: str = "PNG", **params) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width×height pixels but holds almost no data (a decompression bomb's header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    )
 
 
 # ---- parity with torchvision ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["shorter", "square", "imagenet"])
 def test_matches_torchvision_test_transform(mode):
     from qsenn_train.data.base import DatasetInfo
     from qsenn_train.data.transforms import build_transform
 
-    info = DatasetInfo(name="t", root="/nowhere", class_names=("a",), mean=None, std=None,
-                       resize_mode=mode)
+    info = DatasetInfo(name="t", root="/nowhere", class_names=("a",), mean=None, std=None, resize_mode=mode)
     for size in (32, 224):
         reference = build_transform(info, size, train=False)
-        for seed, (width, height) in enumerate([(500, 375), (375, 500), (333, 333), (1000, 201),
-                                                (201, 997), (449, 448), (50, 30), (225, 224)]):
+        for seed, (width, height) in enumerate(
+            [(500, 375), (375, 500), (333, 333), (1000, 201), (201, 997), (449, 448), (50, 30), (225, 224)]
+        ):
             img = Image.fromarray(noise(width, height, seed))
             expected = reference(img).numpy()
             ours = to_chw(resize_and_crop(img, InputSpec(size, mode, None, None)))
@@ -64,9 +69,13 @@ def test_modes_decode_like_the_training_loader(tmp_path):
     palette = Image.fromarray(noise(30, 20, 2)).quantize(16)
     transparent = palette.copy()
     transparent.info["transparency"] = 3
-    images = {"grey.png": Image.fromarray(noise(30, 20, 0, channels=1)), "rgba.png": rgba,
-              "palette.png": palette, "palette_transparent.png": transparent,
-              "cmyk.tif": Image.fromarray(noise(30, 20, 3, channels=4), mode="CMYK")}
+    images = {
+        "grey.png": Image.fromarray(noise(30, 20, 0, channels=1)),
+        "rgba.png": rgba,
+        "palette.png": palette,
+        "palette_transparent.png": transparent,
+        "cmyk.tif": Image.fromarray(noise(30, 20, 3, channels=4), mode="CMYK"),
+    }
     for name, img in images.items():
         path = tmp_path / name
         img.save(path)
@@ -98,7 +107,7 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
 def test_exif_orientation_is_applied():
     pixels = noise(40, 20, 4)
     exif = Image.Exif()
-    exif[0x0112] = 6          # "rotate 90° clockwise to display"
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
     data = encoded(Image.fromarray(pixels), "PNG", exif=exif)
     upright = load_rgb(data, "phone.png")
     assert upright.size == (20, 40)
@@ -112,8 +121,15 @@ def test_sources_path_bytes_pil_and_arrays_agree(tmp_path):
     path = tmp_path / "a.png"
     Image.fromarray(pixels).save(path)
     expected = np.asarray(Image.fromarray(pixels))
-    for source in (str(path), path, path.read_bytes(), bytearray(path.read_bytes()),
-                   Image.fromarray(pixels), pixels, pixels.astype(np.float64) / 255):
+    for source in (
+        str(path),
+        path,
+        path.read_bytes(),
+        bytearray(path.read_bytes()),
+        Image.fromarray(pixels),
+        pixels,
+        pixels.astype(np.float64) / 255,
+    ):
         np.testing.assert_array_equal(np.asarray(load_rgb(source, "x")), expected)
     grey = noise(31, 17, 6, channels=1)
     np.testing.assert_array_equal(np.asarray(load_rgb(grey, "g")), np.stack([grey] * 3, axis=-1))
@@ -122,6 +138,7 @@ def test_sources_path_bytes_pil_and_arrays_agree(tmp_path):
 
 
 # ---- bad inputs: one clear line each ----------------------------------------------------
+
 
 def _error(source, **kwargs) -> str:
     with pytest.raises(InputError) as info:
@@ -146,15 +163,15 @@ def test_missing_empty_and_non_image_files(tmp_path):
 def test_truncated_and_corrupt_files(fmt):
     data = encoded(Image.fromarray(noise(64, 64, 8)), fmt)
     assert "corrupt or truncated" in _error(data[: len(data) // 2])
-    corrupt = data[:40] + bytes(range(256)) * 4 + data[40 + 1024:]
+    corrupt = data[:40] + bytes(range(256)) * 4 + data[40 + 1024 :]
     assert "corrupt or truncated" in _error(corrupt) or "not an image" in _error(corrupt)
 
 
 def test_decompression_bombs(monkeypatch):
-    over_ours = png_header_only(10_000, 10_000)          # 1e8 pixels: Pillow only warns
+    over_ours = png_header_only(10_000, 10_000)  # 1e8 pixels: Pillow only warns
     with pytest.warns(Image.DecompressionBombWarning):
         assert "exceed the limit of 89,478,485" in _error(over_ours)
-    over_pillow = png_header_only(20_000, 20_000)        # 4e8 pixels: Pillow refuses by itself
+    over_pillow = png_header_only(20_000, 20_000)  # 4e8 pixels: Pillow refuses by itself
     assert "decompression" in _error(over_pillow)
     # the limit is the runtime's, not Pillow's global (an application may disable that one)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
@@ -167,7 +184,7 @@ def test_decompression_bombs(monkeypatch):
 def test_bad_arrays():
     assert "shape (5, 5, 2)" in _error(np.zeros((5, 5, 2), np.uint8))
     assert "shape (1, 5, 5, 3)" in _error(np.zeros((1, 5, 5, 3), np.uint8))
-    assert "shape (3, 32, 40)" in _error(np.zeros((3, 32, 40), np.uint8))   # CHW by mistake
+    assert "shape (3, 32, 40)" in _error(np.zeros((3, 32, 40), np.uint8))  # CHW by mistake
     assert "shape (0, 5, 3)" in _error(np.zeros((0, 5, 3), np.uint8))
     assert "dtype int64" in _error(np.zeros((5, 5, 3), np.int64))
     nan = np.full((5, 5, 3), 0.5)

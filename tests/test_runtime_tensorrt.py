@@ -5,6 +5,7 @@ execution context is enqueued, reading and writing a fake device memory. This ch
 handling, shapes, batching by the optimisation profile, and the version/GPU refusal; real
 engines are exercised by the export → runtime integration tests on a GPU machine.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,11 +15,11 @@ from itertools import count
 import numpy as np
 import onnxruntime as ort
 import pytest
+from toy_onnx import toy_metadata, toy_model
 
 import qsenn_runtime
 from qsenn_runtime import BackendError
 from qsenn_runtime.engine_file import pack_engine
-from toy_onnx import toy_metadata, toy_model
 
 GPU = "NVIDIA Fake 80GB"
 PROFILE_MAX_BATCH = 3
@@ -75,8 +76,10 @@ class FakeEngine:
         self.session = ort.InferenceSession(plan, providers=["CPUExecutionProvider"])
         self.cudart = cudart
         self.names = [n.name for n in self.session.get_inputs()] + [n.name for n in self.session.get_outputs()]
-        self.shapes = {n.name: tuple(d if isinstance(d, int) else -1 for d in n.shape)
-                       for n in self.session.get_inputs() + self.session.get_outputs()}
+        self.shapes = {
+            n.name: tuple(d if isinstance(d, int) else -1 for d in n.shape)
+            for n in self.session.get_inputs() + self.session.get_outputs()
+        }
         self.num_io_tensors = len(self.names)
 
     def get_tensor_name(self, i):
@@ -111,8 +114,11 @@ class FakeContext:
 
     def get_tensor_shape(self, name):
         n, _, size, _ = self.input_shape
-        return {"logits": (n, self.engine.shapes["logits"][1]), "features": (n, self.engine.shapes["features"][1]),
-                "feature_maps": (n, self.engine.shapes["features"][1], size // 2, size // 2)}[name]
+        return {
+            "logits": (n, self.engine.shapes["logits"][1]),
+            "features": (n, self.engine.shapes["features"][1]),
+            "feature_maps": (n, self.engine.shapes["features"][1], size // 2, size // 2),
+        }[name]
 
     def set_tensor_address(self, name, pointer):
         self.addresses[name] = pointer
@@ -120,12 +126,13 @@ class FakeContext:
     def execute_async_v3(self, stream_handle):
         assert isinstance(stream_handle, int) and set(self.addresses) == set(self.engine.names)
         memory = self.engine.cudart.memory
-        images = np.frombuffer(memory[self.addresses["images"]], np.float32,
-                               int(np.prod(self.input_shape))).reshape(self.input_shape)
+        images = np.frombuffer(memory[self.addresses["images"]], np.float32, int(np.prod(self.input_shape))).reshape(
+            self.input_shape
+        )
         outputs = self.engine.session.run(None, {"images": images})
         for node, value in zip(self.engine.session.get_outputs(), outputs):
             raw = np.ascontiguousarray(value, np.float32).view(np.uint8).ravel()
-            memory[self.addresses[node.name]][:raw.size] = raw.tobytes()
+            memory[self.addresses[node.name]][: raw.size] = raw.tobytes()
         return True
 
 
@@ -192,14 +199,17 @@ def test_engine_predictions_match_onnxruntime(fake_tensorrt, tmp_path):
     explained = model.explain(images[0])
     assert explained.feature_maps.shape == (6, 16, 16)
     buffers = len(fake_tensorrt.memory)
-    model.predict(images[:1])                 # smaller batch: the buffers are reused
+    model.predict(images[:1])  # smaller batch: the buffers are reused
     assert len(fake_tensorrt.memory) == buffers == 4
 
 
-@pytest.mark.parametrize("tensorrt, gpu, problem", [
-    ("10.4.0", GPU, "built with TensorRT 10.4.0 but TensorRT 10.3.0.26 is installed"),
-    ("10.3.0", "Tesla T4", f"built on a Tesla T4 but this GPU is a {GPU}"),
-])
+@pytest.mark.parametrize(
+    "tensorrt, gpu, problem",
+    [
+        ("10.4.0", GPU, "built with TensorRT 10.4.0 but TensorRT 10.3.0.26 is installed"),
+        ("10.3.0", "Tesla T4", f"built on a Tesla T4 but this GPU is a {GPU}"),
+    ],
+)
 def test_engine_for_another_tensorrt_or_gpu_is_refused(fake_tensorrt, tmp_path, tensorrt, gpu, problem):
     path, _ = engine_file(tmp_path, tensorrt, gpu)
     with pytest.raises(BackendError, match=problem):

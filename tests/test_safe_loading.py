@@ -1,6 +1,7 @@
 """No file that qsenn reads can run code: every checkpoint load is `weights_only=True`, a
 checkpoint carrying a code-running pickle is refused by every command that reads checkpoints,
 and the runtime never unpickles anything."""
+
 from __future__ import annotations
 
 import ast
@@ -11,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cli_runner import run_cli
+
 from qsenn_train.errors import QsennError
 from qsenn_train.recipes import resolve_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("qsenn_train", "qsenn_export", "qsenn_runtime")
-UNPICKLING_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve",
-                      "marshal", "torch"}
+UNPICKLING_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal", "torch"}
 
 
 def sources(*packages: str) -> list[Path]:
@@ -59,7 +59,7 @@ def test_every_torch_load_is_weights_only():
                 unsafe.append(f"{path.relative_to(REPO)}:{node.lineno} ({name})")
             if name.endswith("np.load") and is_true(keywords.get("allow_pickle")):
                 unsafe.append(f"{path.relative_to(REPO)}:{node.lineno} (allow_pickle)")
-    assert len(found) >= 4, found          # rundir, checkpoint, pretrained weights, reference import
+    assert len(found) >= 4, found  # rundir, checkpoint, pretrained weights, reference import
     assert unsafe == []
 
 
@@ -76,12 +76,16 @@ def test_the_runtime_has_no_way_to_unpickle():
             else:
                 names = []
             offenders += [f"{path.name}:{node.lineno} imports {n}" for n in names if n in UNPICKLING_MODULES]
-        offenders += [f"{path.name}:{node.lineno} calls {name}" for node, name, _ in calls(path)
-                      if name.split(".")[-1] == "load" and name.split(".")[0] in ("np", "numpy")]
+        offenders += [
+            f"{path.name}:{node.lineno} calls {name}"
+            for node, name, _ in calls(path)
+            if name.split(".")[-1] == "load" and name.split(".")[0] in ("np", "numpy")
+        ]
     assert offenders == []
 
 
 # ---- code-carrying checkpoints are refused ------------------------------------------------
+
 
 class Payload:
     """Unpickled by a full unpickler, this creates the file `marker`."""
@@ -99,11 +103,10 @@ def evil(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pt"
     torch.save({"format": "qsenn.model", "state_dict": {"w": torch.ones(2)}, "x": Payload(marker)}, path)
-    torch.load(path, weights_only=False)          # the payload is live: a full unpickler runs it
+    torch.load(path, weights_only=False)  # the payload is live: a full unpickler runs it
     assert marker.exists()
     marker.unlink()
     return path, marker
-
 
 
 def assert_refused(code: int, err: str, marker: Path, match: str) -> None:
@@ -116,7 +119,7 @@ def test_export_refuses_a_code_carrying_checkpoint(evil, capsys, tmp_path):
     path, marker = evil
     code, _, err = run_cli(capsys, "export", path, "--out", tmp_path / "m.onnx")
     assert_refused(code, err, marker, "refusing to load")
-    run = tmp_path / "run"                         # the same through a run directory's final.pt
+    run = tmp_path / "run"  # the same through a run directory's final.pt
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"recipe": resolve_recipe("tiny").to_json(), "seed": 5}))
     (run / "final.pt").write_bytes(path.read_bytes())
@@ -127,8 +130,17 @@ def test_export_refuses_a_code_carrying_checkpoint(evil, capsys, tmp_path):
 
 def test_import_reference_refuses_a_code_carrying_checkpoint(evil, capsys, tmp_path):
     path, marker = evil
-    code, _, err = run_cli(capsys, "import-reference", path, "--dataset", "CUB2011",
-                           "--data-root", tmp_path / "nowhere", "--out", tmp_path / "x.pt")
+    code, _, err = run_cli(
+        capsys,
+        "import-reference",
+        path,
+        "--dataset",
+        "CUB2011",
+        "--data-root",
+        tmp_path / "nowhere",
+        "--out",
+        tmp_path / "x.pt",
+    )
     assert_refused(code, err, marker, "holds a pickled model object")
 
 
@@ -164,10 +176,12 @@ def test_garbage_is_not_called_code(tmp_path, capsys):
 
 # ---- the runtime ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("content", ["pickle", "torch.save"])
 def test_a_model_file_holding_a_pickle_is_refused(tmp_path, capsys, content):
-    import qsenn_runtime
     from PIL import Image
+
+    import qsenn_runtime
 
     marker = tmp_path / "code-ran"
     model = tmp_path / "model.onnx"
@@ -186,9 +200,10 @@ def test_a_model_file_holding_a_pickle_is_refused(tmp_path, capsys, content):
 def test_prediction_never_calls_the_unpickler(tmp_path, monkeypatch):
     """Loading a model and predicting (path, bytes, array) with every unpickling entry point
     booby-trapped."""
-    import qsenn_runtime
     from PIL import Image
     from toy_onnx import save_toy_model
+
+    import qsenn_runtime
 
     def trap(*args, **kwargs):
         raise AssertionError("the runtime unpickled something")

@@ -8,24 +8,22 @@ import torch.nn.functional as F
 
 from qsenn_train.errors import QsennError
 from qsenn_train.recipes import PAPER
-from qsenn_train.selection import (ProximalSaga, extended_prox, lambda_grid, select_features,
-                                   standardised_batches)
+from qsenn_train.selection import ProximalSaga, extended_prox, lambda_grid, select_features, standardised_batches
 
 # The paper's selection settings, shortened for small problems.
 FAST = dataclasses.replace(PAPER.selection, max_epochs=60, batch_size=64)
 
-WORKED_EXAMPLE = torch.tensor([[0.1, 0.5, 0.9, 0.2],
-                               [0.0, 0.5, 0.1, 0.2]])
+WORKED_EXAMPLE = torch.tensor([[0.1, 0.5, 0.9, 0.2], [0.0, 0.5, 0.1, 0.2]])
 
 
 # ---- extended proximal operator (§5.3) -------------------------------------------------
+
 
 def test_extended_prox_reproduces_the_worked_example():
     # τ = lr·λ·α = 0.3 and ρ = 0 with α = 1.
     selected = torch.tensor([True, False, False, False])
     out = extended_prox(WORKED_EXAMPLE, selected, lam=0.3, lr=1.0, alpha=1.0)
-    expected = torch.tensor([[-0.2, 0.0, 0.6018, 0.0],
-                             [0.0, 0.0, 0.0669, 0.0]])
+    expected = torch.tensor([[-0.2, 0.0, 0.6018, 0.0], [0.0, 0.0, 0.0669, 0.0]])
     assert torch.allclose(out, expected, atol=1e-4)
 
 
@@ -39,8 +37,7 @@ def test_extended_prox_divides_by_one_plus_rho():
 
 
 def test_selected_column_with_the_largest_norm_does_not_block_the_strongest_unselected():
-    weight = torch.tensor([[5.0, 1.0, 2.0, 0.5],
-                           [0.0, 0.0, 0.0, 0.0]])
+    weight = torch.tensor([[5.0, 1.0, 2.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
     selected = torch.tensor([True, False, False, False])
     out = extended_prox(weight, selected, lam=0.1, lr=1.0, alpha=1.0)
     assert out[0].tolist() == pytest.approx([5.0 - 0.1, 0.0, 2.0 - 0.1, 0.0], abs=1e-5)
@@ -61,10 +58,11 @@ def test_extended_prox_never_leaves_two_unselected_columns_and_keeps_weak_select
         selected = torch.rand(12, generator=generator) < 0.3
         out = extended_prox(weight, selected, lam=2.0, lr=1.0, alpha=0.8)
         assert out[:, ~selected].ne(0).any(dim=0).sum() <= 1
-        assert out[:, selected].ne(0).all()   # odd-E: never zeroed, even below τ
+        assert out[:, selected].ne(0).all()  # odd-E: never zeroed, even below τ
 
 
 # ---- λ grid (§5.2) ------------------------------------------------------------------------
+
 
 def test_lambda_grid():
     grid = lambda_grid(2.0, PAPER.selection)
@@ -78,6 +76,7 @@ def test_lambda_grid():
 
 # ---- SAGA (§5.4) against full-batch solvers --------------------------------------------------
 
+
 def logistic_problem(n=200, d=6, k=3, seed=0, weak_columns=0):
     """Standardised features and labels drawn from a softmax model: not separable, so the
     unregularised optimum is finite. The last `weak_columns` barely matter."""
@@ -85,7 +84,7 @@ def logistic_problem(n=200, d=6, k=3, seed=0, weak_columns=0):
     x = torch.randn(n, d, generator=generator)
     x = (x - x.mean(0)) / x.std(0, unbiased=False)
     true_weight = torch.randn(k, d, generator=generator)
-    true_weight[:, d - weak_columns:] *= 0.05
+    true_weight[:, d - weak_columns :] *= 0.05
     labels = torch.multinomial(F.softmax(x @ true_weight.T, dim=1), 1, generator=generator).flatten()
     return x, labels
 
@@ -128,13 +127,13 @@ SAGA_TIGHT = dataclasses.replace(PAPER.selection, batch_size=16, max_epochs=150,
 
 # The textbook prox on a problem with group-zeroed columns; the extended prox with every
 # column selected only on strong columns, since odd-E makes a column below τ oscillate.
-@pytest.mark.parametrize("prox_name, weak_columns", [("group_elastic_net", 2),
-                                                     ("extended_all_selected", 0)])
+@pytest.mark.parametrize("prox_name, weak_columns", [("group_elastic_net", 2), ("extended_all_selected", 0)])
 def test_saga_matches_full_batch_proximal_gradient_and_shows_the_n_total_scaling(prox_name, weak_columns):
     x, labels = logistic_problem(weak_columns=weak_columns)
     n, d = x.shape
     lr, alpha, lam = SAGA_TIGHT.lr, SAGA_TIGHT.alpha, 0.05
     if prox_name == "group_elastic_net":
+
         def prox(weight, lam):
             return group_elastic_net_prox(weight, lam, lr, alpha)
     else:
@@ -152,7 +151,7 @@ def test_saga_matches_full_batch_proximal_gradient_and_shows_the_n_total_scaling
     assert torch.allclose(weight, true_weight, atol=1e-4)
     assert torch.allclose(bias, true_bias, atol=1e-4)
     if weak_columns:
-        assert true_weight[:, -1].eq(0).all()   # the problem does exercise group sparsity
+        assert true_weight[:, -1].eq(0).all()  # the problem does exercise group sparsity
 
     # odd-G: with n_total = N > N_tr the data term is scaled by N_tr/N, i.e. SAGA solves the
     # true problem at λ·N/N_tr (about 11 % more regularisation for the 90/10 split).
@@ -167,25 +166,27 @@ def test_saga_matches_full_batch_proximal_gradient_and_shows_the_n_total_scaling
 def test_saga_at_lambda_zero_matches_lbfgs():
     x, labels = logistic_problem(seed=1)
     d = x.shape[1]
-    prox = functools.partial(extended_prox, selected=torch.ones(d, dtype=torch.bool), lam=0.0,
-                             lr=SAGA_TIGHT.lr, alpha=SAGA_TIGHT.alpha)
+    prox = functools.partial(
+        extended_prox, selected=torch.ones(d, dtype=torch.bool), lam=0.0, lr=SAGA_TIGHT.lr, alpha=SAGA_TIGHT.alpha
+    )
     # Without the ridge term the problem is less well conditioned: give SAGA more epochs.
     longer = dataclasses.replace(SAGA_TIGHT, max_epochs=300)
     weight, bias, _ = saga_solution(x, labels, 3, 0.0, prox, len(labels), longer)
 
     params = torch.zeros(3 * d + 3, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([params], max_iter=500, tolerance_grad=1e-12,
-                                  tolerance_change=1e-15, line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(
+        [params], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         optimiser.zero_grad()
-        loss = F.cross_entropy(x.double() @ params[:3 * d].view(3, d).T + params[3 * d:], labels)
+        loss = F.cross_entropy(x.double() @ params[: 3 * d].view(3, d).T + params[3 * d :], labels)
         loss.backward()
         return loss
 
     optimiser.step(closure)
-    lbfgs_weight = params.detach()[:3 * d].view(3, d).float()
-    lbfgs_bias = params.detach()[3 * d:].float()
+    lbfgs_weight = params.detach()[: 3 * d].view(3, d).float()
+    lbfgs_bias = params.detach()[3 * d :].float()
     # The CE is invariant to a common shift of the biases; SAGA keeps Σb = 0 from b = 0.
     lbfgs_bias -= lbfgs_bias.mean()
     assert torch.allclose(weight, lbfgs_weight, atol=1e-4)
@@ -194,9 +195,10 @@ def test_saga_at_lambda_zero_matches_lbfgs():
 
 def test_saga_stops_after_lookbehind_epochs_without_progress_or_at_max_epochs():
     x, labels = logistic_problem(n=64)
-    prox = functools.partial(extended_prox, selected=torch.zeros(x.shape[1], dtype=torch.bool),
-                             lam=0.01, lr=0.1, alpha=0.8)
-    never_enough = dataclasses.replace(FAST, tol=1e9)      # only epoch 1 counts as progress
+    prox = functools.partial(
+        extended_prox, selected=torch.zeros(x.shape[1], dtype=torch.bool), lam=0.01, lr=0.1, alpha=0.8
+    )
+    never_enough = dataclasses.replace(FAST, tol=1e9)  # only epoch 1 counts as progress
     assert saga_solution(x, labels, 3, 0.01, prox, 64, never_enough)[2] == FAST.lookbehind + 1
     always_enough = dataclasses.replace(FAST, tol=-1e9, max_epochs=7)
     assert saga_solution(x, labels, 3, 0.01, prox, 64, always_enough)[2] == 7
@@ -219,15 +221,29 @@ def selection_problem(n_total=600, d=30, k=4, seed=0):
     one_hot = torch.eye(k)[labels]
     max_reg_group = (features.T @ (one_hot - one_hot.mean(0))).norm(dim=1).max().item() / n_total
     train = torch.randperm(n_total, generator=generator)[: n_total - n_total // 10]
-    return dict(features=features[train], labels=labels[train], mean=features.mean(0),
-                std=features.std(0, unbiased=False), n_total=n_total, max_reg_group=max_reg_group)
+    return dict(
+        features=features[train],
+        labels=labels[train],
+        mean=features.mean(0),
+        std=features.std(0, unbiased=False),
+        n_total=n_total,
+        max_reg_group=max_reg_group,
+    )
 
 
 def run_selection(problem, n_features, settings=FAST, seed=0, **kwargs):
     torch.manual_seed(seed)
-    return select_features(problem["features"], problem["labels"], problem["mean"], problem["std"],
-                           n_features=n_features, n_total=problem["n_total"],
-                           max_reg_group=problem["max_reg_group"], settings=settings, **kwargs)
+    return select_features(
+        problem["features"],
+        problem["labels"],
+        problem["mean"],
+        problem["std"],
+        n_features=n_features,
+        n_total=problem["n_total"],
+        max_reg_group=problem["max_reg_group"],
+        settings=settings,
+        **kwargs,
+    )
 
 
 def test_selects_exactly_the_informative_features():
@@ -250,7 +266,7 @@ def test_selecting_more_admits_one_feature_per_round_informative_first():
     assert calls[-1][:2] == (7, 7)
     for i, r in enumerate(result.rounds):
         # Each round's solution uses exactly the features admitted so far.
-        assert r["weight"].ne(0).any(dim=0).nonzero().flatten().tolist() == sorted(admitted[:i + 1])
+        assert r["weight"].ne(0).any(dim=0).nonzero().flatten().tolist() == sorted(admitted[: i + 1])
         assert r["lam"] == pytest.approx(lams[r["lam_index"]].item())
     assert torch.equal(result.weight, result.rounds[-1]["weight"])
 
@@ -259,8 +275,12 @@ def test_the_fit_sees_standardised_features():
     # Rescaling and shifting the raw features (with μ, σ following, G kept) changes nothing.
     problem = selection_problem()
     scale, shift = torch.linspace(0.1, 30, 30), torch.linspace(-50, 50, 30)
-    moved = dict(problem, features=problem["features"] * scale + shift,
-                 mean=problem["mean"] * scale + shift, std=problem["std"] * scale)
+    moved = dict(
+        problem,
+        features=problem["features"] * scale + shift,
+        mean=problem["mean"] * scale + shift,
+        std=problem["std"] * scale,
+    )
     original, rescaled = run_selection(problem, 5), run_selection(moved, 5)
     assert rescaled.selected == original.selected
     assert torch.allclose(rescaled.weight, original.weight, atol=1e-3)
@@ -268,20 +288,23 @@ def test_the_fit_sees_standardised_features():
 
 def test_memmap_input_gives_the_same_result_as_a_tensor(tmp_path):
     problem = selection_problem()
-    on_disk = np.lib.format.open_memmap(tmp_path / "features.npy", mode="w+", dtype=np.float32,
-                                        shape=tuple(problem["features"].shape))
+    on_disk = np.lib.format.open_memmap(
+        tmp_path / "features.npy", mode="w+", dtype=np.float32, shape=tuple(problem["features"].shape)
+    )
     on_disk[:] = problem["features"].numpy()
     on_disk.flush()
     from_tensor = run_selection(problem, 5)
     from_memmap = run_selection(dict(problem, features=np.load(tmp_path / "features.npy", mmap_mode="r")), 5)
     assert from_memmap.selected == from_tensor.selected
-    assert [(r["feature"], r["lam_index"], r["epochs"]) for r in from_memmap.rounds] == \
-           [(r["feature"], r["lam_index"], r["epochs"]) for r in from_tensor.rounds]
+    assert [(r["feature"], r["lam_index"], r["epochs"]) for r in from_memmap.rounds] == [
+        (r["feature"], r["lam_index"], r["epochs"]) for r in from_tensor.rounds
+    ]
     assert torch.equal(from_memmap.weight, from_tensor.weight)
     assert torch.equal(from_memmap.bias, from_tensor.bias)
 
 
 # ---- errors ---------------------------------------------------------------------------------
+
 
 def test_more_features_than_columns_is_refused():
     with pytest.raises(QsennError, match="between 1 and 30"):

@@ -21,34 +21,37 @@ def chosen(mean_nnz_per_class, n_per_class=5, drop_rate=0.5, n_classes=4):
 
 
 # With r = 5 and drop rate 0.5 the limit is L = 10 non-zeros per class.
-@pytest.mark.parametrize("s,expected", [
-    ([0, 2, 5, 8, 12, 20], 3),        # largest s ≤ L
-    ([0, 2, 10, 11], 2),              # s = L qualifies
-    ([0, 3, 8, 8, 15], 2),            # ties → the first
-    ([0, 2, 4, 6], 3),                # the last (λ = 0) entry takes part
-    ([12, 15, 20], 0),                # none qualifies → entry 0
-    ([8, 3, 15], 1),                  # i* = 0, Σ s > 1 → entry 0 excluded, choose again
-    ([9, 12, 20], 0),                 # …and nothing else qualifies → entry 0 after all
-    ([0.5, 0.25, 0], 0),              # i* = 0 but Σ s ≤ 1 → stays
-    ([1, 0.25, 0], 1),                # Σ s = 1.25 > 1 → excluded
-    ([20, 0, 30], 0),                 # an all-zero entry scores like a disqualified one
-    ([0, 0, 15], 0),                  # …also after the exclusion
-])
+@pytest.mark.parametrize(
+    "s,expected",
+    [
+        ([0, 2, 5, 8, 12, 20], 3),  # largest s ≤ L
+        ([0, 2, 10, 11], 2),  # s = L qualifies
+        ([0, 3, 8, 8, 15], 2),  # ties → the first
+        ([0, 2, 4, 6], 3),  # the last (λ = 0) entry takes part
+        ([12, 15, 20], 0),  # none qualifies → entry 0
+        ([8, 3, 15], 1),  # i* = 0, Σ s > 1 → entry 0 excluded, choose again
+        ([9, 12, 20], 0),  # …and nothing else qualifies → entry 0 after all
+        ([0.5, 0.25, 0], 0),  # i* = 0 but Σ s ≤ 1 → stays
+        ([1, 0.25, 0], 1),  # Σ s = 1.25 > 1 → excluded
+        ([20, 0, 30], 0),  # an all-zero entry scores like a disqualified one
+        ([0, 0, 15], 0),  # …also after the exclusion
+    ],
+)
 def test_choose_sldd_entry(s, expected):
     assert chosen(s) == expected
 
 
 def test_drop_rate_sets_the_limit():
     s = [0, 3, 6, 9]
-    assert chosen(s, n_per_class=3, drop_rate=0.5) == 2   # L = 6
-    assert chosen(s, n_per_class=3, drop_rate=1.0) == 1   # L = 3
+    assert chosen(s, n_per_class=3, drop_rate=0.5) == 2  # L = 6
+    assert chosen(s, n_per_class=3, drop_rate=1.0) == 1  # L = 3
 
 
 def test_prune_keeps_largest_magnitudes():
     weight = torch.tensor([[0.5, -3.0, 0.0], [2.0, -0.1, 1.0]])
     pruned = prune_to_top(weight, 3)
     assert torch.equal(pruned, torch.tensor([[0.0, -3.0, 0.0], [2.0, 0.0, 1.0]]))
-    assert weight[0, 0] == 0.5   # input untouched
+    assert weight[0, 0] == 0.5  # input untouched
 
 
 def test_prune_with_budget_above_nnz_changes_nothing():

@@ -1,4 +1,5 @@
 """The embedded synthetic dataset: determinism, CUB file formats, labels, atomicity."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,15 @@ import pytest
 from PIL import Image
 
 from qsenn_train.data import synth
-from qsenn_train.data.synth import (ATTRIBUTE_NAMES, CLASS_GROUPS, MAX_CLASSES, SynthSpec,
-                                    class_table, ensure_synth, generate)
+from qsenn_train.data.synth import (
+    ATTRIBUTE_NAMES,
+    CLASS_GROUPS,
+    MAX_CLASSES,
+    SynthSpec,
+    class_table,
+    ensure_synth,
+    generate,
+)
 from qsenn_train.errors import QsennError
 
 TINY = SynthSpec(n_classes=4, train_per_class=3, test_per_class=2, image_size=32, seed=0)
@@ -24,8 +32,7 @@ def _rows(path: Path) -> list[list[str]]:
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +49,17 @@ def test_other_seed_gives_other_images(tiny_cub, tmp_path):
     other = generate(SynthSpec(**{**asdict(TINY), "seed": 1}), tmp_path)
     first_image = _rows(tiny_cub / "images.txt")[0][1]
     other_image = _rows(other / "images.txt")[0][1]
-    assert (np.asarray(Image.open(tiny_cub / "images" / first_image))
-            != np.asarray(Image.open(other / "images" / other_image))).any()
+    assert (
+        np.asarray(Image.open(tiny_cub / "images" / first_image))
+        != np.asarray(Image.open(other / "images" / other_image))
+    ).any()
 
 
 def test_index_files_are_consistent_cub_layout(tiny_cub):
     n_images = TINY.n_classes * (TINY.train_per_class + TINY.test_per_class)
     classes = {int(i): name for i, name in _rows(tiny_cub / "classes.txt")}
     assert sorted(classes) == list(range(1, TINY.n_classes + 1))
-    assert all(re.fullmatch(rf"{i:03d}\.[a-z]+_[a-z]+_[a-z]+_x[123](_outlined)?", name)
-               for i, name in classes.items())
+    assert all(re.fullmatch(rf"{i:03d}\.[a-z]+_[a-z]+_[a-z]+_x[123](_outlined)?", name) for i, name in classes.items())
 
     images = _rows(tiny_cub / "images.txt")
     labels = _rows(tiny_cub / "image_class_labels.txt")
@@ -103,8 +111,7 @@ def test_annotations_record_what_was_drawn(tiny_cub):
 
 
 def test_certainties_are_mostly_definite_and_not_visible_is_never_present(tiny_cub):
-    rows = [list(map(int, r)) for r in
-            _rows(tiny_cub / "attributes" / "image_attribute_labels.txt")]
+    rows = [list(map(int, r)) for r in _rows(tiny_cub / "attributes" / "image_attribute_labels.txt")]
     certainty = Counter(r[3] for r in rows)
     assert certainty[4] > 0.8 * len(rows)
     assert certainty[1] > 0 and certainty[2] + certainty[3] > 0
@@ -149,10 +156,18 @@ def test_tag_names_the_spec():
     assert SynthSpec().tag() == "c16-tr100-te50-s64-seed0"
 
 
-@pytest.mark.parametrize("bad", [
-    {"n_classes": 0}, {"n_classes": MAX_CLASSES + 1}, {"train_per_class": 0},
-    {"test_per_class": -1}, {"image_size": 31}, {"seed": -1}, {"n_classes": 2.5},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"n_classes": 0},
+        {"n_classes": MAX_CLASSES + 1},
+        {"train_per_class": 0},
+        {"test_per_class": -1},
+        {"image_size": 31},
+        {"seed": -1},
+        {"n_classes": 2.5},
+    ],
+)
 def test_invalid_spec_is_a_one_line_error(bad):
     with pytest.raises(QsennError) as info:
         SynthSpec(**bad)

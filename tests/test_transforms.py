@@ -1,4 +1,5 @@
 """Image pipelines of spec §3.2/§3.3."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,7 @@ import torch
 from PIL import Image
 
 from qsenn_train.data.base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, DatasetInfo
-from qsenn_train.data.transforms import (IMAGENET_PCA_EIGENVALUES, IMAGENET_PCA_EIGENVECTORS,
-                                         Lighting, build_transform)
+from qsenn_train.data.transforms import IMAGENET_PCA_EIGENVALUES, IMAGENET_PCA_EIGENVECTORS, Lighting, build_transform
 from qsenn_train.errors import QsennError
 
 MODES = (RESIZE_SHORTER, RESIZE_SQUARE, RESIZE_IMAGENET)
@@ -16,8 +16,7 @@ RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
 def info_for(mode: str, mean=MEAN, std=STD) -> DatasetInfo:
-    return DatasetInfo(name="t", root="/nowhere", class_names=("a", "b"), mean=mean, std=std,
-                       resize_mode=mode)
+    return DatasetInfo(name="t", root="/nowhere", class_names=("a", "b"), mean=mean, std=std, resize_mode=mode)
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -40,14 +39,33 @@ def step_names(transform) -> list[str]:
 
 def test_pipelines_in_spec_order():
     expected = {
-        (RESIZE_SHORTER, True): ["Resize", "RandomCrop", "RandomHorizontalFlip", "ColorJitter",
-                                 "TrivialAugmentWide", "ToTensor", "Normalize"],
+        (RESIZE_SHORTER, True): [
+            "Resize",
+            "RandomCrop",
+            "RandomHorizontalFlip",
+            "ColorJitter",
+            "TrivialAugmentWide",
+            "ToTensor",
+            "Normalize",
+        ],
         (RESIZE_SHORTER, False): ["Resize", "CenterCrop", "ToTensor", "Normalize"],
-        (RESIZE_SQUARE, True): ["Resize", "RandomHorizontalFlip", "ColorJitter",
-                                "TrivialAugmentWide", "ToTensor", "Normalize"],
+        (RESIZE_SQUARE, True): [
+            "Resize",
+            "RandomHorizontalFlip",
+            "ColorJitter",
+            "TrivialAugmentWide",
+            "ToTensor",
+            "Normalize",
+        ],
         (RESIZE_SQUARE, False): ["Resize", "ToTensor", "Normalize"],
-        (RESIZE_IMAGENET, True): ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter",
-                                  "ToTensor", "Lighting", "Normalize"],
+        (RESIZE_IMAGENET, True): [
+            "RandomResizedCrop",
+            "RandomHorizontalFlip",
+            "ColorJitter",
+            "ToTensor",
+            "Lighting",
+            "Normalize",
+        ],
         (RESIZE_IMAGENET, False): ["Resize", "CenterCrop", "ToTensor", "Normalize"],
     }
     for (mode, train), names in expected.items():
@@ -55,11 +73,14 @@ def test_pipelines_in_spec_order():
 
 
 def test_flip_augmentation_drops_jitter_and_trivial_augment():
-    for mode, names in ((RESIZE_SHORTER, ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]),
-                        (RESIZE_SQUARE, ["Resize", "RandomHorizontalFlip", "ToTensor", "Normalize"])):
+    for mode, names in (
+        (RESIZE_SHORTER, ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]),
+        (RESIZE_SQUARE, ["Resize", "RandomHorizontalFlip", "ToTensor", "Normalize"]),
+    ):
         assert step_names(build_transform(info_for(mode), 28, train=True, augment="flip")) == names, mode
-        assert step_names(build_transform(info_for(mode), 28, train=False, augment="flip")) == \
-            step_names(build_transform(info_for(mode), 28, train=False))
+        assert step_names(build_transform(info_for(mode), 28, train=False, augment="flip")) == step_names(
+            build_transform(info_for(mode), 28, train=False)
+        )
     with pytest.raises(QsennError, match="unknown augmentation"):
         build_transform(info_for(RESIZE_SQUARE), 28, train=True, augment="strong")
 
@@ -105,7 +126,7 @@ def test_train_transform_repeats_under_the_same_seed(mode):
 
 def test_shorter_keeps_aspect_square_squeezes():
     unnormalised = dict(mean=None, std=None)
-    img = stripes(64, 32)   # 2:1
+    img = stripes(64, 32)  # 2:1
     shorter = build_transform(info_for(RESIZE_SHORTER, **unnormalised), 16, train=False)(img)
     square = build_transform(info_for(RESIZE_SQUARE, **unnormalised), 16, train=False)(img)
     # Center crop of the 32×16 resize keeps only the green middle half.
@@ -154,6 +175,6 @@ def test_lighting_noise_statistics():
     offsets = torch.stack([lighting(zeros).flatten() for _ in range(n)])
     eigvec, eigval = torch.tensor(IMAGENET_PCA_EIGENVECTORS), torch.tensor(IMAGENET_PCA_EIGENVALUES)
     # δ = E·(α∘λ) with α ~ N(0, 0.05²): per channel std = 0.05·sqrt(Σ_j E_ij² λ_j²).
-    expected_std = 0.05 * torch.sqrt((eigvec ** 2 * eigval ** 2).sum(dim=1))
-    assert torch.all(offsets.mean(dim=0).abs() < 4 * expected_std / n ** 0.5)
+    expected_std = 0.05 * torch.sqrt((eigvec**2 * eigval**2).sum(dim=1))
+    assert torch.all(offsets.mean(dim=0).abs() < 4 * expected_std / n**0.5)
     assert torch.allclose(offsets.std(dim=0), expected_std, rtol=0.1)

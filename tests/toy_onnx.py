@@ -5,6 +5,7 @@ Graph: images → [Sub mean, Div std] → (Conv 3×3 stride 2 → Relu)+ → Gat
 channels → feature_maps → GlobalAveragePool → Flatten → ·scale + offset → features c
 → MatMul with Transpose(Cast(T int8)) → Add b → logits.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,14 +17,31 @@ from onnx import TensorProto, helper, numpy_helper
 from qsenn_runtime.metadata import METADATA_KEY, Feature, InputSpec, ModelMetadata
 
 OPSET = 17
-FEATURE_NAMES = ("orange fill", "dotted texture", "star outline", "purple fill", "three objects",
-                 "solid texture", "triangle outline", "thick border")
+FEATURE_NAMES = (
+    "orange fill",
+    "dotted texture",
+    "star outline",
+    "purple fill",
+    "three objects",
+    "solid texture",
+    "triangle outline",
+    "thick border",
+)
 
 
-def toy_metadata(num_classes: int = 4, num_features: int = 6, *, size: int = 32,
-                 resize_mode: str = "shorter", channels: int = 8, seed: int = 0,
-                 mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), engine: dict | None = None,
-                 class_names: tuple[str, ...] | None = None) -> ModelMetadata:
+def toy_metadata(
+    num_classes: int = 4,
+    num_features: int = 6,
+    *,
+    size: int = 32,
+    resize_mode: str = "shorter",
+    channels: int = 8,
+    seed: int = 0,
+    mean=(0.4, 0.5, 0.6),
+    std=(0.2, 0.25, 0.3),
+    engine: dict | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> ModelMetadata:
     """Every class reads 2–3 features with weights ±1; feature j reads channel (3j + 1) mod channels."""
     rng = np.random.default_rng(seed)
     ternary = np.zeros((num_classes, num_features), dtype=np.int8)
@@ -31,20 +49,37 @@ def toy_metadata(num_classes: int = 4, num_features: int = 6, *, size: int = 32,
         used = rng.choice(num_features, size=min(num_features, 2 + k % 2), replace=False)
         ternary[k, used] = rng.choice((-1, 1), size=len(used))
         ternary[k, used[0]] = 1
-    features = tuple(Feature(j, (3 * j + 1) % channels, FEATURE_NAMES[j % len(FEATURE_NAMES)] +
-                             ("" if j < len(FEATURE_NAMES) else f" {j}"))
-                     for j in range(num_features))
+    features = tuple(
+        Feature(
+            j,
+            (3 * j + 1) % channels,
+            FEATURE_NAMES[j % len(FEATURE_NAMES)] + ("" if j < len(FEATURE_NAMES) else f" {j}"),
+        )
+        for j in range(num_features)
+    )
     return ModelMetadata(
-        class_names=class_names or tuple(f"class {k}" for k in range(num_classes)), features=features,
-        ternary=ternary, bias=rng.normal(0, 0.5, num_classes).astype(np.float32), scale=1.5,
+        class_names=class_names or tuple(f"class {k}" for k in range(num_classes)),
+        features=features,
+        ternary=ternary,
+        bias=rng.normal(0, 0.5, num_classes).astype(np.float32),
+        scale=1.5,
         input=InputSpec(size, resize_mode, mean, std),
-        provenance={"dataset": "toy", "arch": "toy-conv", "seed": seed}, engine=engine)
+        provenance={"dataset": "toy", "arch": "toy-conv", "seed": seed},
+        engine=engine,
+    )
 
 
-def toy_model(metadata: ModelMetadata, *, widths: tuple[int, ...] = (8,), batch: int | str = "N",
-              graph_ternary: np.ndarray | None = None, graph_bias: np.ndarray | None = None,
-              metadata_json: str | None = None, with_metadata: bool = True,
-              seed: int = 0) -> onnx.ModelProto:
+def toy_model(
+    metadata: ModelMetadata,
+    *,
+    widths: tuple[int, ...] = (8,),
+    batch: int | str = "N",
+    graph_ternary: np.ndarray | None = None,
+    graph_bias: np.ndarray | None = None,
+    metadata_json: str | None = None,
+    with_metadata: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
     """The contract's graph for `metadata`. graph_ternary / graph_bias / metadata_json let tests
     build files whose graph and metadata disagree; batch: a static batch size or a dim name."""
     rng = np.random.default_rng(seed)
@@ -62,26 +97,39 @@ def toy_model(metadata: ModelMetadata, *, widths: tuple[int, ...] = (8,), batch:
 
     x = "images"
     if metadata.input.mean is not None:
-        nodes += [helper.make_node("Sub", [x, const("mean", per_channel(metadata.input.mean))], ["centred"]),
-                  helper.make_node("Div", ["centred", const("std", per_channel(metadata.input.std))], ["normalised"])]
+        nodes += [
+            helper.make_node("Sub", [x, const("mean", per_channel(metadata.input.mean))], ["centred"]),
+            helper.make_node("Div", ["centred", const("std", per_channel(metadata.input.std))], ["normalised"]),
+        ]
         x = "normalised"
     channels_in = 3
     for layer, width in enumerate(widths):
         weight = rng.normal(0, (2 / (9 * channels_in)) ** 0.5, (width, channels_in, 3, 3)).astype(np.float32)
-        nodes += [helper.make_node("Conv", [x, const(f"conv{layer}.w", weight),
-                                            const(f"conv{layer}.b", rng.normal(0, 0.1, width).astype(np.float32))],
-                                   [f"conv{layer}"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"conv{layer}"], [f"relu{layer}"])]
+        nodes += [
+            helper.make_node(
+                "Conv",
+                [
+                    x,
+                    const(f"conv{layer}.w", weight),
+                    const(f"conv{layer}.b", rng.normal(0, 0.1, width).astype(np.float32)),
+                ],
+                [f"conv{layer}"],
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
+            ),
+            helper.make_node("Relu", [f"conv{layer}"], [f"relu{layer}"]),
+        ]
         x, channels_in = f"relu{layer}", width
     selected = np.array([f.channel for f in metadata.features], dtype=np.int64)
     nodes += [
         helper.make_node("Gather", [x, const("selected_channels", selected)], ["feature_maps"], axis=1),
         helper.make_node("GlobalAveragePool", ["feature_maps"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["f"], axis=1),
-        helper.make_node("Mul", ["f", const("feature_scale", rng.uniform(0.5, 2, F).astype(np.float32))],
-                         ["scaled"]),
-        helper.make_node("Add", ["scaled", const("feature_offset", rng.normal(0, 0.5, F).astype(np.float32))],
-                         ["features"]),
+        helper.make_node("Mul", ["f", const("feature_scale", rng.uniform(0.5, 2, F).astype(np.float32))], ["scaled"]),
+        helper.make_node(
+            "Add", ["scaled", const("feature_offset", rng.normal(0, 0.5, F).astype(np.float32))], ["features"]
+        ),
         helper.make_node("Cast", [const("T", np.asarray(ternary, dtype=np.int8))], ["T_float"], to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["T_float"], ["T_columns"], perm=[1, 0]),
         helper.make_node("MatMul", ["features", "T_columns"], ["class_sums"]),
@@ -89,12 +137,16 @@ def toy_model(metadata: ModelMetadata, *, widths: tuple[int, ...] = (8,), batch:
     ]
     K = np.asarray(ternary).shape[0]
     graph = helper.make_graph(
-        nodes, "toy_qsenn",
+        nodes,
+        "toy_qsenn",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, K]),
-         helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, F]),
-         helper.make_tensor_value_info("feature_maps", TensorProto.FLOAT, [batch, F, None, None])],
-        inits)
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, K]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, F]),
+            helper.make_tensor_value_info("feature_maps", TensorProto.FLOAT, [batch, F, None, None]),
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     if with_metadata:

@@ -1,8 +1,9 @@
 """Datasets: the embedded synthetic one, the real layouts of spec §11, and their transforms."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def open_dataset(recipe, data_root: Path, echo: Callable[[str], None] = print):

@@ -1,10 +1,11 @@
 """Dataset containers shared by every layout, and the description that travels with a run."""
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -13,8 +14,8 @@ from torch.utils.data import Dataset
 from ..errors import QsennError
 
 # Resize modes of spec §3.2/§3.3; the runtime reproduces the test transform from this name.
-RESIZE_SHORTER = "shorter"    # shorter side to img_size, then (random|center) crop
-RESIZE_SQUARE = "square"      # straight to img_size × img_size, aspect not kept
+RESIZE_SHORTER = "shorter"  # shorter side to img_size, then (random|center) crop
+RESIZE_SQUARE = "square"  # straight to img_size × img_size, aspect not kept
 RESIZE_IMAGENET = "imagenet"  # train RandomResizedCrop; test shorter side 256/224·size, center crop
 
 
@@ -25,7 +26,7 @@ class DatasetInfo:
     name: str
     root: str
     class_names: tuple[str, ...]
-    mean: tuple[float, float, float] | None   # None: no Normalize step
+    mean: tuple[float, float, float] | None  # None: no Normalize step
     std: tuple[float, float, float] | None
     resize_mode: str
     crop_gt: bool = False
@@ -39,21 +40,27 @@ class DatasetInfo:
 
     def to_json(self) -> dict:
         return {
-            "name": self.name, "root": self.root, "class_names": list(self.class_names),
+            "name": self.name,
+            "root": self.root,
+            "class_names": list(self.class_names),
             "mean": None if self.mean is None else list(self.mean),
             "std": None if self.std is None else list(self.std),
-            "resize_mode": self.resize_mode, "crop_gt": self.crop_gt,
+            "resize_mode": self.resize_mode,
+            "crop_gt": self.crop_gt,
             "attributes_file": self.attributes_file,
             "attribute_names": list(self.attribute_names),
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "DatasetInfo":
+    def from_json(cls, d: dict) -> DatasetInfo:
         return cls(
-            name=d["name"], root=d["root"], class_names=tuple(d["class_names"]),
+            name=d["name"],
+            root=d["root"],
+            class_names=tuple(d["class_names"]),
             mean=None if d["mean"] is None else tuple(d["mean"]),
             std=None if d["std"] is None else tuple(d["std"]),
-            resize_mode=d["resize_mode"], crop_gt=d.get("crop_gt", False),
+            resize_mode=d["resize_mode"],
+            crop_gt=d.get("crop_gt", False),
             attributes_file=d.get("attributes_file"),
             attribute_names=tuple(d.get("attribute_names", ())),
         )
@@ -65,11 +72,13 @@ def open_rgb(path: str | Path) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except FileNotFoundError:
-        raise QsennError(f"image file missing: {path}; the dataset folder is incomplete, "
-                         f"re-extract it or point --data-root at a complete copy") from None
+        raise QsennError(
+            f"image file missing: {path}; the dataset folder is incomplete, "
+            f"re-extract it or point --data-root at a complete copy"
+        ) from None
     except MemoryError:
         raise
-    except Exception as exc:   # Pillow's plugins raise OSError, SyntaxError, struct.error, DecompressionBombError…
+    except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, struct.error, DecompressionBombError…
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise QsennError(f"cannot read image {path} ({reason}); replace or remove that file") from None
 
@@ -77,8 +86,12 @@ def open_rgb(path: str | Path) -> Image.Image:
 class ImageListDataset(Dataset):
     """Images listed as (path, label) pairs; `image_ids` keeps the source ids (CUB order)."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None,
-                 image_ids: Sequence[int] | None = None):
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        transform: Callable | None = None,
+        image_ids: Sequence[int] | None = None,
+    ):
         self.samples = list(samples)
         self.transform = transform
         self.image_ids = None if image_ids is None else list(image_ids)
@@ -98,13 +111,13 @@ class ImageListDataset(Dataset):
         label = self.samples[index][1]
         return (self.transform(img) if self.transform else img), label
 
-    def with_transform(self, transform: Callable | None) -> "ImageListDataset":
+    def with_transform(self, transform: Callable | None) -> ImageListDataset:
         """A view of the same samples with another transform (e.g. train images, test transform)."""
         view = copy.copy(self)
         view.transform = transform
         return view
 
-    def subset(self, indices: Sequence[int]) -> "ImageListDataset":
+    def subset(self, indices: Sequence[int]) -> ImageListDataset:
         """A view of the samples at `indices`, in that order (same transform)."""
         view = copy.copy(self)
         view.samples = [self.samples[i] for i in indices]
@@ -123,7 +136,7 @@ class ArrayImageDataset(ImageListDataset):
     def load_image(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index]).convert("RGB")
 
-    def subset(self, indices: Sequence[int]) -> "ArrayImageDataset":
+    def subset(self, indices: Sequence[int]) -> ArrayImageDataset:
         view = super().subset(indices)
         view.images = self.images[np.asarray(indices, dtype=np.int64)]
         return view

@@ -1,4 +1,5 @@
 """Reader for the IDX format of (Fashion-)MNIST: big-endian header, then raw unsigned bytes."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..errors import QsennError
 
-_UBYTE = 0x08          # the only element type the MNIST family uses
+_UBYTE = 0x08  # the only element type the MNIST family uses
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -22,15 +23,15 @@ def _open(path: Path):
 
 
 def _malformed(path: Path, problem: str) -> QsennError:
-    return QsennError(f"IDX file {path} is malformed ({problem}); "
-                      f"replace it with the original download")
+    return QsennError(f"IDX file {path} is malformed ({problem}); replace it with the original download")
 
 
 def _parse_header(path: Path, stream, ndim: int) -> tuple[int, ...]:
     magic = stream.read(4)
     if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] != _UBYTE or magic[3] != ndim:
-        raise _malformed(path, f"magic {magic.hex() or 'missing'}, expected 0000080{ndim} "
-                               f"for {ndim}-dimensional unsigned bytes")
+        raise _malformed(
+            path, f"magic {magic.hex() or 'missing'}, expected 0000080{ndim} for {ndim}-dimensional unsigned bytes"
+        )
     dims = stream.read(4 * ndim)
     if len(dims) < 4 * ndim:
         raise _malformed(path, "header truncated")
@@ -58,6 +59,5 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
         raise _malformed(path, str(exc)) from None
     expected = int(np.prod(shape))
     if len(data) != expected:
-        raise _malformed(path, f"header declares shape {shape} = {expected} bytes, "
-                               f"file holds {len(data)}")
+        raise _malformed(path, f"header declares shape {shape} = {expected} bytes, file holds {len(data)}")
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)

@@ -3,19 +3,19 @@
 Every loader returns (train, test, info) with no transform set; any problem with the files
 is one QsennError line naming the file, where it was looked for and what to pass instead.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import QsennError
-from .base import (RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, ArrayImageDataset,
-                   DatasetInfo, ImageListDataset)
+from .base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, ArrayImageDataset, DatasetInfo, ImageListDataset
 from .idx import read_idx
 
 Splits = tuple[ImageListDataset, ImageListDataset, DatasetInfo]
@@ -30,8 +30,18 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Pixel statistics of the 60 000 Fashion-MNIST training images (grey, so equal per channel).
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Where Debian's dataset-fashion-mnist package installs the files.
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -40,14 +50,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 SYNTH_DESCRIPTION = "qsenn_dataset.json"
 _FIRST_IMAGES_CHECKED = 3
-_INCOMPLETE = ("the dataset folder is incomplete: restore it or pass --data-root pointing at "
-               "a complete copy")
+_INCOMPLETE = "the dataset folder is incomplete: restore it or pass --data-root pointing at a complete copy"
 
 
 # ---------------------------------------------------------------- locating folders and files
 
-def _find_dataset_dir(dataset: str, data_root: Path, nested: str, markers: Sequence[str],
-                      extra_candidates: Sequence[Path] = ()) -> Path:
+
+def _find_dataset_dir(
+    dataset: str, data_root: Path, nested: str, markers: Sequence[str], extra_candidates: Sequence[Path] = ()
+) -> Path:
     """The first of data_root/nested, data_root (and extras) that holds one of `markers`."""
     candidates = [data_root / nested, data_root, *extra_candidates]
     for folder in candidates:
@@ -56,8 +67,10 @@ def _find_dataset_dir(dataset: str, data_root: Path, nested: str, markers: Seque
     where = " or ".join(str(c) for c in candidates)
     if not data_root.is_dir():
         where += f" ({data_root} does not exist)"
-    raise QsennError(f"{dataset}: {markers[0]} not found in {where}; pass --data-root pointing at "
-                     f"the folder that holds {nested} (or at {Path(nested).name} itself)")
+    raise QsennError(
+        f"{dataset}: {markers[0]} not found in {where}; pass --data-root pointing at "
+        f"the folder that holds {nested} (or at {Path(nested).name} itself)"
+    )
 
 
 def _require(dataset: str, path: Path) -> Path:
@@ -81,18 +94,17 @@ def _require_nonempty(dataset: str, split: str, samples: Sequence, source: str) 
 
 # ---------------------------------------------------------------- CUB-200-2011 metadata
 
+
 class _BadValue(ValueError):
     """A field that parses but is out of range; its message says why."""
 
 
-def _read_id_table(dataset: str, path: Path, layout: str,
-                   parse_value: Callable[[str], object]) -> dict[int, object]:
+def _read_id_table(dataset: str, path: Path, layout: str, parse_value: Callable[[str], object]) -> dict[int, object]:
     """Lines `<id> <value>` of a CUB metadata file, keyed by id, in file order."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise QsennError(f"{dataset}: {path} is not UTF-8 text ({exc}); "
-                         f"re-extract the dataset") from None
+        raise QsennError(f"{dataset}: {path} is not UTF-8 text ({exc}); re-extract the dataset") from None
     table: dict[int, object] = {}
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
@@ -103,15 +115,19 @@ def _read_id_table(dataset: str, path: Path, layout: str,
                 raise ValueError
             key, value = int(fields[0]), parse_value(fields[1].strip())
         except _BadValue as exc:
-            raise QsennError(f"{dataset}: {path} line {line_no}: {exc}; "
-                             f"fix that line or re-extract the dataset") from None
+            raise QsennError(
+                f"{dataset}: {path} line {line_no}: {exc}; fix that line or re-extract the dataset"
+            ) from None
         except ValueError:
-            raise QsennError(f"{dataset}: {path} line {line_no} is malformed: expected "
-                             f"'{layout}', got {line.strip()!r}; fix that line or "
-                             f"re-extract the dataset") from None
+            raise QsennError(
+                f"{dataset}: {path} line {line_no} is malformed: expected "
+                f"'{layout}', got {line.strip()!r}; fix that line or "
+                f"re-extract the dataset"
+            ) from None
         if key in table:
-            raise QsennError(f"{dataset}: {path} line {line_no}: id {key} appears twice; "
-                             f"fix that line or re-extract the dataset")
+            raise QsennError(
+                f"{dataset}: {path} line {line_no}: id {key} appears twice; fix that line or re-extract the dataset"
+            )
         table[key] = value
     return table
 
@@ -120,8 +136,7 @@ def _read_names(dataset: str, path: Path, layout: str) -> tuple[str, ...]:
     """classes.txt / attributes.txt: ids must run 1..n so that position = id − 1."""
     names = _read_id_table(dataset, path, layout, str)
     if sorted(names) != list(range(1, len(names) + 1)):
-        raise QsennError(f"{dataset}: ids in {path} are not 1..{len(names)}; "
-                         f"re-extract the dataset")
+        raise QsennError(f"{dataset}: ids in {path} are not 1..{len(names)}; re-extract the dataset")
     return tuple(names[i] for i in range(1, len(names) + 1))
 
 
@@ -129,9 +144,9 @@ def _class_id_parser(num_classes: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         class_id = int(text)
         if not 1 <= class_id <= num_classes:
-            raise _BadValue(f"class id {class_id} outside 1..{num_classes} "
-                            f"(classes.txt lists {num_classes} classes)")
+            raise _BadValue(f"class id {class_id} outside 1..{num_classes} (classes.txt lists {num_classes} classes)")
         return class_id - 1
+
     return parse
 
 
@@ -146,7 +161,7 @@ class CubMetadata:
     """The id tables of a CUB_200_2011 folder; class ids already 0-based."""
 
     root: Path
-    rel_paths: dict[int, str]     # image id -> `<class folder>/<file>`
+    rel_paths: dict[int, str]  # image id -> `<class folder>/<file>`
     labels: dict[int, int]
     is_train: dict[int, bool]
     class_names: tuple[str, ...]
@@ -159,19 +174,23 @@ class CubMetadata:
 
 def _attribute_names_file(cub_dir: Path) -> Path | None:
     # The CUB tarball puts attributes.txt beside CUB_200_2011/, not inside it; accept both.
-    for candidate in (cub_dir / "attributes.txt", cub_dir / "attributes" / "attributes.txt",
-                      cub_dir.parent / "attributes.txt"):
+    for candidate in (
+        cub_dir / "attributes.txt",
+        cub_dir / "attributes" / "attributes.txt",
+        cub_dir.parent / "attributes.txt",
+    ):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _check_ids_covered(dataset: str, images_file: Path, ids: dict, other: dict,
-                       other_file: Path) -> None:
+def _check_ids_covered(dataset: str, images_file: Path, ids: dict, other: dict, other_file: Path) -> None:
     missing = sorted(set(ids) - set(other))
     if missing:
-        raise QsennError(f"{dataset}: image id {missing[0]} of {images_file} has no line in "
-                         f"{other_file} ({len(missing)} ids missing); re-extract the dataset")
+        raise QsennError(
+            f"{dataset}: image id {missing[0]} of {images_file} has no line in "
+            f"{other_file} ({len(missing)} ids missing); re-extract the dataset"
+        )
 
 
 def read_cub_metadata(dataset: str, cub_dir: Path) -> CubMetadata:
@@ -183,10 +202,8 @@ def read_cub_metadata(dataset: str, cub_dir: Path) -> CubMetadata:
 
     class_names = _read_names(dataset, classes_file, "<class_id> <class name>")
     rel_paths = _read_id_table(dataset, images_file, "<image_id> <relative path>", str)
-    labels = _read_id_table(dataset, labels_file, "<image_id> <class_id>",
-                            _class_id_parser(len(class_names)))
-    is_train = _read_id_table(dataset, split_file, "<image_id> <1 = train, 0 = test>",
-                              _parse_is_train)
+    labels = _read_id_table(dataset, labels_file, "<image_id> <class_id>", _class_id_parser(len(class_names)))
+    is_train = _read_id_table(dataset, split_file, "<image_id> <1 = train, 0 = test>", _parse_is_train)
     _check_ids_covered(dataset, images_file, rel_paths, labels, labels_file)
     _check_ids_covered(dataset, images_file, rel_paths, is_train, split_file)
     # Ids with a label or split line but no image are ignored: only listed images exist.
@@ -195,20 +212,35 @@ def read_cub_metadata(dataset: str, cub_dir: Path) -> CubMetadata:
     attributes_file = cub_dir / "attributes" / "image_attribute_labels.txt"
     names_file = _attribute_names_file(cub_dir)
     return CubMetadata(
-        root=cub_dir, rel_paths=rel_paths, labels=labels, is_train=is_train,
+        root=cub_dir,
+        rel_paths=rel_paths,
+        labels=labels,
+        is_train=is_train,
         class_names=class_names,
         attributes_file=attributes_file if attributes_file.is_file() else None,
-        attribute_names=(_read_names(dataset, names_file, "<attribute_id> <attribute name>")
-                         if names_file else ()),
+        attribute_names=(_read_names(dataset, names_file, "<attribute_id> <attribute name>") if names_file else ()),
     )
 
 
-def _cub_info(meta: CubMetadata, *, name: str, root: Path, class_names: tuple[str, ...],
-              mean: RGB | None, std: RGB | None, crop_gt: bool) -> DatasetInfo:
+def _cub_info(
+    meta: CubMetadata,
+    *,
+    name: str,
+    root: Path,
+    class_names: tuple[str, ...],
+    mean: RGB | None,
+    std: RGB | None,
+    crop_gt: bool,
+) -> DatasetInfo:
     return DatasetInfo(
-        name=name, root=str(root), class_names=class_names, mean=mean, std=std,
+        name=name,
+        root=str(root),
+        class_names=class_names,
+        mean=mean,
+        std=std,
         # GT crops are resized straight to a square (spec §3.2).
-        resize_mode=RESIZE_SQUARE if crop_gt else RESIZE_SHORTER, crop_gt=crop_gt,
+        resize_mode=RESIZE_SQUARE if crop_gt else RESIZE_SHORTER,
+        crop_gt=crop_gt,
         attributes_file=None if meta.attributes_file is None else str(meta.attributes_file),
         attribute_names=meta.attribute_names,
     )
@@ -216,26 +248,32 @@ def _cub_info(meta: CubMetadata, *, name: str, root: Path, class_names: tuple[st
 
 # ---------------------------------------------------------------- CUB-200-2011 and its crops
 
+
 def _cub_split(dataset: str, meta: CubMetadata, train: bool, image_dir: Path) -> ImageListDataset:
     ids = meta.split_ids(train)
-    _require_nonempty(dataset, "train" if train else "test", ids,
-                      f"{meta.root / 'train_test_split.txt'} marks no image as "
-                      f"{'1 (train)' if train else '0 (test)'}")
+    _require_nonempty(
+        dataset,
+        "train" if train else "test",
+        ids,
+        f"{meta.root / 'train_test_split.txt'} marks no image as {'1 (train)' if train else '0 (test)'}",
+    )
     samples = [(str(image_dir / meta.rel_paths[i]), meta.labels[i]) for i in ids]
     _check_first_images(dataset, samples)
     return ImageListDataset(samples, image_ids=ids)
 
 
-def load_cub_folder(cub_dir: Path, *, name: str, mean: RGB | None, std: RGB | None,
-                    crop_dirs: tuple[Path, Path] | None = None) -> Splits:
+def load_cub_folder(
+    cub_dir: Path, *, name: str, mean: RGB | None, std: RGB | None, crop_dirs: tuple[Path, Path] | None = None
+) -> Splits:
     """A folder in the CUB_200_2011 file layout; images from images/, or from the
     (train, test) GT-crop folders `crop_dirs`, which switches to the square resize."""
     meta = read_cub_metadata(name, cub_dir)
     train_dir, test_dir = crop_dirs or (cub_dir / "images", cub_dir / "images")
     train = _cub_split(name, meta, True, train_dir)
     test = _cub_split(name, meta, False, test_dir)
-    info = _cub_info(meta, name=name, root=cub_dir, class_names=meta.class_names,
-                     mean=mean, std=std, crop_gt=crop_dirs is not None)
+    info = _cub_info(
+        meta, name=name, root=cub_dir, class_names=meta.class_names, mean=mean, std=std, crop_gt=crop_dirs is not None
+    )
     return train, test, info
 
 
@@ -246,14 +284,15 @@ def _crop_dirs(dataset: str, candidates: Sequence[Path]) -> tuple[Path, Path]:
         if (folder / "train_cropped").is_dir():
             return folder / "train_cropped", _require(dataset, folder / "test_cropped")
     where = " or ".join(str(c) for c in candidates)
-    raise QsennError(f"{dataset}: train_cropped not found in {where}; --crop-gt needs the "
-                     f"GT-cropped images of ProtoTree's preprocessing there, or drop --crop-gt")
+    raise QsennError(
+        f"{dataset}: train_cropped not found in {where}; --crop-gt needs the "
+        f"GT-cropped images of ProtoTree's preprocessing there, or drop --crop-gt"
+    )
 
 
 def load_cub(data_root: Path, crop_gt: bool = False) -> Splits:
     cub_dir = _find_dataset_dir("CUB2011", data_root, "CUB200/CUB_200_2011", ["images.txt"])
-    crop_dirs = (_crop_dirs("CUB2011", [data_root / "PPCUB200/CUB_200_2011", cub_dir])
-                 if crop_gt else None)
+    crop_dirs = _crop_dirs("CUB2011", [data_root / "PPCUB200/CUB_200_2011", cub_dir]) if crop_gt else None
     return load_cub_folder(cub_dir, name="CUB2011", mean=CUB_MEAN, std=CUB_STD, crop_dirs=crop_dirs)
 
 
@@ -267,21 +306,23 @@ def load_synth_splits(cub_dir: Path) -> Splits:
         if len(mean) != 3 or len(std) != 3:
             raise ValueError
     except (ValueError, KeyError, TypeError):
-        raise QsennError(f"synth: {description_file} is malformed: expected "
-                         f'{{"name": ..., "mean": [r, g, b], "std": [r, g, b]}}; '
-                         f"regenerate the dataset") from None
+        raise QsennError(
+            f"synth: {description_file} is malformed: expected "
+            f'{{"name": ..., "mean": [r, g, b], "std": [r, g, b]}}; '
+            f"regenerate the dataset"
+        ) from None
     return load_cub_folder(Path(cub_dir), name=name, mean=mean, std=std)
 
 
 # ---------------------------------------------------------------- class-per-folder layouts
+
 
 def _is_image(filename: str) -> bool:
     return filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith(".")
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    return sorted(entry.name for entry in os.scandir(split_dir)
-                  if entry.is_dir() and not entry.name.startswith("."))
+    return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
 
 
 def image_files(class_dir: Path) -> list[str]:
@@ -292,26 +333,27 @@ def image_files(class_dir: Path) -> list[str]:
     return sorted(found)
 
 
-def _folder_samples(dataset: str, split_dir: Path, class_names: Sequence[str],
-                    train_dir: Path) -> list[tuple[str, int]]:
+def _folder_samples(
+    dataset: str, split_dir: Path, class_names: Sequence[str], train_dir: Path
+) -> list[tuple[str, int]]:
     """Images of one split; a class folder the train split lacks is an error."""
     index = {name: i for i, name in enumerate(class_names)}
     samples = []
     for folder in _class_folders(split_dir):
         if folder not in index:
-            raise QsennError(f"{dataset}: class folder {split_dir / folder} has no counterpart "
-                             f"in {train_dir}; every class needs training images")
+            raise QsennError(
+                f"{dataset}: class folder {split_dir / folder} has no counterpart "
+                f"in {train_dir}; every class needs training images"
+            )
         samples += [(path, index[folder]) for path in image_files(split_dir / folder)]
     return samples
 
 
-def _load_class_folders(dataset: str, train_dir: Path, test_dir: Path
-                        ) -> tuple[tuple[str, ...], list, list]:
+def _load_class_folders(dataset: str, train_dir: Path, test_dir: Path) -> tuple[tuple[str, ...], list, list]:
     """Classes = sorted train class folders (ImageFolder order); samples of both splits."""
     class_names = tuple(_class_folders(train_dir))
     if not class_names:
-        raise QsennError(f"{dataset}: no class folders in {train_dir}; expected "
-                         f"{train_dir}/<class name>/<image files>")
+        raise QsennError(f"{dataset}: no class folders in {train_dir}; expected {train_dir}/<class name>/<image files>")
     train = _folder_samples(dataset, train_dir, class_names, train_dir)
     test = _folder_samples(dataset, test_dir, class_names, train_dir)
     image_kinds = f"no {'/'.join(IMAGE_EXTENSIONS)} files"
@@ -324,15 +366,25 @@ def load_image_folder(data_root: Path) -> Splits:
     """The user's data: <root>/train/<class>/… and <root>/test/<class>/… (or val/)."""
     root = data_root
     if not (root / "train").is_dir():
-        raise QsennError(f"folder: {root / 'train'} not found; pass --data-root pointing at the "
-                         f"folder that holds train/<class>/<images> and test/<class>/<images>")
+        raise QsennError(
+            f"folder: {root / 'train'} not found; pass --data-root pointing at the "
+            f"folder that holds train/<class>/<images> and test/<class>/<images>"
+        )
     test_dir = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
     if test_dir is None:
-        raise QsennError(f"folder: neither {root / 'test'} nor {root / 'val'} exists; "
-                         f"put the test images in test/<class>/<images> beside train/")
+        raise QsennError(
+            f"folder: neither {root / 'test'} nor {root / 'val'} exists; "
+            f"put the test images in test/<class>/<images> beside train/"
+        )
     class_names, train, test = _load_class_folders("folder", root / "train", test_dir)
-    info = DatasetInfo(name="folder", root=str(root), class_names=class_names,
-                       mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode=RESIZE_SHORTER)
+    info = DatasetInfo(
+        name="folder",
+        root=str(root),
+        class_names=class_names,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        resize_mode=RESIZE_SHORTER,
+    )
     return ImageListDataset(train), ImageListDataset(test), info
 
 
@@ -341,29 +393,42 @@ def load_imagenet(data_root: Path) -> Splits:
     root = _find_dataset_dir("ImageNet", data_root, "imagenet", ["train/"])
     val_dir = _require("ImageNet", root / "val")
     class_names, train, test = _load_class_folders("ImageNet", root / "train", val_dir)
-    info = DatasetInfo(name="ImageNet", root=str(root), class_names=class_names,
-                       mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode=RESIZE_IMAGENET)
+    info = DatasetInfo(
+        name="ImageNet",
+        root=str(root),
+        class_names=class_names,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        resize_mode=RESIZE_IMAGENET,
+    )
     return ImageListDataset(train), ImageListDataset(test), info
 
 
 # ---------------------------------------------------------------- TravelingBirds
 
-def _traveling_birds_split(meta: CubMetadata, train: bool, split_dir: Path,
-                           samples: list[tuple[str, int]], image_dir: Path) -> ImageListDataset:
+
+def _traveling_birds_split(
+    meta: CubMetadata, train: bool, split_dir: Path, samples: list[tuple[str, int]], image_dir: Path
+) -> ImageListDataset:
     """Folder samples matched to CUB image ids, sorted by id, restricted to the CUB split."""
     id_of = {rel: i for i, rel in meta.rel_paths.items()}
     by_id = {}
     for path, label in samples:
         rel = Path(path).relative_to(split_dir).as_posix()
         if rel not in id_of:
-            raise QsennError(f"TravelingBirds: image {path} is not listed in "
-                             f"{meta.root / 'images.txt'}; TravelingBirds and CUB200 must be "
-                             f"the same image set")
+            raise QsennError(
+                f"TravelingBirds: image {path} is not listed in "
+                f"{meta.root / 'images.txt'}; TravelingBirds and CUB200 must be "
+                f"the same image set"
+            )
         by_id[id_of[rel]] = (str(image_dir / rel), label)
     ids = [i for i in sorted(by_id) if meta.is_train[i] == train]
-    _require_nonempty("TravelingBirds", "train" if train else "test", ids,
-                      f"no image of {split_dir} is in that split of "
-                      f"{meta.root / 'train_test_split.txt'}")
+    _require_nonempty(
+        "TravelingBirds",
+        "train" if train else "test",
+        ids,
+        f"no image of {split_dir} is in that split of {meta.root / 'train_test_split.txt'}",
+    )
     split_samples = [by_id[i] for i in ids]
     _check_first_images("TravelingBirds", split_samples)
     return ImageListDataset(split_samples, image_ids=ids)
@@ -375,56 +440,68 @@ def load_traveling_birds(data_root: Path, crop_gt: bool = False) -> Splits:
     # Image ids and the split come from CUB200, which lies beside the TravelingBirds folder.
     cub_dir = tb_dir.parent.parent / "CUB200" / "CUB_200_2011"
     if not (cub_dir / "images.txt").is_file():
-        raise QsennError(f"{dataset}: images.txt not found in {cub_dir}; TravelingBirds takes its "
-                         f"image ids and split from CUB-200-2011: put CUB200/CUB_200_2011 beside "
-                         f"TravelingBirds/ in the --data-root folder")
+        raise QsennError(
+            f"{dataset}: images.txt not found in {cub_dir}; TravelingBirds takes its "
+            f"image ids and split from CUB-200-2011: put CUB200/CUB_200_2011 beside "
+            f"TravelingBirds/ in the --data-root folder"
+        )
     meta = read_cub_metadata(dataset, cub_dir)
     train_dir, test_dir = tb_dir / "train", _require(dataset, tb_dir / "test")
     class_names, train_samples, test_samples = _load_class_folders(dataset, train_dir, test_dir)
     # The crop variant still takes its sample list from the uncropped folders (odd-AA).
-    image_dirs = (_crop_dirs(dataset, [data_root / "PPTravelingBirds/CUB_fixed", tb_dir])
-                  if crop_gt else (train_dir, test_dir))
+    image_dirs = (
+        _crop_dirs(dataset, [data_root / "PPTravelingBirds/CUB_fixed", tb_dir]) if crop_gt else (train_dir, test_dir)
+    )
     train = _traveling_birds_split(meta, True, train_dir, train_samples, image_dirs[0])
     test = _traveling_birds_split(meta, False, test_dir, test_samples, image_dirs[1])
-    info = _cub_info(meta, name=dataset, root=tb_dir, class_names=class_names,
-                     mean=TRAVELING_BIRDS_MEAN, std=TRAVELING_BIRDS_STD, crop_gt=crop_gt)
+    info = _cub_info(
+        meta,
+        name=dataset,
+        root=tb_dir,
+        class_names=class_names,
+        mean=TRAVELING_BIRDS_MEAN,
+        std=TRAVELING_BIRDS_STD,
+        crop_gt=crop_gt,
+    )
     return train, test, info
 
 
 # ---------------------------------------------------------------- Stanford Cars
 
+
 def _load_mat(path: Path, key: str):
     try:
         import scipy.io
     except ImportError:
-        raise QsennError("StanfordCars: reading its .mat annotations needs scipy, which is not "
-                         "installed; run `pip install scipy`") from None
+        raise QsennError(
+            "StanfordCars: reading its .mat annotations needs scipy, which is not installed; run `pip install scipy`"
+        ) from None
     try:
         content = scipy.io.loadmat(path, squeeze_me=True)
-    except (ValueError, TypeError, OSError, NotImplementedError,
-            scipy.io.matlab.MatReadError) as exc:
-        raise QsennError(f"StanfordCars: cannot read {path} ({exc}); replace it with the "
-                         f"devkit's original") from None
+    except (ValueError, TypeError, OSError, NotImplementedError, scipy.io.matlab.MatReadError) as exc:
+        raise QsennError(f"StanfordCars: cannot read {path} ({exc}); replace it with the devkit's original") from None
     if key not in content:
-        raise QsennError(f"StanfordCars: {path} has no '{key}' entry; replace it with the "
-                         f"devkit's original")
+        raise QsennError(f"StanfordCars: {path} has no '{key}' entry; replace it with the devkit's original")
     return content[key]
 
 
-def _cars_split(split: str, annotations_file: Path, image_dir: Path,
-                num_classes: int) -> list[tuple[str, int]]:
+def _cars_split(split: str, annotations_file: Path, image_dir: Path, num_classes: int) -> list[tuple[str, int]]:
     annotations = np.atleast_1d(_load_mat(annotations_file, "annotations"))
     samples = []
     for position, annotation in enumerate(annotations, start=1):
         try:
             fname, class_id = str(annotation["fname"]), int(annotation["class"])
         except (KeyError, ValueError, TypeError, IndexError):
-            raise QsennError(f"StanfordCars: annotation {position} of {annotations_file} lacks "
-                             f"'fname' or 'class'; replace it with the devkit's original") from None
+            raise QsennError(
+                f"StanfordCars: annotation {position} of {annotations_file} lacks "
+                f"'fname' or 'class'; replace it with the devkit's original"
+            ) from None
         if not 1 <= class_id <= num_classes:
-            raise QsennError(f"StanfordCars: annotation {position} of {annotations_file} has class "
-                             f"{class_id} outside 1..{num_classes} (cars_meta.mat); replace it "
-                             f"with the devkit's original")
+            raise QsennError(
+                f"StanfordCars: annotation {position} of {annotations_file} has class "
+                f"{class_id} outside 1..{num_classes} (cars_meta.mat); replace it "
+                f"with the devkit's original"
+            )
         samples.append((str(image_dir / fname), class_id - 1))
     _require_nonempty("StanfordCars", split, samples, f"{annotations_file} lists no image")
     _check_first_images("StanfordCars", samples)
@@ -432,22 +509,26 @@ def _cars_split(split: str, annotations_file: Path, image_dir: Path,
 
 
 def load_stanford_cars(data_root: Path) -> Splits:
-    root = _find_dataset_dir("StanfordCars", data_root, "StanfordCars/stanford_cars",
-                             ["devkit/cars_meta.mat"])
+    root = _find_dataset_dir("StanfordCars", data_root, "StanfordCars/stanford_cars", ["devkit/cars_meta.mat"])
     meta_file = root / "devkit" / "cars_meta.mat"
     train_file = _require("StanfordCars", root / "devkit" / "cars_train_annos.mat")
     test_file = _require("StanfordCars", root / "cars_test_annos_withlabels.mat")
     class_names = tuple(str(n) for n in np.atleast_1d(_load_mat(meta_file, "class_names")))
-    train = _cars_split("train", train_file, _require("StanfordCars", root / "cars_train"),
-                        len(class_names))
-    test = _cars_split("test", test_file, _require("StanfordCars", root / "cars_test"),
-                       len(class_names))
-    info = DatasetInfo(name="StanfordCars", root=str(root), class_names=class_names,
-                       mean=STANFORD_CARS_MEAN, std=STANFORD_CARS_STD, resize_mode=RESIZE_SHORTER)
+    train = _cars_split("train", train_file, _require("StanfordCars", root / "cars_train"), len(class_names))
+    test = _cars_split("test", test_file, _require("StanfordCars", root / "cars_test"), len(class_names))
+    info = DatasetInfo(
+        name="StanfordCars",
+        root=str(root),
+        class_names=class_names,
+        mean=STANFORD_CARS_MEAN,
+        std=STANFORD_CARS_STD,
+        resize_mode=RESIZE_SHORTER,
+    )
     return ImageListDataset(train), ImageListDataset(test), info
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
+
 
 def _idx_file(root: Path, stem: str) -> Path:
     """`stem.gz` as distributed, or `stem` when someone unpacked it."""
@@ -462,30 +543,43 @@ def _fashion_split(root: Path, split: str, prefix: str) -> ArrayImageDataset:
     labels_file = _idx_file(root, f"{prefix}-labels-idx1-ubyte")
     images, labels = read_idx(images_file, 3), read_idx(labels_file, 1)
     if len(images) != len(labels):
-        raise QsennError(f"fashion-mnist: {images_file} holds {len(images)} images but "
-                         f"{labels_file} {len(labels)} labels; "
-                         f"replace them with the original files")
+        raise QsennError(
+            f"fashion-mnist: {images_file} holds {len(images)} images but "
+            f"{labels_file} {len(labels)} labels; "
+            f"replace them with the original files"
+        )
     if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise QsennError(f"fashion-mnist: {labels_file} has label {labels.max()} outside 0..9; "
-                         f"replace it with the original file")
+        raise QsennError(
+            f"fashion-mnist: {labels_file} has label {labels.max()} outside 0..9; replace it with the original file"
+        )
     _require_nonempty("fashion-mnist", split, labels, f"{images_file} holds no image")
     return ArrayImageDataset(images, labels.tolist())
 
 
 def load_fashion_mnist(data_root: Path) -> Splits:
-    root = _find_dataset_dir("fashion-mnist", data_root, "fashion-mnist",
-                             ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"],
-                             extra_candidates=[SYSTEM_FASHION_MNIST])
-    info = DatasetInfo(name="fashion-mnist", root=str(root), class_names=FASHION_MNIST_CLASSES,
-                       mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, resize_mode=RESIZE_SQUARE)
+    root = _find_dataset_dir(
+        "fashion-mnist",
+        data_root,
+        "fashion-mnist",
+        ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"],
+        extra_candidates=[SYSTEM_FASHION_MNIST],
+    )
+    info = DatasetInfo(
+        name="fashion-mnist",
+        root=str(root),
+        class_names=FASHION_MNIST_CLASSES,
+        mean=FASHION_MNIST_MEAN,
+        std=FASHION_MNIST_STD,
+        resize_mode=RESIZE_SQUARE,
+    )
     return _fashion_split(root, "train", "train"), _fashion_split(root, "test", "t10k"), info
 
 
 # ---------------------------------------------------------------- entry point
 
+
 def _load_synth_root(data_root: Path) -> Splits:
-    return load_synth_splits(_find_dataset_dir("synth", data_root, "CUB_200_2011",
-                                               [SYNTH_DESCRIPTION]))
+    return load_synth_splits(_find_dataset_dir("synth", data_root, "CUB_200_2011", [SYNTH_DESCRIPTION]))
 
 
 _LOADERS: dict[str, Callable[[Path], Splits]] = {
@@ -517,8 +611,7 @@ def load_splits(name: str, data_root: str | Path, *, crop_gt: bool = False) -> S
     name = _canonical_name(name)
     data_root = Path(data_root).expanduser()
     if crop_gt and name not in _CROP_GT_DATASETS:
-        raise QsennError(f"{name}: --crop-gt applies only to {' and '.join(_CROP_GT_DATASETS)}; "
-                         f"drop --crop-gt")
+        raise QsennError(f"{name}: --crop-gt applies only to {' and '.join(_CROP_GT_DATASETS)}; drop --crop-gt")
     if name in _CROP_GT_DATASETS:
         return _LOADERS[name](data_root, crop_gt=crop_gt)
     return _LOADERS[name](data_root)

@@ -6,6 +6,7 @@ image records what was drawn in `attributes/image_attribute_labels.txt`, so the 
 and the CUB alignment metric run on it unchanged. Everything is a pure function of the
 spec: each image has its own random stream, keyed by (seed, image id).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,9 +14,9 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -51,8 +52,7 @@ CLASS_GROUPS = (
 BACKGROUND_GROUP = "has_background"
 ATTRIBUTE_GROUPS = CLASS_GROUPS + ((BACKGROUND_GROUP, BACKGROUNDS),)
 # attributes.txt order: attribute id = position + 1.
-ATTRIBUTE_NAMES = tuple(f"{group}::{value}" for group, values in ATTRIBUTE_GROUPS
-                        for value in values)
+ATTRIBUTE_NAMES = tuple(f"{group}::{value}" for group, values in ATTRIBUTE_GROUPS for value in values)
 MAX_CLASSES = math.prod(len(values) for _, values in CLASS_GROUPS)
 MIN_IMAGE_SIZE = 32
 
@@ -62,8 +62,8 @@ _SPLIT_STREAM = 1
 _IMAGE_STREAM = 2
 
 # Label noise of the annotation file, mimicking CUB's annotators (fractions of rows).
-_PROBABLY_FRACTION = 0.06     # certainty 3
-_GUESSING_FRACTION = 0.03     # certainty 2
+_PROBABLY_FRACTION = 0.06  # certainty 3
+_GUESSING_FRACTION = 0.03  # certainty 2
 _NOT_VISIBLE_FRACTION = 0.02  # certainty 1, only on absent attributes (metric sanity check)
 
 _OUTLINE_COLOR = (25, 25, 30)
@@ -85,32 +85,36 @@ class SynthSpec:
                 raise QsennError(f"synthetic dataset {name} must be an integer, got {value!r}")
         for name in ("n_classes", "train_per_class", "test_per_class"):
             if getattr(self, name) <= 0:
-                raise QsennError(f"synthetic dataset {name} must be > 0, "
-                                 f"got {getattr(self, name)}; pass a positive count")
+                raise QsennError(
+                    f"synthetic dataset {name} must be > 0, got {getattr(self, name)}; pass a positive count"
+                )
         if self.n_classes > MAX_CLASSES:
-            raise QsennError(f"synthetic dataset n_classes={self.n_classes} exceeds the "
-                             f"{MAX_CLASSES} distinct attribute combinations; use fewer classes")
+            raise QsennError(
+                f"synthetic dataset n_classes={self.n_classes} exceeds the "
+                f"{MAX_CLASSES} distinct attribute combinations; use fewer classes"
+            )
         if self.image_size < MIN_IMAGE_SIZE:
-            raise QsennError(f"synthetic dataset image_size={self.image_size} is too small "
-                             f"to draw the attributes; use at least {MIN_IMAGE_SIZE}")
+            raise QsennError(
+                f"synthetic dataset image_size={self.image_size} is too small "
+                f"to draw the attributes; use at least {MIN_IMAGE_SIZE}"
+            )
         if self.seed < 0:
             raise QsennError(f"synthetic dataset seed must be >= 0, got {self.seed}")
 
     def tag(self) -> str:
         """Folder name that identifies the spec, e.g. `c16-tr100-te50-s64-seed0`."""
-        return (f"c{self.n_classes}-tr{self.train_per_class}-te{self.test_per_class}"
-                f"-s{self.image_size}-seed{self.seed}")
+        return f"c{self.n_classes}-tr{self.train_per_class}-te{self.test_per_class}-s{self.image_size}-seed{self.seed}"
 
 
 @dataclass(frozen=True)
 class SynthClass:
     """One class: a combination of one value per class-defining attribute group."""
 
-    class_id: int   # 1-based, as in CUB's classes.txt
+    class_id: int  # 1-based, as in CUB's classes.txt
     shape: str
     color: str
     pattern: str
-    count: int      # number of objects drawn
+    count: int  # number of objects drawn
     outlined: bool
 
     @property
@@ -121,9 +125,13 @@ class SynthClass:
 
     def attribute_values(self) -> dict[str, str]:
         """The value of each class-defining group, keyed by group name."""
-        return {"has_shape": self.shape, "has_primary_color": self.color,
-                "has_pattern": self.pattern, "has_count": COUNTS[self.count - 1],
-                "has_outline": OUTLINES[int(self.outlined)]}
+        return {
+            "has_shape": self.shape,
+            "has_primary_color": self.color,
+            "has_pattern": self.pattern,
+            "has_count": COUNTS[self.count - 1],
+            "has_outline": OUTLINES[int(self.outlined)],
+        }
 
 
 def class_table(spec: SynthSpec) -> tuple[SynthClass, ...]:
@@ -145,8 +153,7 @@ def class_table(spec: SynthSpec) -> tuple[SynthClass, ...]:
     combos = combos[rng.permutation(len(combos))]
     group_pairs = list(itertools.combinations(range(len(CLASS_GROUPS)), 2))
     value_usage = [np.zeros(len(values)) for _, values in CLASS_GROUPS]
-    pair_usage = {(g, h): np.zeros((len(CLASS_GROUPS[g][1]), len(CLASS_GROUPS[h][1])))
-                  for g, h in group_pairs}
+    pair_usage = {(g, h): np.zeros((len(CLASS_GROUPS[g][1]), len(CLASS_GROUPS[h][1]))) for g, h in group_pairs}
     # Value balance outranks pair balance: no pair total can reach this weight.
     value_weight = len(group_pairs) * spec.n_classes + 1
     taken = np.zeros(len(combos), dtype=bool)
@@ -163,12 +170,14 @@ def class_table(spec: SynthSpec) -> tuple[SynthClass, ...]:
         for g, h in group_pairs:
             pair_usage[g, h][combo[g], combo[h]] += 1
         shape, color, pattern, count, outline = (int(v) for v in combo)
-        classes.append(SynthClass(class_id, SHAPES[shape], tuple(COLORS)[color],
-                                  PATTERNS[pattern], count + 1, bool(outline)))
+        classes.append(
+            SynthClass(class_id, SHAPES[shape], tuple(COLORS)[color], PATTERNS[pattern], count + 1, bool(outline))
+        )
     return tuple(classes)
 
 
 # ----------------------------------------------------------------------------- drawing
+
 
 def _regular_polygon(n: int, start_angle: float = -math.pi / 2) -> np.ndarray:
     angles = start_angle + 2 * math.pi * np.arange(n) / n
@@ -182,21 +191,26 @@ def _star() -> np.ndarray:
 
 
 def _cross() -> np.ndarray:
-    a = 0.34   # half-width of an arm
-    return np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1),
-                     (-a, a), (-1, a), (-1, -a), (-a, -a)], dtype=float)
+    a = 0.34  # half-width of an arm
+    return np.array(
+        [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)],
+        dtype=float,
+    )
 
 
 # Outlines scaled into the unit circle, centred on the origin: an object of radius r never
 # reaches beyond r, which is what placement relies on.
-_SHAPE_POLYGONS = {name: polygon / np.linalg.norm(polygon, axis=1).max() for name, polygon in {
-    "circle": _regular_polygon(28),
-    "square": _regular_polygon(4, math.pi / 4),
-    "triangle": _regular_polygon(3),
-    "star": _star(),
-    "cross": _cross(),
-    "diamond": np.array([(0, -1), (0.6, 0), (0, 1), (-0.6, 0)], dtype=float),
-}.items()}
+_SHAPE_POLYGONS = {
+    name: polygon / np.linalg.norm(polygon, axis=1).max()
+    for name, polygon in {
+        "circle": _regular_polygon(28),
+        "square": _regular_polygon(4, math.pi / 4),
+        "triangle": _regular_polygon(3),
+        "star": _star(),
+        "cross": _cross(),
+        "diamond": np.array([(0, -1), (0.6, 0), (0, 1), (-0.6, 0)], dtype=float),
+    }.items()
+}
 
 
 def _muted_colors(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -212,7 +226,7 @@ def _background(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if style == "gradient":
         angle = rng.uniform(0, 2 * math.pi)
         axis = np.linspace(-1, 1, size)
-        ramp = (math.cos(angle) * axis[None, :] + math.sin(angle) * axis[:, None])
+        ramp = math.cos(angle) * axis[None, :] + math.sin(angle) * axis[:, None]
         ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
         start, end = _muted_colors(rng, 2)
         return (start + ramp[..., None] * (end - start)).astype(np.uint8)
@@ -255,19 +269,21 @@ def _place_objects(count: int, size: int, rng: np.random.Generator):
         for radius in radii:
             for _ in range(30):
                 centre = rng.uniform(radius + 2, size - radius - 2, 2)
-                if all(math.dist(centre, other) - radius - other_radius >= 2
-                       for other, other_radius in zip(centres, radii)):
+                if all(
+                    math.dist(centre, other) - radius - other_radius >= 2 for other, other_radius in zip(centres, radii)
+                ):
                     centres.append(centre)
                     break
             else:
                 break
         if len(centres) == count:
             return np.array(centres), radii
-        base_radius *= 0.9   # too crowded to fit: shrink and start over
+        base_radius *= 0.9  # too crowded to fit: shrink and start over
 
 
-def _pattern_mask(pattern: str, xs: np.ndarray, ys: np.ndarray, centre, angle: float,
-                  period: float, phase) -> np.ndarray:
+def _pattern_mask(
+    pattern: str, xs: np.ndarray, ys: np.ndarray, centre, angle: float, period: float, phase
+) -> np.ndarray:
     """Which pixels (xs, ys) take the pattern's second tone, in the object's rotated frame."""
     dx, dy = xs + 0.5 - centre[0], ys + 0.5 - centre[1]
     u = (math.cos(angle) * dx + math.sin(angle) * dy) / period + phase[0]
@@ -285,14 +301,13 @@ def _draw_image(cls: SynthClass, background: str, size: int, rng: np.random.Gene
     canvas = Image.fromarray(_background(background, size, rng))
     _draw_distractors(ImageDraw.Draw(canvas), size, rng)
 
-    pixels = np.array(canvas)   # writable uint8 copy
+    pixels = np.array(canvas)  # writable uint8 copy
     outline_width = max(1, size // 32)
     centres, radii = _place_objects(cls.count, size, rng)
     polygons = []
     for centre, radius in zip(centres, radii):
         angle = rng.uniform(0, 2 * math.pi)
-        rotation = np.array([[math.cos(angle), -math.sin(angle)],
-                             [math.sin(angle), math.cos(angle)]])
+        rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
         polygon = centre + radius * _SHAPE_POLYGONS[cls.shape] @ rotation.T
         polygons.append(polygon)
         mask_image = Image.new("L", (size, size))
@@ -304,8 +319,9 @@ def _draw_image(cls: SynthClass, background: str, size: int, rng: np.random.Gene
         else:
             # A lighter tint of the same colour, so the pattern never changes the hue.
             light = tone + 0.6 * (255 - tone)
-            second = _pattern_mask(cls.pattern, xs, ys, centre, angle,
-                                   rng.uniform(0.45, 0.6) * radius, rng.uniform(0, 1, 2))
+            second = _pattern_mask(
+                cls.pattern, xs, ys, centre, angle, rng.uniform(0.45, 0.6) * radius, rng.uniform(0, 1, 2)
+            )
             pixels[ys, xs] = np.where(second[:, None], light, tone)
 
     if cls.outlined:
@@ -313,8 +329,7 @@ def _draw_image(cls: SynthClass, background: str, size: int, rng: np.random.Gene
         draw = ImageDraw.Draw(canvas)
         for polygon in polygons:
             points = [tuple(p) for p in polygon]
-            draw.line(points + points[:1], fill=_OUTLINE_COLOR, width=outline_width,
-                      joint="curve")
+            draw.line(points + points[:1], fill=_OUTLINE_COLOR, width=outline_width, joint="curve")
         pixels = np.asarray(canvas)
 
     noisy = pixels + rng.uniform(3, 10) * rng.standard_normal(pixels.shape, dtype=np.float32)
@@ -333,8 +348,7 @@ def _annotation_rows(image_id: int, present: np.ndarray, rng: np.random.Generato
     certainty[draw < _PROBABLY_FRACTION] = 3
     certainty[~present & (draw > 1 - _NOT_VISIBLE_FRACTION)] = 1
     seconds = rng.integers(1, 20, len(present))
-    return [f"{image_id} {a + 1} {int(p)} {c} {t}"
-            for a, (p, c, t) in enumerate(zip(present, certainty, seconds))]
+    return [f"{image_id} {a + 1} {int(p)} {c} {t}" for a, (p, c, t) in enumerate(zip(present, certainty, seconds))]
 
 
 def _save_png(pixels: np.ndarray, path: Path) -> None:
@@ -342,6 +356,7 @@ def _save_png(pixels: np.ndarray, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 def _split_flags(spec: SynthSpec, class_id: int) -> np.ndarray:
     """1 = train, 0 = test, shuffled within the class so the splits interleave like CUB."""
@@ -376,7 +391,7 @@ def _write_dataset(spec: SynthSpec, cub_dir: Path) -> None:
             if is_train:
                 values = pixels.reshape(-1, 3) / 255.0
                 channel_sum += values.sum(0)
-                channel_sq_sum += (values ** 2).sum(0)
+                channel_sq_sum += (values**2).sum(0)
                 train_pixels += len(values)
             present = class_present.copy()
             present[attribute_index[f"{BACKGROUND_GROUP}::{background}"]] = True
@@ -391,16 +406,18 @@ def _write_dataset(spec: SynthSpec, cub_dir: Path) -> None:
     _write_lines(cub_dir / "train_test_split.txt", split_lines)
     _write_lines(cub_dir / "bounding_boxes.txt", box_lines)
     _write_lines(cub_dir / "classes.txt", (f"{c.class_id} {c.folder}" for c in classes))
-    _write_lines(cub_dir / "attributes.txt",
-                 (f"{i + 1} {name}" for i, name in enumerate(ATTRIBUTE_NAMES)))
+    _write_lines(cub_dir / "attributes.txt", (f"{i + 1} {name}" for i, name in enumerate(ATTRIBUTE_NAMES)))
     (cub_dir / "attributes").mkdir()
     _write_lines(cub_dir / "attributes" / "image_attribute_labels.txt", annotation_lines)
 
     mean = channel_sum / train_pixels
-    std = np.sqrt(np.maximum(channel_sq_sum / train_pixels - mean ** 2, 0))
-    info = {"name": "synth", "spec": asdict(spec),
-            "mean": [round(float(m), 6) for m in mean],
-            "std": [round(float(s), 6) for s in std]}
+    std = np.sqrt(np.maximum(channel_sq_sum / train_pixels - mean**2, 0))
+    info = {
+        "name": "synth",
+        "spec": asdict(spec),
+        "mean": [round(float(m), 6) for m in mean],
+        "std": [round(float(s), 6) for s in std],
+    }
     (cub_dir / INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -418,8 +435,9 @@ def generate(spec: SynthSpec, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{CUB_DIRNAME}.partial-", dir=out_dir))
     except OSError as exc:
-        raise QsennError(f"cannot create the synthetic dataset folder {out_dir} ({exc}); "
-                         f"choose a writable data root") from None
+        raise QsennError(
+            f"cannot create the synthetic dataset folder {out_dir} ({exc}); choose a writable data root"
+        ) from None
     try:
         _write_dataset(spec, partial)
         partial.rename(cub_dir)
@@ -427,10 +445,13 @@ def generate(spec: SynthSpec, out_dir: Path) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, OSError):
             if cub_dir.exists():
-                raise QsennError(f"{cub_dir} was created by another process while this one "
-                                 f"generated it; use it, or delete it and retry") from None
-            raise QsennError(f"cannot write the synthetic dataset to {out_dir} ({exc}); "
-                             f"free disk space or choose another data root") from None
+                raise QsennError(
+                    f"{cub_dir} was created by another process while this one "
+                    f"generated it; use it, or delete it and retry"
+                ) from None
+            raise QsennError(
+                f"cannot write the synthetic dataset to {out_dir} ({exc}); free disk space or choose another data root"
+            ) from None
         raise
     return cub_dir
 

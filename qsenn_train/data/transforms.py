@@ -1,7 +1,8 @@
 """Image pipelines of spec §3.2 (fine-grained datasets) and §3.3 (ImageNet)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from PIL import Image
@@ -14,13 +15,15 @@ from .base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, DatasetInfo
 
 # PCA of ImageNet's RGB pixels (AlexNet lighting noise), spec §3.3.
 IMAGENET_PCA_EIGENVALUES = (0.2175, 0.0188, 0.0045)
-IMAGENET_PCA_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),   # rows: R, G, B; columns: components
-                             (-0.5808, -0.0045, -0.8140),
-                             (-0.5836, -0.6948, 0.4203))
+IMAGENET_PCA_EIGENVECTORS = (
+    (-0.5675, 0.7192, 0.4009),  # rows: R, G, B; columns: components
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
 LIGHTING_ALPHA_STD = 0.05
-JITTER = 0.1            # brightness, contrast and saturation; hue stays 0
+JITTER = 0.1  # brightness, contrast and saturation; hue stays 0
 CROP_PADDING = 4
-IMAGENET_RESIZE_RATIO = 256 / 224   # test: shorter side 256 for a 224 crop
+IMAGENET_RESIZE_RATIO = 256 / 224  # test: shorter side 256 for a 224 crop
 
 
 class Lighting:
@@ -29,8 +32,12 @@ class Lighting:
     Draws α from the global torch RNG so that seeding torch makes the pipeline repeatable.
     """
 
-    def __init__(self, alpha_std: float = LIGHTING_ALPHA_STD,
-                 eigenvalues=IMAGENET_PCA_EIGENVALUES, eigenvectors=IMAGENET_PCA_EIGENVECTORS):
+    def __init__(
+        self,
+        alpha_std: float = LIGHTING_ALPHA_STD,
+        eigenvalues=IMAGENET_PCA_EIGENVALUES,
+        eigenvectors=IMAGENET_PCA_EIGENVECTORS,
+    ):
         self.alpha_std = alpha_std
         self.eigenvalues = torch.tensor(eigenvalues, dtype=torch.float32)
         self.eigenvectors = torch.tensor(eigenvectors, dtype=torch.float32)
@@ -53,8 +60,7 @@ def _resize(size) -> T.Resize:
 
 def _fine_grained_steps(mode: str, img_size: int, train: bool, augment: str) -> list[Callable]:
     if mode == RESIZE_SHORTER:
-        steps = [_resize(img_size),
-                 T.RandomCrop(img_size, padding=CROP_PADDING) if train else T.CenterCrop(img_size)]
+        steps = [_resize(img_size), T.RandomCrop(img_size, padding=CROP_PADDING) if train else T.CenterCrop(img_size)]
     else:  # square: aspect not kept, nothing cropped
         steps = [_resize((img_size, img_size))]
     if train:
@@ -66,13 +72,19 @@ def _fine_grained_steps(mode: str, img_size: int, train: bool, augment: str) -> 
 
 def _imagenet_steps(img_size: int, train: bool) -> list[Callable]:
     if train:
-        return [T.RandomResizedCrop(img_size, antialias=True), T.RandomHorizontalFlip(),
-                T.ColorJitter(JITTER, JITTER, JITTER), T.ToTensor(), Lighting()]
+        return [
+            T.RandomResizedCrop(img_size, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(JITTER, JITTER, JITTER),
+            T.ToTensor(),
+            Lighting(),
+        ]
     return [_resize(round(img_size * IMAGENET_RESIZE_RATIO)), T.CenterCrop(img_size), T.ToTensor()]
 
 
-def build_transform(info: DatasetInfo, img_size: int, train: bool, augment: str = "paper"
-                    ) -> Callable[[Image.Image], torch.Tensor]:
+def build_transform(
+    info: DatasetInfo, img_size: int, train: bool, augment: str = "paper"
+) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image -> normalised float CHW tensor of img_size × img_size.
 
     `augment` (names.AUGMENTATIONS) picks the training augmentation of the non-ImageNet modes.
@@ -84,8 +96,10 @@ def build_transform(info: DatasetInfo, img_size: int, train: bool, augment: str 
     elif info.resize_mode in (RESIZE_SHORTER, RESIZE_SQUARE):
         steps = _fine_grained_steps(info.resize_mode, img_size, train, augment)
     else:
-        raise QsennError(f"unknown resize mode {info.resize_mode!r} in the dataset description; "
-                         f"expected {RESIZE_SHORTER}, {RESIZE_SQUARE} or {RESIZE_IMAGENET}")
+        raise QsennError(
+            f"unknown resize mode {info.resize_mode!r} in the dataset description; "
+            f"expected {RESIZE_SHORTER}, {RESIZE_SQUARE} or {RESIZE_IMAGENET}"
+        )
     if info.mean is not None:
         steps.append(T.Normalize(info.mean, info.std))
     return T.Compose(steps)

@@ -14,6 +14,7 @@ Everything is generated from fixed seeds, so the output is the same on every run
 Pillow, numpy, onnx and zlib (cases.json records their versions); the committed corpus is what
 this script writes, which a test checks.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ import shutil
 import struct
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,11 +32,11 @@ sys.path.insert(0, str(TESTS))
 
 import onnx  # noqa: E402
 import PIL  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from fake_datasets import make_class_folders, make_cub, make_fashion_mnist, write_lines  # noqa: E402
-from qsenn_runtime.engine_file import MAGIC, pack_engine  # noqa: E402
+from PIL import Image  # noqa: E402
 from toy_onnx import toy_metadata, toy_model  # noqa: E402
+
+from qsenn_runtime.engine_file import MAGIC, pack_engine  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "cases"
 MANIFEST = "cases.json"
@@ -45,10 +46,11 @@ CASES: list[dict] = []
 
 def case(file: str, kind: str, expect: str | None, about: str, **extra) -> Callable:
     """Register a builder `build(path)` of one case file (or folder)."""
+
     def register(build: Callable[[Path], None]) -> Callable:
-        CASES.append({"file": file, "kind": kind, "expect": expect, "about": about, **extra,
-                      "build": build})
+        CASES.append({"file": file, "kind": kind, "expect": expect, "about": about, **extra, "build": build})
         return build
+
     return register
 
 
@@ -69,14 +71,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png(width: int, height: int, bit_depth: int, colour_type: int, rows: Callable[[], bytes],
-        count: int) -> bytes:
+def png(width: int, height: int, bit_depth: int, colour_type: int, rows: Callable[[], bytes], count: int) -> bytes:
     """A PNG written by hand: `count` scanlines of rows() streamed through zlib (no big buffer)."""
     packer = zlib.compressobj(9)
     idat = b"".join(packer.compress(rows()) for _ in range(count)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat)
-            + png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def constant_bilevel_png(side: int) -> bytes:
@@ -86,6 +86,7 @@ def constant_bilevel_png(side: int) -> bytes:
 
 
 # ---- images ------------------------------------------------------------------------------
+
 
 @case("images/empty.jpg", "image", "empty file, not an image", "zero bytes")
 def _(path):
@@ -121,38 +122,54 @@ def _(path):
     path.write_bytes(rng(3).bytes(4096))
 
 
-@case("images/zero_width.png", "image", "not an image, or a format Pillow cannot read",
-      "a PNG header declaring 0×16 pixels")
+@case(
+    "images/zero_width.png",
+    "image",
+    "not an image, or a format Pillow cannot read",
+    "a PNG header declaring 0×16 pixels",
+)
 def _(path):
     path.write_bytes(png(0, 16, 8, 0, lambda: b"\0", 16))
 
 
-@case("images/bomb_400mp.png", "image", "decompression bomb",
-      "48 KB that decompress to 20000×20000 pixels (1.2 GB as RGB)")
+@case(
+    "images/bomb_400mp.png",
+    "image",
+    "decompression bomb",
+    "48 KB that decompress to 20000×20000 pixels (1.2 GB as RGB)",
+)
 def _(path):
     path.write_bytes(constant_bilevel_png(20_000))
 
 
-@case("images/bomb_90mp.png", "image", "exceed the limit of 89,478,485",
-      "11 KB that decompress to 9500×9500 pixels: over the runtime's limit, under Pillow's error")
+@case(
+    "images/bomb_90mp.png",
+    "image",
+    "exceed the limit of 89,478,485",
+    "11 KB that decompress to 9500×9500 pixels: over the runtime's limit, under Pillow's error",
+)
 def _(path):
     path.write_bytes(constant_bilevel_png(9_500))
 
 
-@case("images/bomb_header_10gp.png", "image", "decompression bomb",
-      "a PNG header declaring 100000×100000 pixels with almost no data")
+@case(
+    "images/bomb_header_10gp.png",
+    "image",
+    "decompression bomb",
+    "a PNG header declaring 100000×100000 pixels with almost no data",
+)
 def _(path):
     path.write_bytes(png(100_000, 100_000, 8, 0, lambda: b"\0" * 10, 1))
 
 
 @case("images/grey16.png", "image", None, "16-bit grey")
 def _(path):
-    save(Image.fromarray((noise(40, 30, 4, channels=1).astype(np.uint16) * 257)), path, "PNG")
+    save(Image.fromarray(noise(40, 30, 4, channels=1).astype(np.uint16) * 257), path, "PNG")
 
 
 @case("images/rgb48.png", "image", None, "16 bits per channel RGB (written by hand)")
 def _(path):
-    pixels = noise(40 * 2, 30, 5).reshape(30, 240)     # 40 px × 3 channels × 2 bytes per row
+    pixels = noise(40 * 2, 30, 5).reshape(30, 240)  # 40 px × 3 channels × 2 bytes per row
     lines = iter(pixels)
     path.write_bytes(png(40, 30, 16, 2, lambda: b"\0" + next(lines).tobytes(), 30))
 
@@ -194,8 +211,9 @@ def _(path):
     save(Image.fromarray(values), path, "TIFF")
 
 
-@case("images/exif_rotated.jpg", "image", None, "40×20 stored, EXIF orientation 6: upright 20×40",
-      upright_size=[20, 40])
+@case(
+    "images/exif_rotated.jpg", "image", None, "40×20 stored, EXIF orientation 6: upright 20×40", upright_size=[20, 40]
+)
 def _(path):
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -225,6 +243,7 @@ def _(path):
 
 # ---- arrays and tensors (.npy, no pickle) -----------------------------------------------------
 
+
 def array_case(name: str, expect: str | None, about: str, make: Callable[[], np.ndarray]) -> None:
     case(f"arrays/{name}.npy", "array", expect, about)(lambda path: np.save(path, make(), allow_pickle=False))
 
@@ -236,20 +255,31 @@ def _with_nan() -> np.ndarray:
 
 
 array_case("nan", "array contains NaN or infinite values", "float32 H×W×3 with one NaN", _with_nan)
-array_case("inf", "array contains NaN or infinite values", "float64 with +inf",
-           lambda: np.where(np.eye(16)[..., None] > 0, np.inf, 0.5) * np.ones((16, 16, 3)))
-array_case("float_0_to_2", "float images must be in [0, 1]", "floats in [0, 2]",
-           lambda: np.linspace(0, 2, 16 * 16 * 3).reshape(16, 16, 3))
+array_case(
+    "inf",
+    "array contains NaN or infinite values",
+    "float64 with +inf",
+    lambda: np.where(np.eye(16)[..., None] > 0, np.inf, 0.5) * np.ones((16, 16, 3)),
+)
+array_case(
+    "float_0_to_2",
+    "float images must be in [0, 1]",
+    "floats in [0, 2]",
+    lambda: np.linspace(0, 2, 16 * 16 * 3).reshape(16, 16, 3),
+)
 array_case("five_channels", "expected H×W×3 (RGB)", "H×W×5 uint8", lambda: noise(16, 16, 21, channels=5))
 array_case("batch_of_one", "array of shape (1, 16, 16, 3)", "N×H×W×3", lambda: noise(16, 16, 22)[None])
-array_case("chw", "array of shape (3, 16, 16)", "C×H×W by mistake (3 is read as H)",
-           lambda: noise(16, 16, 23).transpose(2, 0, 1).copy())
+array_case(
+    "chw",
+    "array of shape (3, 16, 16)",
+    "C×H×W by mistake (3 is read as H)",
+    lambda: noise(16, 16, 23).transpose(2, 0, 1).copy(),
+)
 array_case("empty", "array of shape (0, 16, 3)", "no rows", lambda: np.zeros((0, 16, 3), np.uint8))
 array_case("flat", "array of shape (768,)", "1-D", lambda: noise(16, 16, 24).ravel())
 array_case("int16", "array of dtype int16", "int16 pixels", lambda: noise(16, 16, 25).astype(np.int16))
 array_case("bool", "array of dtype bool", "a boolean mask", lambda: noise(16, 16, 26) > 127)
-array_case("complex", "array of dtype complex64", "complex numbers",
-           lambda: noise(16, 16, 27).astype(np.complex64))
+array_case("complex", "array of dtype complex64", "complex numbers", lambda: noise(16, 16, 27).astype(np.complex64))
 array_case("grey", None, "H×W uint8", lambda: noise(16, 16, 28, channels=1))
 array_case("rgba", None, "H×W×4 uint8", lambda: noise(16, 16, 29, channels=4))
 array_case("unit_float", None, "float64 in [0, 1]", lambda: rng(30).random((16, 24, 3)))
@@ -261,16 +291,23 @@ def _tensor_with_nan_row() -> np.ndarray:
     return t
 
 
-case("tensors/nan_row.npy", "tensor", "tensor row contains NaN or infinity",
-     "3×3×32×32, row 1 holds a NaN (rows 0 and 2 are fine)", bad_rows=[1])(
-    lambda path: np.save(path, _tensor_with_nan_row(), allow_pickle=False))
+case(
+    "tensors/nan_row.npy",
+    "tensor",
+    "tensor row contains NaN or infinity",
+    "3×3×32×32, row 1 holds a NaN (rows 0 and 2 are fine)",
+    bad_rows=[1],
+)(lambda path: np.save(path, _tensor_with_nan_row(), allow_pickle=False))
 case("tensors/wrong_size.npy", "tensor", "expected N×3×32×32", "2×3×16×16 for a 32 px model")(
-    lambda path: np.save(path, rng(32).random((2, 3, 16, 16)).astype(np.float32), allow_pickle=False))
+    lambda path: np.save(path, rng(32).random((2, 3, 16, 16)).astype(np.float32), allow_pickle=False)
+)
 case("tensors/channels_last.npy", "tensor", "expected N×3×32×32", "N×H×W×3 instead of N×3×H×W")(
-    lambda path: np.save(path, rng(33).random((2, 32, 32, 3)).astype(np.float32), allow_pickle=False))
+    lambda path: np.save(path, rng(33).random((2, 32, 32, 3)).astype(np.float32), allow_pickle=False)
+)
 
 
 # ---- model files ---------------------------------------------------------------------------
+
 
 def write_model(path: Path, metadata=None, **kwargs) -> None:
     path.write_bytes(toy_model(metadata or toy_metadata(), **kwargs).SerializeToString())
@@ -295,12 +332,17 @@ def _(path):
     path.write_bytes(b"")
 
 
-@case("models/pickle.onnx", "model", "neither an ONNX model nor a qsenn engine",
-      "a pickle whose loading would call print (a harmless stand-in for os.system)")
+@case(
+    "models/pickle.onnx",
+    "model",
+    "neither an ONNX model nor a qsenn engine",
+    "a pickle whose loading would call print (a harmless stand-in for os.system)",
+)
 def _(path):
     # pickle protocol 2 of: print("qsenn unpickled a model file")
-    path.write_bytes(b"\x80\x02cbuiltins\nprint\nq\x00X\x1c\x00\x00\x00qsenn unpickled a model file"
-                     b"q\x01\x85q\x02Rq\x03.")
+    path.write_bytes(
+        b"\x80\x02cbuiltins\nprint\nq\x00X\x1c\x00\x00\x00qsenn unpickled a model fileq\x01\x85q\x02Rq\x03."
+    )
 
 
 @case("models/truncated.onnx", "model", "truncated file", "the first half of the good model")
@@ -338,14 +380,22 @@ def _(path):
     write_model(path, metadata_json=metadata_json(ternary=ternary))
 
 
-@case("models/classes_disagree.onnx", "model", "disagrees with the graph's int8 initializer 'T' (shape 4×6)",
-      "metadata for 5 classes on a 4-class graph")
+@case(
+    "models/classes_disagree.onnx",
+    "model",
+    "disagrees with the graph's int8 initializer 'T' (shape 4×6)",
+    "metadata for 5 classes on a 4-class graph",
+)
 def _(path):
     write_model(path, metadata_json=toy_metadata(num_classes=5).to_json())
 
 
-@case("models/ternary_disagrees.onnx", "model", "disagrees with the graph's int8 initializer 'T' (other values)",
-      "the graph's T has one sign flipped")
+@case(
+    "models/ternary_disagrees.onnx",
+    "model",
+    "disagrees with the graph's int8 initializer 'T' (other values)",
+    "the graph's T has one sign flipped",
+)
 def _(path):
     metadata = toy_metadata()
     flipped = metadata.ternary.copy()
@@ -353,11 +403,14 @@ def _(path):
     write_model(path, metadata, graph_ternary=flipped)
 
 
-@case("models/size_disagrees.onnx", "model", "the metadata does not belong to this graph",
-      "metadata says 64 px, the graph takes 32 px")
+@case(
+    "models/size_disagrees.onnx",
+    "model",
+    "the metadata does not belong to this graph",
+    "metadata says 64 px, the graph takes 32 px",
+)
 def _(path):
-    write_model(path, metadata_json=metadata_json(input={**json.loads(toy_metadata().to_json())["input"],
-                                                         "size": 64}))
+    write_model(path, metadata_json=metadata_json(input={**json.loads(toy_metadata().to_json())["input"], "size": 64}))
 
 
 @case("models/future_version.onnx", "model", "format version 99 is not supported", "format_version 99")
@@ -388,8 +441,12 @@ def _(path):
     path.write_bytes(MAGIC + b"\x10")
 
 
-@case("models/engine_huge_length.engine", "model", "truncated or damaged (metadata length",
-      "an engine header declaring 2^64-1 bytes of metadata")
+@case(
+    "models/engine_huge_length.engine",
+    "model",
+    "truncated or damaged (metadata length",
+    "an engine header declaring 2^64-1 bytes of metadata",
+)
 def _(path):
     path.write_bytes(MAGIC + b"\xff" * 8 + b"{}")
 
@@ -401,6 +458,7 @@ def _(path):
 
 # ---- dataset folders (qsenn train) -----------------------------------------------------------
 
+
 def cub(path: Path, change: Callable[[Path, object], None]) -> None:
     fake = make_cub(path)
     change(fake.cub_dir, fake)
@@ -410,55 +468,68 @@ def dataset_case(name: str, dataset: str, expect: str, about: str, **extra):
     return case(f"datasets/{name}", "dataset", expect, about, dataset=dataset, **extra)
 
 
-@dataset_case("cub_missing_image", "CUB2011", "not found; the dataset folder is incomplete",
-              "images.txt lists a file that is not there (the first training image)")
+@dataset_case(
+    "cub_missing_image",
+    "CUB2011",
+    "not found; the dataset folder is incomplete",
+    "images.txt lists a file that is not there (the first training image)",
+)
 def _(path):
     cub(path, lambda root, fake: (root / "images" / fake.split(True)[0].rel_path).unlink())
 
 
-@dataset_case("cub_missing_late_image", "CUB2011", "image file missing",
-              "the 6th training image is absent: found only when training reads it")
+@dataset_case(
+    "cub_missing_late_image",
+    "CUB2011",
+    "image file missing",
+    "the 6th training image is absent: found only when training reads it",
+)
 def _(path):
     cub(path, lambda root, fake: (root / "images" / fake.split(True)[5].rel_path).unlink())
 
 
-@dataset_case("cub_unreadable_image", "CUB2011", "cannot read image",
-              "the 6th training image is text", args=["--workers", "1"])
+@dataset_case(
+    "cub_unreadable_image", "CUB2011", "cannot read image", "the 6th training image is text", args=["--workers", "1"]
+)
 def _(path):
     cub(path, lambda root, fake: (root / "images" / fake.split(True)[5].rel_path).write_text("no image"))
 
 
-@dataset_case("cub_bomb_image", "CUB2011", "decompression bomb",
-              "the 6th training image is the 400-megapixel PNG")
+@dataset_case("cub_bomb_image", "CUB2011", "decompression bomb", "the 6th training image is the 400-megapixel PNG")
 def _(path):
-    cub(path, lambda root, fake: (root / "images" / fake.split(True)[5].rel_path)
-        .write_bytes(constant_bilevel_png(20_000)))
+    cub(
+        path,
+        lambda root, fake: (root / "images" / fake.split(True)[5].rel_path).write_bytes(constant_bilevel_png(20_000)),
+    )
 
 
-@dataset_case("cub_label_out_of_range", "CUB2011", "class id 7 outside 1..3",
-              "image_class_labels.txt names class 7 of 3")
+@dataset_case(
+    "cub_label_out_of_range", "CUB2011", "class id 7 outside 1..3", "image_class_labels.txt names class 7 of 3"
+)
 def _(path):
     def change(root, fake):
         labels = root / "image_class_labels.txt"
         lines = labels.read_text().splitlines()
         lines[2] = lines[2].split()[0] + " 7"
         write_lines(labels, lines)
+
     cub(path, change)
 
 
-@dataset_case("cub_label_not_a_number", "CUB2011", "is malformed: expected '<image_id> <class_id>'",
-              "a label line reads '5 two'")
+@dataset_case(
+    "cub_label_not_a_number", "CUB2011", "is malformed: expected '<image_id> <class_id>'", "a label line reads '5 two'"
+)
 def _(path):
     def change(root, fake):
         labels = root / "image_class_labels.txt"
         lines = labels.read_text().splitlines()
         lines[0] = lines[0].split()[0] + " two"
         write_lines(labels, lines)
+
     cub(path, change)
 
 
-@dataset_case("cub_missing_split_file", "CUB2011", "train_test_split.txt not found",
-              "train_test_split.txt deleted")
+@dataset_case("cub_missing_split_file", "CUB2011", "train_test_split.txt not found", "train_test_split.txt deleted")
 def _(path):
     cub(path, lambda root, fake: (root / "train_test_split.txt").unlink())
 
@@ -468,26 +539,24 @@ def _(path):
     def change(root, fake):
         split = root / "train_test_split.txt"
         write_lines(split, (f"{line.split()[0]} 1" for line in split.read_text().splitlines()))
+
     cub(path, change)
 
 
-@dataset_case("folder_class_only_in_test", "folder", "has no counterpart",
-              "test/<class> that train/ lacks")
+@dataset_case("folder_class_only_in_test", "folder", "has no counterpart", "test/<class> that train/ lacks")
 def _(path):
     make_class_folders(path / "train", {"cat": 3, "dog": 3})
     make_class_folders(path / "test", {"cat": 1, "dog": 1, "emu": 1})
 
 
-@dataset_case("folder_no_images", "folder", "the train split is empty",
-              "class folders holding only .txt files")
+@dataset_case("folder_no_images", "folder", "the train split is empty", "class folders holding only .txt files")
 def _(path):
     for split in ("train", "test"):
         for name in ("cat", "dog"):
             write_lines(path / split / name / "notes.txt", ["no images here"])
 
 
-@dataset_case("fashion_label_out_of_range", "fashion-mnist", "has label 12 outside 0..9",
-              "a training label of 12")
+@dataset_case("fashion_label_out_of_range", "fashion-mnist", "has label 12 outside 0..9", "a training label of 12")
 def _(path):
     folder = make_fashion_mnist(path / "fashion-mnist", gz=False)
     labels = bytearray((folder / "train-labels-idx1-ubyte").read_bytes())
@@ -495,8 +564,12 @@ def _(path):
     (folder / "train-labels-idx1-ubyte").write_bytes(bytes(labels))
 
 
-@dataset_case("fashion_truncated_images", "fashion-mnist",
-              "is malformed (header declares shape (6, 28, 28)", "the training image file cut in half")
+@dataset_case(
+    "fashion_truncated_images",
+    "fashion-mnist",
+    "is malformed (header declares shape (6, 28, 28)",
+    "the training image file cut in half",
+)
 def _(path):
     folder = make_fashion_mnist(path / "fashion-mnist", gz=False)
     images = folder / "train-images-idx3-ubyte"
@@ -506,9 +579,14 @@ def _(path):
 
 # ---- writing -------------------------------------------------------------------------------
 
+
 def versions() -> dict:
-    return {"pillow": PIL.__version__, "numpy": np.__version__, "onnx": onnx.__version__,
-            "zlib": zlib.ZLIB_RUNTIME_VERSION}
+    return {
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "zlib": zlib.ZLIB_RUNTIME_VERSION,
+    }
 
 
 def generate(out: Path) -> list[dict]:
