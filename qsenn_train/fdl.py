@@ -29,7 +29,9 @@ def feature_diversity_loss(feature_maps: Tensor, logits: Tensor, weight: Tensor,
     w = w / (w.norm(dim=1, keepdim=True) + WEIGHT_NORM_EPS)
     spatial = maps.softmax(dim=2)  # softmax over positions
     avg = maps.mean(dim=2)  # B×C
-    scale = avg / torch.clamp(avg.max(dim=1, keepdim=True).values, min=SCALE_FLOOR)
+    # amax, not max(...).values: tied maxima (all-zero maps, duplicated channels) share the
+    # gradient evenly, as the max of the formula does; max().values routes it to one channel.
+    scale = avg / torch.clamp(avg.amax(dim=1, keepdim=True), min=SCALE_FLOOR)
     weighted = spatial * (scale * w).unsqueeze(2)
-    per_image = weighted.max(dim=1).values.sum(dim=1)
+    per_image = weighted.amax(dim=1).sum(dim=1)
     return -beta * per_image.mean()

@@ -83,3 +83,40 @@ def test_gradient_reaches_maps_and_weight():
     feature_diversity_loss(maps, logits, weight, BETA).backward()
     assert maps.grad.abs().sum() > 0
     assert weight.grad.abs().sum() > 0  # odd-Z: no detach of |W|
+
+
+def fdl_with_tie_sharing(maps, logits, weight, beta):
+    """The formula with every max written as the mean over its tied arguments (the subgradient
+    that splits the gradient evenly among ties): max_c x_c = Σ_c x_c·m_c / Σ_c m_c, m the detached
+    mask of the maxima."""
+
+    def shared_max(x, dim):
+        mask = (x == x.max(dim=dim, keepdim=True).values).to(x.dtype).detach()
+        return (x * mask).sum(dim=dim, keepdim=True) / mask.sum(dim=dim, keepdim=True)
+
+    flat = maps.flatten(2)
+    w = weight[logits.argmax(1)].abs()
+    w = w / (w.norm(dim=1, keepdim=True) + 1e-5)
+    avg = flat.mean(dim=2)
+    scale = avg / torch.clamp(shared_max(avg, 1), min=1e-6)
+    weighted = flat.softmax(dim=2) * (scale * w).unsqueeze(2)
+    return -beta * shared_max(weighted, 1).squeeze(1).sum(dim=1).mean()
+
+
+@pytest.mark.parametrize("case", ["duplicated channels", "all-zero maps"])
+def test_tied_maxima_share_the_gradient(case):
+    g = torch.Generator().manual_seed(2)
+    if case == "all-zero maps":
+        maps = torch.zeros(2, 3, 2, 2)
+    else:
+        base = torch.relu(torch.randn(2, 1, 2, 2, generator=g)) + 0.1
+        maps = torch.cat([base, base, 0.5 * base], dim=1)  # channels 0 and 1 tie everywhere
+    weight = torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 1.0]], requires_grad=True)
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    got = maps.clone().requires_grad_()
+    want = maps.clone().requires_grad_()
+    feature_diversity_loss(got, logits, weight, BETA).backward()
+    fdl_with_tie_sharing(want, logits, weight.detach(), BETA).backward()
+    assert torch.allclose(got.grad, want.grad, atol=1e-7)
+    assert torch.equal(got.grad[:, 0], got.grad[:, 1])  # the tied channels get the same share
+    assert got.grad[:, :2].abs().sum() > 0
