@@ -10,11 +10,8 @@ DEMO_DATA ?= data
 DEMO_OUT ?= runs/demo
 DEMO_RUN := $(DEMO_OUT)/resnet18/synth/0
 DEMO_TRAIN := $(QSENN) train --recipe demo --seed 0 --data-root $(DEMO_DATA) --out $(DEMO_OUT) --resume
-SYNTH := $(DEMO_DATA)/synth/c16-tr100-te50-s64-seed0/CUB_200_2011
-# Four test images of the embedded dataset, from four classes (50 test images per class, in
-# class order; split flag 0 in train_test_split.txt).
-TEST_IMAGES := awk 'NR==FNR {if ($$2 == 0) test[$$1]; next} ($$1 in test) {print "$(SYNTH)/images/" $$2}' \
-	$(SYNTH)/train_test_split.txt $(SYNTH)/images.txt | awk 'NR % 50 == 1' | head -n 4
+# Four test images of the embedded dataset, from four classes.
+TEST_IMAGES := $(QSENN) data examples --recipe demo --data-root $(DEMO_DATA) --count 4
 
 # Real-data validation (docs/validation.md): Fashion-MNIST from the Debian package; dense,
 # Q-SENN and SLDD with one seed; the Q-SENN model exported and run over the whole test set.
@@ -25,7 +22,7 @@ VALIDATE_RUN := $(VALIDATE_OUT)/resnet18s/fashion-mnist/$(VALIDATE_SEED)
 VALIDATE_TRAIN := $(QSENN) train --dataset fashion-mnist --seed $(VALIDATE_SEED) \
 	--data-root $(FASHION_MNIST) --out $(VALIDATE_OUT) --resume
 
-.PHONY: install demo test validate clean
+.PHONY: install demo test test-fast lint validate clean
 
 # Re-install only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -36,18 +33,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# SLDD first, Q-SENN last: both share the dense model, and RUN/final.pt points at the last one.
+# Q-SENN and SLDD share the dense model of the run directory; each keeps its own final model.
 demo: $(STAMP)
-	$(DEMO_TRAIN) --model-type sldd
 	$(DEMO_TRAIN) --model-type qsenn
-	$(QSENN) export $(DEMO_RUN) --format onnx
-	$(QSENN) predict $(DEMO_RUN)/model.onnx $$($(TEST_IMAGES)) --top-k 3
-	$(QSENN) explain $(DEMO_RUN)/model.onnx $$($(TEST_IMAGES) | head -n 1) --out $(DEMO_RUN)/explain.png
+	$(DEMO_TRAIN) --model-type sldd
+	$(QSENN) export $(DEMO_RUN) --model-type qsenn --format onnx
+	$(QSENN) export $(DEMO_RUN) --model-type sldd --format onnx
+	$(QSENN) predict $(DEMO_RUN)/qsenn.onnx $$($(TEST_IMAGES)) --top-k 3
+	$(QSENN) explain $(DEMO_RUN)/qsenn.onnx $$($(TEST_IMAGES) | head -n 1) --out $(DEMO_RUN)/explain.png
 
-# SLDD first, Q-SENN last, as in the demo.
 validate: $(STAMP) $(FASHION_MNIST)
-	$(VALIDATE_TRAIN) --model-type sldd
 	$(VALIDATE_TRAIN) --model-type qsenn
+	$(VALIDATE_TRAIN) --model-type sldd
 	$(QSENN) validate-run $(VALIDATE_RUN) --results-dir benchmarks/results --sheet docs/fashion-mnist-features.png
 
 $(FASHION_MNIST):
@@ -57,8 +54,18 @@ $(FASHION_MNIST):
 		echo "Fashion-MNIST is not installed; run: sudo apt-get install -y dataset-fashion-mnist" >&2; exit 1; \
 	fi
 
-test: $(STAMP)
+# Lint (ruff: rules and format) and types (mypy), configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
+
+# The fast lane: everything but the tests marked slow (training runs, kill chains).
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache

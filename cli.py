@@ -194,12 +194,19 @@ def train(
     help="Folder holding the run's dataset (default: the one it was trained with).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def evaluate(run_dir, data_root, device) -> None:
+@click.option(
+    "--model-type",
+    type=click.Choice(MODEL_TYPES),
+    default=None,
+    help="Evaluate only this finished model and its dense model (default: every finished model).",
+)
+def evaluate(run_dir, data_root, device, model_type) -> None:
     """Recompute the metrics (Accuracy, NFfeatures, PerClass, diversity@5, Dependence,
-    Alignment) of a run's dense and final models and rewrite its metrics_*.json."""
+    Alignment) of a run's finished models and their dense model, and rewrite their metrics_*.json
+    (config.json is only read)."""
     from qsenn_train.pipeline import evaluate_run
 
-    evaluate_run(run_dir, data_root, device=device, echo=click.echo)
+    evaluate_run(run_dir, data_root, device=device, model_type=model_type, echo=click.echo)
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -208,6 +215,27 @@ def evaluate(run_dir, data_root, device) -> None:
 @qsenn.group()
 def data() -> None:
     """Dataset utilities."""
+
+
+@data.command("examples")
+@click.option("--recipe", default="demo", show_default=True, metavar="NAME", help="Recipe whose dataset to use.")
+@click.option("--dataset", type=click.Choice(DATASETS), default=None, help="Dataset (default: the recipe's).")
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA_ROOT,
+    show_default=True,
+    help="Folder holding the datasets; env QSENN_DATA_ROOT.",
+)
+@click.option("--count", type=click.IntRange(min=1), default=4, show_default=True, help="Images (one per class).")
+def data_examples(recipe, dataset, data_root, count) -> None:
+    """Print the files of COUNT test images from COUNT classes, one per line: images to try
+    `qsenn predict` and `qsenn explain` on."""
+    from qsenn_train.data import example_images
+    from qsenn_train.recipes import resolve_recipe
+
+    for path in example_images(resolve_recipe(recipe, dataset), data_root, count, echo=lambda line: None):
+        click.echo(path)
 
 
 @data.command("synth")
@@ -327,14 +355,34 @@ _FORMATS_HELP = (
     default=None,
     metavar="FILE",
     help="JSON file of feature names for the metadata: a list of F names or {index: name} "
-    "(`qsenn validate-run` writes RUN/feature_names.json). Default: feature 0..F-1.",
+    "(`qsenn validate-run` writes RUN/feature_names_<type>.json). Default: feature 0..F-1.",
+)
+@click.option(
+    "--model-type",
+    type=click.Choice(MODEL_TYPES),
+    default=None,
+    help="Which finished model of the run: qsenn or sldd (default: the only one).",
 )
 def export_command(
-    source, fmt, out, batch, half, int8, calib, workspace, verify, verify_count, verify_images, feature_names
+    source,
+    fmt,
+    out,
+    batch,
+    half,
+    int8,
+    calib,
+    workspace,
+    verify,
+    verify_count,
+    verify_images,
+    feature_names,
+    model_type,
 ) -> None:
-    """Export a trained Q-SENN model: SOURCE is a run directory (RUN/final.pt), a folder of runs
-    (the newest finished one) or a checkpoint file. The graph normalises its input, computes only
-    the selected channels and holds the ternary matrix T as int8; the qsenn metadata travels with it."""
+    """Export a trained Q-SENN or SLDD model: SOURCE is a run directory (its finished model;
+    --model-type when it holds both), a folder of runs (the most recently finished one) or a
+    checkpoint file. The graph normalises its input, computes only the selected channels and holds
+    the head: Q-SENN's ternary T as int8 (its magnitude folded into the features), or SLDD's sparse
+    real weights; the qsenn metadata travels with it. Default output: RUN/<type>.<suffix>."""
     from qsenn_export import export
 
     options = export_formats.make_options(
@@ -349,6 +397,7 @@ def export_command(
         verify_count=verify_count,
         verify_images=verify_images,
         feature_names=feature_names,
+        model_type=model_type,
     )
     export_formats.validate(options)  # before torch loads: a refused option answers at once
     export(source, options, echo=click.echo)
@@ -385,10 +434,11 @@ def export_command(
 )
 def validate_run_command(run_dir, results_dir, sheet, sheet_features, top_images) -> None:
     """Check a trained run on its whole test set: dense, Q-SENN and SLDD metrics and stage times,
-    feature names from the global explanation (RUN/feature_names.json), the Q-SENN model exported
-    to ONNX with them, qsenn_runtime over every test image against PyTorch (argmax agreement,
-    identity residual), and a contact sheet of the top features; writes one JSON result."""
-    from qsenn_export.validation import validate_run
+    feature names from the global explanation (RUN/feature_names_<type>.json), every finished
+    model exported to ONNX with them, qsenn_runtime over every test image against PyTorch (argmax
+    agreement, identity residual), and a contact sheet of the Q-SENN model's top features; writes
+    one JSON result."""
+    from qsenn_bench.validation import validate_run
 
     validate_run(
         run_dir,
@@ -430,7 +480,8 @@ def import_reference_command(
     checkpoint, dataset, class_names, img_size, crop_gt, reduced_strides, data_root, out
 ) -> None:
     """Convert a checkpoint of the original Q-SENN code (state dict, spec §12.3) into a qsenn
-    checkpoint that `qsenn export` takes. Only ternary (Q-SENN) heads are accepted."""
+    checkpoint that `qsenn export` takes: a ternary head is a Q-SENN model, a sparse real-valued one
+    an SLDD model."""
     from qsenn_export.reference_import import import_reference, save_record
 
     record = import_reference(
@@ -450,9 +501,11 @@ def import_reference_command(
     )
 
 
-# ---- bench (qsenn_export.bench) ----------------------------------------------------------------
+# ---- bench (qsenn_bench) -------------------------------------------------------------------------
+from qsenn_bench.backend_table import BENCH_BACKENDS  # noqa: E402  (torch-free)
+
 _BENCH_HELP = "\b\nBackends (the first is the baseline of every ratio):\n" + "\n".join(
-    f"{b.name:<17} {'+'.join(b.devices):<8} {b.title}" for b in export_formats.BENCH_BACKENDS.values()
+    f"{b.name:<17} {'+'.join(b.devices):<8} {b.title}" for b in BENCH_BACKENDS.values()
 )
 
 
@@ -480,7 +533,7 @@ def _sizes(text: str) -> tuple[int, ...]:
 )
 @click.option(
     "--backends",
-    default=",".join(export_formats.BENCH_BACKENDS),
+    default=",".join(BENCH_BACKENDS),
     show_default=True,
     help="Comma-separated backends to time; those this machine cannot run are skipped with the reason.",
 )
@@ -542,6 +595,12 @@ def _sizes(text: str) -> tuple[int, ...]:
     default=None,
     help="Write one CSV row per backend and batch (a folder: named like --json).",
 )
+@click.option(
+    "--model-type",
+    type=click.Choice(MODEL_TYPES),
+    default=None,
+    help="Which finished model of a run: qsenn or sldd (default: the only one).",
+)
 def bench_command(
     source,
     arch,
@@ -562,11 +621,14 @@ def bench_command(
     artifacts,
     json_out,
     csv_out,
+    model_type,
 ) -> None:
     """Latency (min/median/p90/p99), images per second, peak memory, and top-1 and top-5-feature
     agreement with the PyTorch fp32 baseline, per backend and batch size; the backends' timed calls
     are interleaved so that ratios survive a noisy machine."""
-    from qsenn_export.bench import BenchConfig, bench_source, run_bench, table, write_csv, write_json
+    from qsenn_bench.bench import BenchConfig, run_bench
+    from qsenn_bench.reporting import table, write_csv, write_json
+    from qsenn_bench.sources import bench_source
 
     config = BenchConfig(
         backends=_names(backends),
@@ -584,7 +646,7 @@ def bench_command(
         artifacts=artifacts,
     )
     config.validate()
-    result = run_bench(bench_source(source, arch, img_size, random_weights), config, echo=click.echo)
+    result = run_bench(bench_source(source, arch, img_size, random_weights, model_type), config, echo=click.echo)
     click.echo(table(result))
     for out, write in ((json_out, write_json), (csv_out, write_csv)):
         if out is not None:
@@ -710,10 +772,17 @@ def inspect_model(model_path, fmt, out) -> None:
 # ---- entry point ------------------------------------------------------------------------
 
 
-def main() -> None:
+def user_errors() -> tuple[type[Exception], ...]:
+    """Each package's own error base class: a problem the user can fix, printed as one line."""
+    from qsenn_bench.errors import BenchError
+    from qsenn_export.errors import ExportError
     from qsenn_runtime.errors import QsennRuntimeError
     from qsenn_train.errors import QsennError
 
+    return (QsennError, ExportError, QsennRuntimeError, BenchError)
+
+
+def main() -> None:
     try:
         qsenn.main(standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
@@ -721,7 +790,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (QsennError, QsennRuntimeError) as exc:
+    except user_errors() as exc:
         _fail(str(exc))
 
 

@@ -21,12 +21,10 @@ import threading
 import time
 from pathlib import Path
 
+from qsenn_bench.environment import environment
+from qsenn_bench.reporting import RESULTS, save_result
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from qsenn_export.timing import environment, result_name  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def status_kib(field: str) -> int:
@@ -45,10 +43,10 @@ def measure_one(per_class: int, data: Path, image_size: int) -> dict:
     from qsenn_train.data.layouts import load_synth_splits
     from qsenn_train.data.synth import SynthSpec, ensure_synth
     from qsenn_train.data.transforms import build_transform
+    from qsenn_train.device import Device
     from qsenn_train.features import extract_features
     from qsenn_train.model import build_model
     from qsenn_train.rundir import RunDir
-    from qsenn_train.training import Device
 
     torch.set_num_threads(1)
     spec = SynthSpec(train_per_class=per_class, test_per_class=per_class // 2, image_size=image_size)
@@ -131,10 +129,7 @@ def main() -> None:
         "environment": environment(None),
         "sizes": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / (result_name("extraction_memory", "synth-resnet18", result["environment"], ("torch",)) + ".json")
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {save_result('extraction_memory', 'synth-resnet18', result, RESULTS, ('torch',))}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """GPU figures for a Q-SENN ResNet-50 at 448 px on an H100/H200, measured by `qsenn bench`
-(qsenn_export.bench): torch fp32 eager (the baseline), torch fp16 channels-last, torch.compile,
+(qsenn_bench): torch fp32 eager (the baseline), torch fp16 channels-last, torch.compile,
 and torch.compile with CUDA graphs, at batch 1 and 64. Every GPU backend's logits, features c
 and contributions are checked against the fp32 baseline, and so are the ONNX model's
 (onnxruntime on the CPU, not timed).
@@ -29,12 +29,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the packages from the working tree, installed or not
-
-from qsenn_export.bench import BenchConfig, bench_source, run_bench, table  # noqa: E402
-from qsenn_export.timing import result_name  # noqa: E402
-from qsenn_train.errors import QsennError  # noqa: E402
+from qsenn_bench.bench import BenchConfig, run_bench
+from qsenn_bench.errors import BenchError
+from qsenn_bench.reporting import RESULTS, result_name, table
+from qsenn_bench.sources import bench_source
+from qsenn_export.errors import ExportError
+from qsenn_train.errors import QsennError
 
 GPU_BACKENDS = ("torch", "torch-fp16", "torch-compile", "torch-cudagraphs")
 THROUGHPUT_GOAL, LATENCY_GOAL_MS = 5.0, 1.0  # at batch 64 against fp32 eager; at batch 1
@@ -46,7 +46,7 @@ DRY_RUN_BACKENDS = ("torch", "torch-fp16")
 
 
 def goals(result: dict, batches: tuple[int, ...]) -> dict:
-    """The issue's goals, judged on the fastest non-baseline backend and every agreement."""
+    """The targets, judged on the fastest non-baseline backend and every agreement."""
     rows = [r for r in result["results"] if r["backend"] != "torch"]
     large, small = max(batches), min(batches)
     best_speedup = max((r["speedup"] for r in rows if r["batch"] == large), default=None)
@@ -97,7 +97,7 @@ def main() -> None:
     )
     try:
         result = run_bench(source, config)
-    except QsennError as exc:
+    except (QsennError, ExportError, BenchError) as exc:
         sys.exit(f"error: {exc}")
     result["goals"] = goals(result, config.batches)
     result["dry_run"] = args.dry_run
@@ -106,7 +106,7 @@ def main() -> None:
 
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     if out is None:
-        out = Path(tempfile.mkdtemp(prefix="qsenn-gpu-bench-")) if args.dry_run else REPO / "benchmarks" / "results"
+        out = Path(tempfile.mkdtemp(prefix="qsenn-gpu-bench-")) if args.dry_run else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     name = result_name(
         "gpu_bench" + ("-dry-run" if args.dry_run else ""), result["model"]["label"], result["environment"], ("torch",)

@@ -27,25 +27,17 @@ import numpy as np
 import onnx
 
 import qsenn_runtime
-from qsenn_export.bench import (
-    BenchConfig,
-    agreement,
-    agreement_images,
-    bench_source,
-    calibration_images,
-    model_label,
-    onnx_op_profile,
-    profile_line,
-    runtime_runner,
-    time_interleaved,
-)
+from qsenn_bench.backends import runtime_runner
+from qsenn_bench.bench import BenchConfig, agreement, agreement_images, calibration_images
+from qsenn_bench.environment import environment
+from qsenn_bench.measurement import latency_summary, onnx_op_profile, profile_line, time_interleaved
+from qsenn_bench.reporting import RESULTS, result_name
+from qsenn_bench.sources import bench_source, model_label
+from qsenn_export._common import OPSET, fold_source, to_onnx
 from qsenn_export.formats import FORMATS
 from qsenn_export.int8 import Int8Settings, quantize_backbone
 from qsenn_export.metadata import build_metadata
-from qsenn_export.onnx_export import OPSET, fold_source, to_onnx
-from qsenn_export.timing import environment, latency_summary, result_name
 
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = [Int8Settings(fmt, activations) for fmt in ("QOperator", "QDQ") for activations in ("QUInt8", "QInt8")]
 
 

@@ -1,38 +1,29 @@
 """The reliability figures of docs/reliability.md, measured with the same code as the tests:
 
   1. kill/resume: `qsenn train --recipe tiny` killed with SIGKILL inside every stage (one chain,
-     tests/kill_chain.py), resumed, and compared with the uninterrupted run;
+     qsenn_bench/testing/kill_chain.py), resumed, and compared with the uninterrupted run;
   2. hostile inputs: the corpus of tests/hostile/cases through the runtime library, `qsenn predict`
      and `qsenn train`; how many runs ended in a traceback;
   3. concurrency: one loaded toy model, 8 threads × 500 calls of mixed good and bad inputs.
 
     OMP_NUM_THREADS=1 python benchmarks/reliability_figures.py [--only kill|hostile|concurrency]
 
-Prints the figures and writes benchmarks/results/reliability_<cpu>_torch<v>_ort<v>.json.
+Prints the figures and writes benchmarks/results/reliability_tiny_<cpu>_<versions>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import re
-import sys
 import tempfile
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
 
-from runtime_common import RESULTS, TESTS, cpu_name
-
-sys.path.insert(0, str(TESTS))
-REPO = TESTS.parent
-sys.path.insert(0, str(REPO))
-
-import concurrent_serving  # noqa: E402
-import hostile_inputs as hi  # noqa: E402
-import kill_chain as kc  # noqa: E402
+import qsenn_bench.testing.hostile_inputs as hi
+import qsenn_bench.testing.kill_chain as kc
+from qsenn_bench.reporting import RESULTS, save_result
+from qsenn_bench.testing import concurrency as concurrent_serving
 
 
 def kill_figures(work: Path) -> dict:
@@ -45,7 +36,7 @@ def kill_figures(work: Path) -> dict:
     chain = kc.run_chain(data_root, work / "chain", kc.stage_calls(reference_dir), echo=print)
     seconds = time.perf_counter() - start
     diff = kc.differences(chain.run_dir, reference_dir)
-    per_stage = Counter(re.sub(r"^.*/", "", kill.stage) for kill in chain.kills if kill.returncode == -9)
+    per_stage = Counter(kc.short_stage(kill.stage) for kill in chain.kills if kill.returncode == -9)
     lost = [
         {
             "stage": kill.stage,
@@ -158,15 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("kill", "hostile", "concurrency"))
     args = parser.parse_args()
-    import onnxruntime
-    import torch
-
-    figures = {
-        "cpu": cpu_name(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
+    figures: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name, measure in (
@@ -176,12 +159,8 @@ def main() -> None:
         ):
             if args.only in (None, name):
                 figures[name] = measure(work)
-    slug = re.sub(r"[^a-z0-9]+", "-", figures["cpu"].lower()).strip("-")
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "" if args.only is None else f"_{args.only}"
-    path = RESULTS / f"reliability{suffix}_{slug}_torch{torch.__version__}_ort{onnxruntime.__version__}.json"
-    path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-    print(f"\nwrote {path}")
+    kind = "reliability" if args.only is None else f"reliability-{args.only}"
+    print(f"\nwrote {save_result(kind, 'tiny', figures, RESULTS)}")
 
 
 if __name__ == "__main__":

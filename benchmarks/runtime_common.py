@@ -1,19 +1,14 @@
 """Shared by the runtime benchmarks: a toy model of realistic size when no export is given and
-result files named by CPU and library versions. The trtexec-style latency summary and the CPU
-name come from qsenn_export.timing, which `qsenn bench` uses too."""
+result files named like every result (qsenn_bench.reporting). The trtexec-style latency summary and
+the CPU name are the ones `qsenn bench` uses."""
 
 from __future__ import annotations
 
-import json
-import platform
-import re
-import sys
 from pathlib import Path
 
-from qsenn_export.timing import cpu_name, latency_summary  # noqa: F401  (the scripts import both from here)
-
-RESULTS = Path(__file__).resolve().parent / "results"
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+from qsenn_bench.environment import cpu_name  # noqa: F401  (the scripts import these from here)
+from qsenn_bench.measurement import latency_summary  # noqa: F401
+from qsenn_bench.reporting import RESULTS, save_result
 
 
 def toy_model_file(
@@ -25,8 +20,7 @@ def toy_model_file(
 ) -> Path:
     """A contract-conforming ONNX model with five stride-2 3×3 convolutions (~1 GMAC per 448 px
     image, a sixteenth of ResNet-50's), 14×14 feature maps and a paper-sized head (F = 50)."""
-    sys.path.insert(0, str(TESTS))
-    from toy_onnx import save_toy_model, toy_metadata
+    from qsenn_bench.testing.toy_onnx import save_toy_model, toy_metadata
 
     path = folder / f"toy-{size}px-{classes}c-{features}f.onnx"
     save_toy_model(path, toy_metadata(classes, features, size=size, channels=widths[-1]), widths=widths)
@@ -34,22 +28,4 @@ def toy_model_file(
 
 
 def write_results(kind: str, model: Path, data: dict) -> Path:
-    import onnxruntime
-
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")
-    path = RESULTS / f"{kind}_{slug}_ort{onnxruntime.__version__}_{model.stem}.json"
-    RESULTS.mkdir(exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "cpu": cpu_name(),
-                "onnxruntime": onnxruntime.__version__,
-                "python": platform.python_version(),
-                "model": str(model),
-                **data,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    return path
+    return save_result(kind, model.stem, {"model": str(model), **data}, RESULTS, ("onnxruntime",))

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from runtime_common import toy_model_file, write_results
 
-from qsenn_export.timing import PEAK_RSS_KIB
+from qsenn_bench.measurement import PEAK_RSS_KIB
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,57 +1,89 @@
-"""The deployable Q-SENN graph (spec §12.5), built from a trained QResNet.
+"""The deployable Q-SENN/SLDD graph (spec §12.5), built from a trained QResNet.
 
     images ∈ [0, 1] → normalise → backbone, whose last residual block computes only the
-    selected channels → maps M_S → pooled f → c = a·(f − μ)/max(σ, 1e-6) → logits = T·c + b
+    selected channels → maps M_S → pooled f → c = a·(f − μ)/max(σ, 1e-6) → logits = W·c + b
 
-T stays a {−1, 0, +1} matrix: in torch it is a frozen float Linear (so the exporter and
-the MAC counter see an ordinary layer); `store_ternary_as_int8` then rewrites the exported
-graph so that the file holds T as an INT8 initializer followed by a Cast.
+The head matrix W is Q-SENN's T ∈ {−1, 0, +1} with its shared magnitude a folded into c
+(a "ternary" head), or SLDD's sparse real weights with a = 1 (a "sparse" head). In torch it is
+a frozen float Linear (so the exporter and the MAC counter see an ordinary layer); for a ternary
+head `graph.store_ternary_as_int8` then rewrites the exported graph so that the file holds T as
+an INT8 initializer followed by a Cast.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
-import numpy as np
-import onnx
 import torch
-from onnx import helper, numpy_helper
 from torch import Tensor, nn
 from torchvision.models import resnet
 
-from qsenn_runtime.metadata import METADATA_KEY, ModelMetadata
-from qsenn_train.errors import QsennError
+from qsenn_runtime.metadata import HEAD_SPARSE, HEAD_TERNARY
 from qsenn_train.model import STD_CLAMP, QResNet
-from qsenn_train.quantize import TernaryHead
+
+from .errors import ExportError
 
 # Every non-zero weight of a Q-SENN head is ±a; float32 storage keeps them bit-identical,
 # so anything beyond rounding noise means the head was never quantised (SLDD or dense).
 MAGNITUDE_RTOL = 1e-5
-TERNARY_INITIALIZER = "ternary"
+HEAD_KIND_OF_MODEL_TYPE = {"qsenn": HEAD_TERNARY, "sldd": HEAD_SPARSE}
 
 
-def ternary_head(model: QResNet, source: str) -> TernaryHead:
-    """Split the sparse head's weight into T ∈ {−1, 0, +1} and the shared magnitude a."""
-    if not model.is_sparse:
-        raise QsennError(
-            f"{source} holds a dense model (no sparse head); export the final Q-SENN model of a run (RUN/final.pt)"
-        )
-    weight = model.head_weight.detach().cpu()
+@dataclass(frozen=True)
+class FoldedHead:
+    """The exported head: logits = weights·c + bias with c = scale·(f − μ)/max(σ, 1e-6)."""
+
+    kind: str  # HEAD_TERNARY or HEAD_SPARSE
+    weights: Tensor  # K×F: int8 T ∈ {−1, 0, +1} (ternary) or float32 W (sparse)
+    scale: float  # a (ternary), 1 (sparse)
+    bias: Tensor  # K float32
+
+    @property
+    def num_features(self) -> int:
+        return int(self.weights.shape[1])
+
+
+def is_ternary(weight: Tensor) -> bool:
+    """Every non-zero weight has one shared magnitude (within float rounding)."""
     magnitudes = weight.abs()[weight != 0]
     if magnitudes.numel() == 0:
-        raise QsennError(
-            f"{source}: every weight of the sparse head is zero; the model predicts "
-            f"only its bias and cannot be explained"
+        return False
+    mean = float(magnitudes.mean())
+    return float((magnitudes - mean).abs().max()) <= MAGNITUDE_RTOL * mean
+
+
+def read_head(model: QResNet, source: str, model_type: str | None = None) -> FoldedHead:
+    """The sparse head of a Q-SENN (ternary) or SLDD (sparse) model. `model_type` (from the run's
+    registry or the checkpoint) decides the kind; without it, a head whose non-zero weights share
+    one magnitude is ternary."""
+    if not model.is_sparse:
+        raise ExportError(
+            f"{source} holds a dense model (no sparse head); export a finished Q-SENN or SLDD model of a run"
         )
-    magnitude = float(magnitudes.mean())
-    spread = float((magnitudes - magnitude).abs().max())
-    if spread > MAGNITUDE_RTOL * magnitude:
-        raise QsennError(
-            f"{source}: the head is not ternary (non-zero weights range over "
-            f"{float(magnitudes.min()):.4g}..{float(magnitudes.max()):.4g}, one shared magnitude "
-            f"expected); it looks like an SLDD or dense model, and qsenn export takes Q-SENN models only"
+    weight = model.head_weight.detach().cpu().float()
+    bias = model.head_bias.detach().cpu().float().clone()
+    nonzero = weight[weight != 0]
+    if nonzero.numel() == 0:
+        raise ExportError(
+            f"{source}: every weight of the sparse head is zero; the model predicts only its bias and cannot be explained"
         )
-    return TernaryHead(torch.sign(weight).to(torch.int8), magnitude, model.head_bias.detach().cpu().float().clone())
+    if model_type is not None and model_type not in HEAD_KIND_OF_MODEL_TYPE:
+        raise ExportError(f"{source}: unknown model type {model_type!r}")
+    if model_type is not None:
+        kind = HEAD_KIND_OF_MODEL_TYPE[model_type]
+    else:
+        kind = HEAD_TERNARY if is_ternary(weight) else HEAD_SPARSE
+    if kind == HEAD_SPARSE:
+        return FoldedHead(HEAD_SPARSE, weight.clone(), 1.0, bias)
+    if not is_ternary(weight):
+        magnitudes = nonzero.abs()
+        raise ExportError(
+            f"{source}: a Q-SENN head must be ternary, but its non-zero weights range over "
+            f"{float(magnitudes.min()):.4g}..{float(magnitudes.max()):.4g} (one shared magnitude expected); "
+            f"the model was not quantised"
+        )
+    return FoldedHead(HEAD_TERNARY, torch.sign(weight).to(torch.int8), float(nonzero.abs().mean()), bias)
 
 
 class ChannelSelect(nn.Module):
@@ -104,7 +136,7 @@ def slice_last_block(block: nn.Module, channels: Tensor) -> nn.Module:
     elif isinstance(block, resnet.BasicBlock):
         block.conv2, block.bn2 = _sliced_conv(block.conv2, channels), _sliced_bn(block.bn2, channels)
     else:
-        raise QsennError(f"cannot slice a {type(block).__name__} block; only torchvision ResNet blocks are supported")
+        raise ExportError(f"cannot slice a {type(block).__name__} block; only torchvision ResNet blocks are supported")
     if block.downsample is None:
         block.downsample = ChannelSelect(channels)
     else:
@@ -126,7 +158,7 @@ def input_normalisation(mean, std) -> tuple[Tensor, Tensor]:
 class FoldedQSENN(nn.Module):
     """images → (logits, features c, selected feature maps); see the module docstring."""
 
-    def __init__(self, model: QResNet, head: TernaryHead, mean, std):
+    def __init__(self, model: QResNet, head: FoldedHead, mean, std):
         super().__init__()
         model = copy.deepcopy(model).eval().cpu()
         input_mean, input_std = input_normalisation(mean, std)
@@ -146,10 +178,10 @@ class FoldedQSENN(nn.Module):
         )
         sparse = model.linear
         self.register_buffer("feature_mean", sparse.mean.detach().clone())
-        self.register_buffer("feature_scale", head.magnitude / torch.clamp(sparse.std.detach(), min=STD_CLAMP))
+        self.register_buffer("feature_scale", head.scale / torch.clamp(sparse.std.detach(), min=STD_CLAMP))
         self.classifier = nn.Linear(len(selection), len(head.bias))
         with torch.no_grad():
-            self.classifier.weight.copy_(head.ternary.to(torch.float32))
+            self.classifier.weight.copy_(head.weights.to(torch.float32))
             self.classifier.bias.copy_(head.bias)
         self.requires_grad_(False)
         self.eval()
@@ -203,77 +235,3 @@ def count_macs(module: nn.Module, img_size: int) -> int:
             handle.remove()
         module.train(was_training)
     return total
-
-
-# ---- graph surgery -----------------------------------------------------------------------
-
-
-def _producer(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
-    for node in graph.node:
-        if output in node.output:
-            return node
-    raise QsennError(f"internal error: the exported graph has no node computing {output!r}")
-
-
-def store_ternary_as_int8(model: onnx.ModelProto, ternary: np.ndarray, logits: str = "logits") -> None:
-    """Replace the float copy of T feeding the logits node by an INT8 initializer + Cast.
-
-    The exporter folds the torch classifier's weight into a float initializer (as T or
-    Tᵀ); it is found by value, so a graph that does not hold T there is an error.
-    """
-    graph = model.graph
-    node = _producer(graph, logits)
-    initializers = {init.name: init for init in graph.initializer}
-    for position, name in enumerate(node.input):
-        if name not in initializers:
-            continue
-        values = numpy_helper.to_array(initializers[name])
-        orientation = next(
-            (t for t in (ternary, ternary.T) if values.shape == t.shape and np.array_equal(values, t)), None
-        )
-        if orientation is None:
-            continue
-        if any(name in other.input for other in graph.node if other is not node):
-            raise QsennError("internal error: T is shared with another node of the exported graph")
-        graph.initializer.remove(initializers[name])
-        graph.initializer.append(numpy_helper.from_array(orientation.astype(np.int8), TERNARY_INITIALIZER))
-        cast = helper.make_node(
-            "Cast",
-            [TERNARY_INITIALIZER],
-            [f"{TERNARY_INITIALIZER}_float"],
-            name="ternary_to_float",
-            to=onnx.TensorProto.FLOAT,
-        )
-        node.input[position] = cast.output[0]
-        graph.node.insert(0, cast)  # its only input is an initializer: first is a valid order
-        return
-    raise QsennError("internal error: the exported logits node does not read T; cannot store it as int8")
-
-
-def ternary_as_float(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with T as a float initializer (no INT8 constant + Cast).
-
-    For TensorRT's ONNX parser, which historically accepts INT8 constants only inside
-    Q/DQ pairs; the engine's T is exact in fp16/fp32 anyway and the metadata carries it.
-    """
-    model = copy.deepcopy(model)
-    graph = model.graph
-    cast = next((n for n in graph.node if n.op_type == "Cast" and list(n.input) == [TERNARY_INITIALIZER]), None)
-    int8 = next((i for i in graph.initializer if i.name == TERNARY_INITIALIZER), None)
-    if cast is None or int8 is None:
-        raise QsennError("the ONNX model has no int8 T initializer; export it with qsenn export")
-    graph.initializer.remove(int8)
-    graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(int8).astype(np.float32), cast.output[0]))
-    graph.node.remove(cast)
-    return model
-
-
-def attach_metadata(model: onnx.ModelProto, metadata: ModelMetadata, what: str) -> onnx.ModelProto:
-    """Store the qsenn metadata in the model's properties and run the full ONNX checker; `what`
-    names the graph in the error ("the exported graph", "the INT8 graph")."""
-    helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise QsennError(f"internal error: {what} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
-    return model

@@ -1,5 +1,5 @@
 """The one table of export formats: it drives option validation, `qsenn export --help`
-and the benchmark. Nothing here imports torch, so the CLI can read it at start-up."""
+and the benchmark's artifact backends. Nothing here imports torch, so the CLI can read it at start-up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qsenn_train.errors import QsennError
+from .errors import ExportError
 
 TOP_FEATURES = 5  # "the same top-5 contributing features" (see Tolerance.top_features)
 
@@ -42,17 +42,6 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
-class BenchBackend:
-    """One way `qsenn bench` runs a model: the PyTorch source (format None) or an artifact."""
-
-    name: str  # value of `qsenn bench --backends`
-    title: str
-    devices: tuple[str, ...]  # where the benchmark runs it
-    format: str | None = None  # export format of the artifact it times
-    precision: str | None = None  # of that artifact (a key of the format's tolerances)
-
-
-@dataclass(frozen=True)
 class ExportFormat:
     name: str  # value of --format
     title: str
@@ -61,7 +50,6 @@ class ExportFormat:
     options: frozenset[str]  # format-specific options it accepts (keys of OPTION_FLAGS)
     extra: str  # pip extra that installs what building it needs
     tolerances: Mapping[str, Tolerance]  # by precision; the first is the default
-    bench: tuple[BenchBackend, ...] = ()  # how `qsenn bench` runs its artifacts
 
     @property
     def default_precision(self) -> str:
@@ -86,12 +74,6 @@ FORMATS: dict[str, ExportFormat] = {
                 "fp32": Tolerance(rel=1e-4, argmax=1.0),
                 "int8": Tolerance(rel=0.25, argmax=0.99, top_features=0.95, identity=1e-4, tie=1e-4),
             },
-            (
-                BenchBackend("onnx", "onnxruntime fp32 (qsenn_runtime)", ("CPU", "GPU"), "onnx", "fp32"),
-                BenchBackend(
-                    "onnx-int8", "onnxruntime INT8 backbone, exact head (qsenn_runtime)", ("CPU",), "onnx", "int8"
-                ),
-            ),
         ),
         ExportFormat(
             "trt",
@@ -105,28 +87,16 @@ FORMATS: dict[str, ExportFormat] = {
                 "fp16": Tolerance(rel=2e-2, argmax=1.0),
                 "int8": Tolerance(rel=1e-1, argmax=0.99),
             },
-            (BenchBackend("trt", "TensorRT fp16 engine (qsenn_runtime)", ("GPU",), "trt", "fp16"),),
         ),
     )
 }
-
-# The PyTorch side of `qsenn bench`: the baseline first (every ratio is against it).
-TORCH_BENCH_BACKENDS = (
-    BenchBackend("torch", "PyTorch fp32 eager: the trained model as the original code runs it", ("CPU", "GPU")),
-    BenchBackend("torch-fp16", "PyTorch fp16 channels-last: the folded graph, BN fused", ("GPU",)),
-    BenchBackend("torch-compile", "torch.compile (inductor) of torch-fp16", ("GPU",)),
-    BenchBackend("torch-cudagraphs", "torch.compile mode=reduce-overhead (CUDA graphs) of torch-fp16", ("GPU",)),
-)
-BENCH_BACKENDS: dict[str, BenchBackend] = {
-    b.name: b for b in (*TORCH_BENCH_BACKENDS, *(b for f in FORMATS.values() for b in f.bench))
-}
-BASELINE_BACKEND = TORCH_BENCH_BACKENDS[0].name
 
 OPTION_FLAGS = {"batch": "--batch", "half": "--half", "int8": "--int8", "calib": "--calib", "workspace": "--workspace"}
 DEFAULT_TRT_BATCH = 16  # largest batch of an engine's profile unless --batch says
 DEFAULT_WORKSPACE_GIB = 4.0
 DEFAULT_VERIFY_COUNT = 64
 CALIBRATION_LIMIT = 512  # images; INT8 calibration gains little beyond a few hundred
+CALIBRATION_BATCH = 8  # images per calibration batch (onnxruntime and TensorRT alike)
 
 
 @dataclass(frozen=True)
@@ -142,6 +112,7 @@ class ExportOptions:
     verify_count: int = DEFAULT_VERIFY_COUNT
     verify_images: Path | None = None
     feature_names: Path | None = None  # JSON: a list of F names or {index: name}
+    model_type: str | None = None  # of a run that holds both; None: the only one
     given: frozenset[str] = field(default_factory=frozenset)  # format options the user set
 
     @property
@@ -170,26 +141,26 @@ def make_options(format: str, **values) -> ExportOptions:
 def validate(options: ExportOptions) -> None:
     """Refuse options the format does not take and combinations that make no sense."""
     if options.format not in FORMATS:
-        raise QsennError(f"unknown export format {options.format!r}; choose one of {', '.join(FORMATS)}")
+        raise ExportError(f"unknown export format {options.format!r}; choose one of {', '.join(FORMATS)}")
     fmt = options.export_format
     for option in (o for o in OPTION_FLAGS if o in options.given - fmt.options):
         takers = formats_taking(option)
-        raise QsennError(
+        raise ExportError(
             f"{OPTION_FLAGS[option]} is not available for {fmt.title} export"
             + (f"; formats that take it: {', '.join(takers)}" if takers else "")
         )
     if options.int8 and options.calib is None:
-        raise QsennError("--int8 needs --calib DIR: a folder of calibration images (a few hundred training images)")
+        raise ExportError("--int8 needs --calib DIR: a folder of calibration images (a few hundred training images)")
     if options.calib is not None and not options.int8:
-        raise QsennError("--calib is only used with --int8; add --int8 or drop --calib")
+        raise ExportError("--calib is only used with --int8; add --int8 or drop --calib")
     if options.batch is not None and options.batch < 1:
-        raise QsennError(f"--batch must be at least 1, got {options.batch}")
+        raise ExportError(f"--batch must be at least 1, got {options.batch}")
     if options.workspace is not None and options.workspace <= 0:
-        raise QsennError(f"--workspace must be a positive number of GiB, got {options.workspace}")
+        raise ExportError(f"--workspace must be a positive number of GiB, got {options.workspace}")
     if options.verify_count < 1:
-        raise QsennError(f"--verify-count must be at least 1, got {options.verify_count}")
+        raise ExportError(f"--verify-count must be at least 1, got {options.verify_count}")
     if not options.verify and options.verify_images is not None:
-        raise QsennError("--verify-images has no effect with --no-verify; drop one of them")
+        raise ExportError("--verify-images has no effect with --no-verify; drop one of them")
 
 
 def _precisions(f: ExportFormat) -> str:

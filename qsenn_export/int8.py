@@ -28,11 +28,11 @@ import onnxruntime
 import onnxruntime.quantization
 
 from qsenn_runtime.metadata import INPUT_NAME, ModelMetadata
-from qsenn_train.errors import QsennError
 
-from .fold import attach_metadata, store_ternary_as_int8
+from .errors import ExportError
+from .formats import CALIBRATION_BATCH
+from .graph import attach_metadata, store_ternary_as_int8
 
-CALIBRATION_BATCH = 8
 QUANTISED_OP_PREFIXES = (
     "QLinear",
     "QuantizeLinear",
@@ -149,12 +149,13 @@ def quantize_backbone(
     """The fp32 export `model` with an INT8 backbone, T back as the INT8 initializer + Cast, and
     the metadata extended by how it was quantised; checked."""
     if len(calibration) == 0:
-        raise QsennError("INT8 calibration needs at least one image")
+        raise ExportError("INT8 calibration needs at least one image")
     quantised = quantize_static_model(model, calibration, settings, None)
-    store_ternary_as_int8(quantised, metadata.ternary)  # pre-processing folded the Cast away
+    if metadata.is_ternary:
+        store_ternary_as_int8(quantised, metadata.weights)  # pre-processing folded the Cast away
     quantised_head = quantised_head_nodes(quantised)
     if quantised_head:
-        raise QsennError(f"internal error: INT8 quantisation reached the head: {', '.join(quantised_head)}")
+        raise ExportError(f"internal error: INT8 quantisation reached the head: {', '.join(quantised_head)}")
     metadata = metadata.with_quantization(
         {
             "precision": "int8",
@@ -163,7 +164,7 @@ def quantize_backbone(
             "weights": "QInt8 per-channel symmetric",
             "calibration_images": len(calibration),
             "calibration_source": calibration_source,
-            "float_nodes": "head: pooling, c = a·(f − μ)/σ, logits = T·c + b (T: INT8 initializer + Cast)",
+            "float_nodes": "head: pooling, c = a·(f − μ)/σ, logits = W·c + b",
         }
     )
     return attach_metadata(quantised, metadata, "the INT8 graph")

@@ -1,4 +1,5 @@
-"""`qsenn import-reference`: a checkpoint of the original Q-SENN code → a qsenn checkpoint.
+"""`qsenn import-reference`: a checkpoint of the original Q-SENN code (a Q-SENN or an SLDD model)
+→ a qsenn checkpoint.
 
 The original saves a state dict with torchvision ResNet keys and the sparse head as
 `linear.selection/mean/std/layer.weight/layer.bias` (spec §12.3), which is exactly
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from qsenn_runtime.metadata import HEAD_TERNARY
 from qsenn_train.checkpoint import SPARSE_KEYS, model_record, refused_global
 from qsenn_train.data.base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, DatasetInfo
 from qsenn_train.data.layouts import (
@@ -24,11 +26,12 @@ from qsenn_train.data.layouts import (
     TRAVELING_BIRDS_MEAN,
     TRAVELING_BIRDS_STD,
 )
-from qsenn_train.errors import QsennError
 from qsenn_train.model import ARCHS, build_model
+from qsenn_train.names import CROP_GT_DATASETS
 from qsenn_train.rundir import atomic_write
 
-from .fold import ternary_head
+from .errors import ExportError
+from .fold import read_head
 
 # (mean, std, resize mode) as the original code trained each dataset. Its ImageNet pipeline
 # applies no normalisation (odd-L), so an imported ImageNet model must not get one either.
@@ -38,7 +41,6 @@ REFERENCE_INPUTS = {
     "StanfordCars": (STANFORD_CARS_MEAN, STANFORD_CARS_STD, RESIZE_SHORTER),
     "ImageNet": (None, None, RESIZE_IMAGENET),
 }
-CROP_GT_DATASETS = ("CUB2011", "TravelingBirds")  # GT crops are resized to a square (§3.2)
 SPARSE_DROPOUT = 0.1
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
@@ -46,28 +48,28 @@ _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a reference checkpoint: a state dict, or one wrapped as {"state_dict": …}."""
     if not path.is_file():
-        raise QsennError(f"reference checkpoint not found: {path}")
+        raise ExportError(f"reference checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not refused_global(exc):
-            raise QsennError(f"cannot read {path}: it is not a torch.save file, or a corrupt one") from None
-        raise QsennError(
+            raise ExportError(f"cannot read {path}: it is not a torch.save file, or a corrupt one") from None
+        raise ExportError(
             f"{path} holds a pickled model object, which qsenn does not load (loading "
             f"it would run code from the file); in the original code run "
             f"torch.save(model.state_dict(), 'weights.pth') and import that"
         ) from None
     except Exception as exc:
-        raise QsennError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise QsennError(f"{path} is not a state dict (a mapping of names to tensors)")
+        raise ExportError(f"{path} is not a state dict (a mapping of names to tensors)")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module.") :]: v for k, v in state.items()}
     missing = [k for k in SPARSE_KEYS if k not in state]
     if missing:
-        raise QsennError(
+        raise ExportError(
             f"{path} has no sparse head ({', '.join(missing)} missing): it looks like a dense "
             f"checkpoint; import the fine-tuned Q-SENN model of the original run"
         )
@@ -86,7 +88,7 @@ def infer_arch(state: dict[str, torch.Tensor], source: Path) -> str:
     for arch, (block, layers, _) in ARCHS.items():
         if layers == blocks and (block.__name__ == "Bottleneck") == bottleneck:
             return arch
-    raise QsennError(
+    raise ExportError(
         f"{source}: no known ResNet has {blocks} {'bottleneck' if bottleneck else 'basic'} "
         f"blocks per stage; supported: {', '.join(ARCHS)}"
     )
@@ -97,7 +99,7 @@ def read_class_names(path: Path | None, num_classes: int) -> tuple[str, ...]:
         return tuple(f"class {k}" for k in range(num_classes))
     names = tuple(line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
     if len(names) != num_classes:
-        raise QsennError(
+        raise ExportError(
             f"{path} lists {len(names)} class names but the checkpoint has {num_classes} "
             f"classes; give one name per line, in class-index order"
         )
@@ -116,9 +118,9 @@ def import_reference(
 ) -> dict:
     """The qsenn checkpoint record of a reference checkpoint (after checking its head is ternary)."""
     if dataset not in REFERENCE_INPUTS:
-        raise QsennError(f"the original code trains {', '.join(REFERENCE_INPUTS)}; got {dataset!r}")
+        raise ExportError(f"the original code trains {', '.join(REFERENCE_INPUTS)}; got {dataset!r}")
     if crop_gt and dataset not in CROP_GT_DATASETS:
-        raise QsennError(f"--crop-gt applies only to {' and '.join(CROP_GT_DATASETS)}")
+        raise ExportError(f"--crop-gt applies only to {' and '.join(CROP_GT_DATASETS)}")
     path = Path(path)
     state = load_state_dict(path)
     num_classes = state["linear.layer.weight"].shape[0]
@@ -128,8 +130,9 @@ def import_reference(
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing/unexpected keys or shape mismatches, listed by torch
         detail = str(exc).splitlines()[-1].strip()
-        raise QsennError(f"{path} does not match {model.arch}: {detail}") from None
-    ternary_head(model, str(path))  # refuses SLDD and unquantised heads
+        raise ExportError(f"{path} does not match {model.arch}: {detail}") from None
+    # A ternary head is a Q-SENN model, a sparse real-valued one an SLDD model (the same layout).
+    model_type = "qsenn" if read_head(model, str(path)).kind == HEAD_TERNARY else "sldd"
     mean, std, resize_mode = REFERENCE_INPUTS[dataset]
     info = DatasetInfo(
         name=dataset,
@@ -140,7 +143,9 @@ def import_reference(
         resize_mode=RESIZE_SQUARE if crop_gt else resize_mode,
         crop_gt=crop_gt,
     )
-    return model_record(model, info, img_size, recipe="reference", seed=None, imported_from=path.name)
+    return model_record(
+        model, info, img_size, recipe="reference", model_type=model_type, seed=None, imported_from=path.name
+    )
 
 
 def save_record(record: dict, out: Path) -> None:

@@ -7,6 +7,7 @@ TensorRT is imported only inside `require_tensorrt`, so this module loads withou
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -18,27 +19,35 @@ import torch
 
 from qsenn_runtime.engine_file import pack_engine, read_engine_file
 from qsenn_runtime.metadata import ENGINE_GPU_KEY, ENGINE_PRECISION_KEY, ENGINE_TENSORRT_KEY, INPUT_NAME, OUTPUT_NAMES
-from qsenn_train.errors import QsennError
 from qsenn_train.rundir import atomic_write
 
-from .fold import ternary_as_float
-from .formats import CALIBRATION_LIMIT, DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB, ExportOptions, Tolerance, validate
-from .metadata import build_metadata, load_source
-from .onnx_export import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
+from ._common import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
+from .errors import ExportError
+from .formats import (
+    CALIBRATION_BATCH,
+    CALIBRATION_LIMIT,
+    DEFAULT_TRT_BATCH,
+    DEFAULT_WORKSPACE_GIB,
+    ExportOptions,
+    Tolerance,
+    validate,
+)
+from .graph import TERNARY_INITIALIZER, ternary_as_float
+from .metadata import build_metadata
+from .source import load_source
 from .verify import (
     CHUNK,
     Outputs,
     Report,
     compare,
     folder_images,
-    onnx_outputs,
-    onnx_session,
+    load_artifact,
     run_in_batches,
+    runtime_outputs,
     verification_images,
 )
 
 INSTALL_HINT = "pip install 'qsenn[trt]'"
-CALIBRATION_BATCH = 8
 
 
 def cache_dir() -> Path:
@@ -51,7 +60,7 @@ def timing_cache_path() -> Path:
 
 
 def require_tensorrt():
-    """The tensorrt module, or one QsennError line naming what is missing and how to get it."""
+    """The tensorrt module, or one ExportError line naming what is missing and how to get it."""
     missing = []
     try:
         import tensorrt
@@ -64,7 +73,7 @@ def require_tensorrt():
             "engines are built on the GPU they will run on)"
         )
     if missing:
-        raise QsennError("cannot build a TensorRT engine: " + "; ".join(missing) + "; or export --format onnx")
+        raise ExportError("cannot build a TensorRT engine: " + "; ".join(missing) + "; or export --format onnx")
     return tensorrt
 
 
@@ -143,9 +152,11 @@ def build_engine(
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(ternary_as_float(model).SerializeToString()):
+    ternary = any(init.name == TERNARY_INITIALIZER for init in model.graph.initializer)
+    onnx_bytes = (ternary_as_float(model) if ternary else model).SerializeToString()
+    if not parser.parse(onnx_bytes):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise QsennError(f"TensorRT cannot parse the exported ONNX model: {errors[0] if errors else 'unknown error'}")
+        raise ExportError(f"TensorRT cannot parse the exported ONNX model: {errors[0] if errors else 'unknown error'}")
 
     config = builder.create_builder_config()
     workspace = options.workspace or DEFAULT_WORKSPACE_GIB
@@ -173,7 +184,7 @@ def build_engine(
     )
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise QsennError(
+        raise ExportError(
             "TensorRT failed to build the engine (its messages above say why); "
             "try a larger --workspace or a smaller --batch"
         )
@@ -186,7 +197,7 @@ def engine_outputs(trt, plan: bytes, images: np.ndarray, max_batch: int) -> Outp
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
-        raise QsennError("TensorRT cannot load the engine it just built (TensorRT/driver mismatch?)")
+        raise ExportError("TensorRT cannot load the engine it just built (TensorRT/driver mismatch?)")
     context = engine.create_execution_context()
     # A stream of our own: TensorRT warns about (and synchronises around) the default one.
     stream = torch.cuda.Stream()
@@ -203,7 +214,7 @@ def engine_outputs(trt, plan: bytes, images: np.ndarray, max_batch: int) -> Outp
             for name, tensor in outputs.items():
                 context.set_tensor_address(name, tensor.data_ptr())
             if not context.execute_async_v3(stream.cuda_stream):
-                raise QsennError("TensorRT failed to run the engine")
+                raise ExportError("TensorRT failed to run the engine")
             stream.synchronize()
             return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
 
@@ -218,10 +229,18 @@ def verify_engine(
     return compare(reference, engine_outputs(trt, plan, images.numpy(), max_batch), metadata, tolerance, description)
 
 
+def onnx_reference(model: onnx.ModelProto, images: np.ndarray) -> Outputs:
+    """The outputs of the ONNX model the engine is built from, through qsenn_runtime on the CPU."""
+    with tempfile.TemporaryDirectory(prefix="qsenn-trt-") as scratch:
+        path = Path(scratch) / "reference.onnx"
+        path.write_bytes(model.SerializeToString())
+        return runtime_outputs(load_artifact(path), images)
+
+
 def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], None] = print) -> Path:
     validate(options)
     trt = require_tensorrt()
-    source = load_source(source_path)
+    source = load_source(source_path, options.model_type)
     out = options.out or default_output(source, options.export_format.suffix)
     shapes = profile_shapes(options.batch or DEFAULT_TRT_BATCH, source.img_size)
     echo(f"exporting {source.checkpoint} ({describe(source)}) to a TensorRT {trt.__version__} engine")
@@ -231,6 +250,7 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
     model = to_onnx(folded, metadata, batch=None)
     calibration = None
     if options.int8:
+        assert options.calib is not None  # validate() refuses --int8 without --calib
         calibration = folder_images(options.calib, source.info, source.img_size, CALIBRATION_LIMIT, spread=True)
         echo(f"calibrating on {len(calibration)} images of {options.calib}")
     plan = build_engine(trt, model, shapes, options, calibration, echo)
@@ -251,7 +271,7 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
         images, description = verification_images(
             source.info, source.img_size, options.verify_count, options.verify_images, echo
         )
-        reference = onnx_outputs(onnx_session(model.SerializeToString()), images.numpy())
+        reference = onnx_reference(model, images.numpy())
         verify = partial(
             verify_engine,
             trt,

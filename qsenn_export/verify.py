@@ -2,7 +2,7 @@
 
 Compared: logits, features c and feature maps (max |Δ| and max |Δ| / max(1, max|reference|)),
 the predicted class, the top contributing features, and the contract's identity
-logit_k = Σ_j T[k, j]·c_j + b_k computed from the metadata read back from the artifact, so a
+logit_k = Σ_j W[k, j]·c_j + b_k computed from the metadata read back from the artifact, so a
 graph or metadata that disagrees with the model fails.
 """
 
@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
-from onnx import numpy_helper
 
-from qsenn_runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
+import qsenn_runtime
+from qsenn_runtime.metadata import OUTPUT_NAMES, ModelMetadata
 from qsenn_train.data import spread_subset
 from qsenn_train.data.base import DatasetInfo, open_rgb
 from qsenn_train.data.layouts import image_files, load_splits
@@ -27,7 +26,8 @@ from qsenn_train.data.transforms import build_transform
 from qsenn_train.errors import QsennError
 from qsenn_train.model import QResNet
 
-from .fold import TERNARY_INITIALIZER, input_normalisation
+from .errors import ExportError
+from .fold import input_normalisation
 from .formats import TOP_FEATURES, Tolerance
 from .int8 import quantised_head_nodes
 
@@ -39,7 +39,7 @@ RANDOM_IMAGES_SEED = 0
 # ---- images -------------------------------------------------------------------------------
 
 
-def _unnormalised_test_transform(info: DatasetInfo, img_size: int):
+def unnormalised_test_transform(info: DatasetInfo, img_size: int):
     """The checkpoint's test transform without Normalize: the graph normalises itself."""
     return build_transform(dataclasses.replace(info, mean=None, std=None), img_size, train=False)
 
@@ -51,14 +51,14 @@ def folder_images(
     evenly spaced over the folder like spread_subset, so that calibration sees every class of a
     class-ordered folder), preprocessed like the test set."""
     if not Path(folder).is_dir():
-        raise QsennError(f"image folder {folder} does not exist")
+        raise ExportError(f"image folder {folder} does not exist")
     files = image_files(Path(folder))
     if spread and limit is not None and limit < len(files):
         files = [files[i * len(files) // limit] for i in range(limit)]
     files = files[:limit]
     if not files:
-        raise QsennError(f"no image files in {folder}; put .jpg/.png images there")
-    transform = _unnormalised_test_transform(info, img_size)
+        raise ExportError(f"no image files in {folder}; put .jpg/.png images there")
+    transform = unnormalised_test_transform(info, img_size)
     return torch.stack([transform(open_rgb(f)) for f in files])
 
 
@@ -79,7 +79,7 @@ def verification_images(
         )
         generator = torch.Generator().manual_seed(RANDOM_IMAGES_SEED)
         return torch.rand(count, 3, img_size, img_size, generator=generator), f"{count} random images"
-    test_set = test_set.with_transform(_unnormalised_test_transform(info, img_size))
+    test_set = test_set.with_transform(unnormalised_test_transform(info, img_size))
     n = min(count, len(test_set))
     return torch.stack([test_set[i][0] for i in range(n)]), f"{n} test images of {info.name}"
 
@@ -88,7 +88,7 @@ def training_images(info: DatasetInfo, img_size: int, count: int) -> torch.Tenso
     """`count` training images of the checkpoint's dataset, evenly spaced over the split
     (unnormalised test transform): calibration data when no folder is given."""
     train_set, _, _ = load_splits(info.name, info.root, crop_gt=info.crop_gt)
-    train_set = spread_subset(train_set, count).with_transform(_unnormalised_test_transform(info, img_size))
+    train_set = spread_subset(train_set, count).with_transform(unnormalised_test_transform(info, img_size))
     return torch.stack([train_set[i][0] for i in range(len(train_set))])
 
 
@@ -96,45 +96,28 @@ def training_images(info: DatasetInfo, img_size: int, count: int) -> torch.Tenso
 
 
 class SourceForward(torch.nn.Module):
-    """The trained model as training evaluates it: Normalize, forward, c = a·(f − μ)/σ;
+    """The trained model as training evaluates it: Normalize, forward, c = a·(f − μ)/σ (a = 1 for a
+    sparse head);
     images in [0, 1] → (logits, features c, selected feature maps)."""
 
-    def __init__(self, model: QResNet, magnitude: float, info: DatasetInfo):
+    def __init__(self, model: QResNet, scale: float, info: DatasetInfo):
         super().__init__()
         self.model = model.eval()
-        self.magnitude = magnitude
+        self.scale = scale
         mean, std = input_normalisation(info.mean, info.std)
         self.register_buffer("input_mean", mean)
         self.register_buffer("input_std", std)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model((images - self.input_mean) / self.input_std)
-        return out.logits, self.magnitude * self.model.linear.standardise(out.pooled), out.feature_maps
+        return out.logits, self.scale * self.model.linear.standardise(out.pooled), out.feature_maps
 
 
-def torch_outputs(model: QResNet, magnitude: float, info: DatasetInfo, images: torch.Tensor) -> Outputs:
-    forward = SourceForward(model.cpu(), magnitude, info)
+def torch_outputs(model: QResNet, scale: float, info: DatasetInfo, images: torch.Tensor) -> Outputs:
+    forward = SourceForward(model.cpu(), scale, info)
     with torch.no_grad():
         chunks = [forward(batch) for batch in images.split(CHUNK)]
     return {name: torch.cat(parts).numpy() for name, parts in zip(OUTPUT_NAMES, zip(*chunks))}
-
-
-def onnx_session(model: Path | bytes) -> ort.InferenceSession:
-    source = str(model) if isinstance(model, Path) else model
-    try:
-        return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise QsennError(f"onnxruntime cannot load the exported model: {str(exc).splitlines()[0]}") from None
-
-
-def read_metadata(session: ort.InferenceSession) -> ModelMetadata:
-    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if text is None:
-        raise QsennError(f"the exported model carries no {METADATA_KEY!r} metadata")
-    try:
-        return ModelMetadata.from_json(text)
-    except MetadataError as exc:
-        raise QsennError(f"the exported model's metadata is unusable: {exc}") from None
 
 
 def run_in_batches(
@@ -152,26 +135,24 @@ def run_in_batches(
     return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}
 
 
-def onnx_outputs(session: ort.InferenceSession, images: np.ndarray) -> Outputs:
-    batch_dim = session.get_inputs()[0].shape[0]
-    static = isinstance(batch_dim, int)
+def load_artifact(path: Path, provider: str | None = "cpu") -> qsenn_runtime.Model:
+    """The written artifact as a deployment opens it: qsenn_runtime's loader, with every check it
+    runs (metadata, the head matrix in the graph, input and output shapes)."""
+    try:
+        return qsenn_runtime.load(path, provider)
+    except qsenn_runtime.QsennRuntimeError as exc:
+        raise ExportError(f"the exported model does not load in qsenn_runtime: {exc}") from None
+
+
+def runtime_outputs(model: qsenn_runtime.Model, images: np.ndarray) -> Outputs:
+    """Logits, features and feature maps of the artifact's backend, in batches it accepts."""
+    smallest, largest = model.backend.batch_range
+    static = smallest == largest
 
     def run(batch: np.ndarray) -> Outputs:
-        return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})))
+        return dict(zip(OUTPUT_NAMES, model.backend.run(np.ascontiguousarray(batch, np.float32), OUTPUT_NAMES)))
 
-    return run_in_batches(run, images, batch_dim if static else CHUNK, pad=static)
-
-
-def check_int8_ternary(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
-    """The file holds T as an INT8 initializer in {−1, 0, +1}, equal to the metadata's T."""
-    init = next((i for i in model.graph.initializer if i.name == TERNARY_INITIALIZER), None)
-    if init is None or init.data_type != onnx.TensorProto.INT8:
-        raise QsennError("the exported graph does not hold T as an INT8 initializer")
-    values = numpy_helper.to_array(init)
-    if not np.isin(values, (-1, 0, 1)).all():
-        raise QsennError("the exported graph's T holds values outside {-1, 0, +1}")
-    if not any(values.shape == t.shape and np.array_equal(values, t) for t in (metadata.ternary, metadata.ternary.T)):
-        raise QsennError("the exported graph's T differs from the metadata's T")
+    return run_in_batches(run, images, largest if static else min(CHUNK, largest or CHUNK), pad=static)
 
 
 # ---- comparison --------------------------------------------------------------------------------
@@ -181,8 +162,15 @@ def _relative(delta: float, reference: np.ndarray) -> float:
     return delta / max(1.0, float(np.abs(reference).max()))
 
 
-def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b).max())
+
+
+def identity_residual(logits: np.ndarray, features: np.ndarray, metadata: ModelMetadata) -> float:
+    """max |logit − (W·c + b)| over every image and class, in float64 so that the residual
+    measures the artifact, not this sum."""
+    recomputed = features.astype(np.float64) @ metadata.weights.T.astype(np.float64) + metadata.bias
+    return max_abs_diff(logits, recomputed)
 
 
 @dataclass(frozen=True)
@@ -242,12 +230,12 @@ def argmax_agreement(reference: np.ndarray, candidate: np.ndarray, tie: float) -
 
 
 def top_features(
-    features: np.ndarray, ternary: np.ndarray, classes: np.ndarray, k: int = TOP_FEATURES
+    features: np.ndarray, weights: np.ndarray, classes: np.ndarray, k: int = TOP_FEATURES
 ) -> list[frozenset[int]]:
-    """Per image, the (at most) k features with the largest |T[class, j]·c_j| among the class's
-    features (T ≠ 0); equal magnitudes are ordered by feature index."""
-    contributions = np.abs(ternary[classes].astype(np.float64) * features)
-    used = ternary[classes] != 0
+    """Per image, the (at most) k features with the largest |W[class, j]·c_j| among the class's
+    features (W ≠ 0); equal magnitudes are ordered by feature index."""
+    contributions = np.abs(weights[classes].astype(np.float64) * features)
+    used = weights[classes] != 0
     result = []
     for row, mask in zip(contributions, used):
         candidates = np.flatnonzero(mask)
@@ -256,13 +244,13 @@ def top_features(
     return result
 
 
-def top_feature_agreement(reference: Outputs, candidate: Outputs, ternary: np.ndarray, k: int = TOP_FEATURES) -> float:
+def top_feature_agreement(reference: Outputs, candidate: Outputs, weights: np.ndarray, k: int = TOP_FEATURES) -> float:
     """Share of images whose k largest |contributions| to the reference's predicted class come
     from the same features in both models. A class with at most k features agrees trivially."""
     classes = reference["logits"].argmax(axis=1)
     pairs = zip(
-        top_features(reference["features"], ternary, classes, k),
-        top_features(candidate["features"], ternary, classes, k),
+        top_features(reference["features"], weights, classes, k),
+        top_features(candidate["features"], weights, classes, k),
     )
     return float(np.mean([a == b for a, b in pairs]))
 
@@ -271,12 +259,10 @@ def compare(
     reference: Outputs, candidate: Outputs, metadata: ModelMetadata, tolerance: Tolerance, images: str
 ) -> Report:
     ref_logits, logits, features = reference["logits"], candidate["logits"], candidate["features"]
-    logit = _max_abs_diff(logits, ref_logits)
-    feature = _max_abs_diff(features, reference["features"])
-    feature_map = _max_abs_diff(candidate["feature_maps"], reference["feature_maps"])
-    # float64 so that the residual measures the artifact, not this sum.
-    identity_logits = features.astype(np.float64) @ metadata.ternary.T.astype(np.float64) + metadata.bias
-    identity = _max_abs_diff(logits, identity_logits)
+    logit = max_abs_diff(logits, ref_logits)
+    feature = max_abs_diff(features, reference["features"])
+    feature_map = max_abs_diff(candidate["feature_maps"], reference["feature_maps"])
+    identity = identity_residual(logits, features, metadata)
     tie = tolerance.tie_rel * max(1.0, float(np.abs(ref_logits).max()))
     return Report(
         images=images,
@@ -288,23 +274,20 @@ def compare(
         feature_map=feature_map,
         feature_map_rel=_relative(feature_map, reference["feature_maps"]),
         argmax_agreement=argmax_agreement(ref_logits, logits, tie),
-        top_feature_agreement=top_feature_agreement(reference, candidate, metadata.ternary),
+        top_feature_agreement=top_feature_agreement(reference, candidate, metadata.weights),
         identity=identity,
         identity_rel=_relative(identity, logits),
     )
 
 
 def verify_onnx(path: Path, reference: Outputs, images: torch.Tensor, description: str, tolerance: Tolerance) -> Report:
-    """Read the written file back (int8 T, float head, metadata) and compare onnxruntime with
-    `reference`."""
-    session = onnx_session(path)
-    metadata = read_metadata(session)
-    model = onnx.load(str(path))
-    quantised_head = quantised_head_nodes(model)
+    """Open the written file as qsenn_runtime does (which checks its metadata and head matrix),
+    check that only the backbone is quantised, and compare its outputs with `reference`."""
+    quantised_head = quantised_head_nodes(onnx.load(str(path)))
     if quantised_head:
-        raise QsennError(
+        raise ExportError(
             f"the exported graph quantises its head ({', '.join(quantised_head)}); "
-            f"only the backbone may be INT8, c and T·c + b must stay float"
+            f"only the backbone may be INT8, c and W·c + b must stay float"
         )
-    check_int8_ternary(model, metadata)
-    return compare(reference, onnx_outputs(session, images.numpy()), metadata, tolerance, description)
+    model = load_artifact(path)
+    return compare(reference, runtime_outputs(model, images.numpy()), model.metadata, tolerance, description)

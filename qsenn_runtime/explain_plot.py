@@ -66,7 +66,7 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
         colour = POSITIVE if contribution.value >= 0 else NEGATIVE
         axes.set_title(
             f"#{column} {contribution.name}\n{contribution.value:+.3f} = "
-            f"{contribution.weight:+d} × {contribution.activation:.3f}\n"
+            f"{contribution.weight_text} × {contribution.activation:.3f}\n"
             f"feature {contribution.feature} · channel {contribution.channel}",
             fontsize=9,
             color=colour,
@@ -98,7 +98,7 @@ def heat_map(feature_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _waterfall(axes, contributions: tuple[Contribution, ...], bias: float, logit: float, class_name: str) -> None:
     """Horizontal bars, each starting where the previous ended: contributions, bias, then the logit."""
-    rows = [(f"{c.name} (#{c.feature}, weight {c.weight:+d})", c.value) for c in contributions[:MAX_BARS]]
+    rows = [(f"{c.name} (#{c.feature}, weight {c.weight_text})", c.value) for c in contributions[:MAX_BARS]]
     rest = contributions[MAX_BARS:]
     if rest:
         rows.append((f"{len(rest)} other features", sum(c.value for c in rest)))
@@ -120,7 +120,7 @@ def _waterfall(axes, contributions: tuple[Contribution, ...], bias: float, logit
     axes.set_xlim(min(span) - margin, max(span) + margin)
     total = sum(value for _, value in rows[:-1])
     axes.set_title(f"logit {logit:.3f} = Σ contributions {total:+.3f} + bias {bias:+.3f}", fontsize=11)
-    axes.set_xlabel(f"contribution to the logit of {class_name} (weight ±1 × feature value c)")
+    axes.set_xlabel(f"contribution to the logit of {class_name} (weight × feature value c)")
     axes.spines[["top", "right"]].set_visible(False)
 
 

@@ -12,7 +12,7 @@ from .engine_file import MAGIC, read_engine_file
 from .errors import BackendError
 from .metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
 from .model import Model
-from .onnx_proto import Int8Tensor, NotOnnxError, read_onnx_summary
+from .onnx_proto import Matrix, NotOnnxError, read_onnx_summary
 from .preprocess import MAX_IMAGE_PIXELS
 
 DEFAULT_BATCH_SIZE = 16
@@ -56,7 +56,7 @@ def load(
 def read_metadata(path: str | Path) -> ModelMetadata:
     """The model's qsenn metadata, without building a backend (no onnxruntime, no TensorRT).
 
-    For ONNX it is also checked against the graph's int8 T initializer when the graph has one."""
+    For ONNX it is also checked against the head matrix the graph holds (see check_head_initializer)."""
     path = Path(path)
     if _is_engine(path):
         return read_engine_file(path)[0]
@@ -74,7 +74,7 @@ def read_metadata(path: str | Path) -> ModelMetadata:
         metadata = ModelMetadata.from_json(text)
     except MetadataError as exc:
         raise MetadataError(f"{path}: {exc}") from None
-    check_ternary_initializer(metadata, summary.int8_initializers, str(path))
+    check_head_initializer(metadata, summary.matrices, str(path))
     return metadata
 
 
@@ -85,32 +85,47 @@ def _is_engine(path: Path) -> bool:
         return file.read(len(MAGIC)) == MAGIC
 
 
-def check_ternary_initializer(
-    metadata: ModelMetadata, int8_initializers: Mapping[str, Int8Tensor], source: str
-) -> None:
-    """The graph's T (a 2-D int8 initializer of −1/0/+1, K×F or transposed) must equal the
-    metadata's; graphs without such an initializer pass (nothing to compare)."""
-    ternary = metadata.ternary
-    candidates = {
-        name: t
-        for name, t in int8_initializers.items()
-        if len(t.dims) == 2 and (t.values is None or np.isin(t.values, (-1, 0, 1)).all())
-    }
-    if not candidates or any(_equals_ternary(t, ternary) for t in candidates.values()):
+def check_head_initializer(metadata: ModelMetadata, matrices: Mapping[str, Matrix], source: str) -> None:
+    """The graph must hold the metadata's head matrix (K×F or transposed): a ternary head as an
+    int8 initializer equal to T (and every int8 matrix of that shape must be T), a sparse head
+    as a float initializer equal to W. Matrices stored outside the file are not compared."""
+    weights = metadata.weights
+    K, F = weights.shape
+    shaped = {name: m for name, m in matrices.items() if m.dims in ((K, F), (F, K))}
+    if metadata.is_ternary:
+        int8 = {name: m for name, m in shaped.items() if m.dtype == np.int8}
+        if not int8:
+            raise MetadataError(
+                f"{source}: the metadata describes a ternary head ({K} classes × {F} features) but the graph "
+                f"holds no int8 initializer of that shape; this is not a qsenn export, export it again"
+            )
+        for name, matrix in int8.items():
+            if matrix.values is None or _equals(matrix, weights):
+                continue
+            values = set(np.unique(matrix.values).tolist()) - {-1, 0, 1}
+            how = (
+                f"holds {', '.join(map(str, sorted(values)[:3]))}, outside {{-1, 0, +1}}"
+                if values
+                else "differs from the metadata's T"
+            )
+            raise MetadataError(
+                f"{source}: the graph's int8 head initializer {name!r} {how}; the file was edited or "
+                f"assembled wrongly, export it again"
+            )
         return
-    name, tensor = next(iter(candidates.items()))
-    how = "other values" if tensor.dims in (ternary.shape, ternary.T.shape) else f"shape {_dims_text(tensor.dims)}"
+    floats = [m for m in shaped.values() if m.dtype == np.float32]
+    if any(m.values is None or _equals(m, weights) for m in floats):
+        return
     raise MetadataError(
-        f"{source}: the metadata's T ({ternary.shape[0]} classes × {ternary.shape[1]} "
-        f"features) disagrees with the graph's int8 initializer {name!r} ({how}); "
-        f"the file was edited or assembled wrongly, export it again"
+        f"{source}: the metadata's sparse head weights ({K} classes × {F} features) are not in the graph "
+        f"(no float initializer of that shape holds them); the metadata does not belong to this graph, export it again"
     )
 
 
-def _equals_ternary(tensor: Int8Tensor, ternary: np.ndarray) -> bool:
+def _equals(matrix: Matrix, weights: np.ndarray) -> bool:
     return any(
-        tensor.dims == m.shape and (tensor.values is None or np.array_equal(tensor.values, m))
-        for m in (ternary, ternary.T)
+        matrix.dims == m.shape and np.array_equal(np.asarray(matrix.values, dtype=np.float64), m.astype(np.float64))
+        for m in (weights, weights.T)
     )
 
 

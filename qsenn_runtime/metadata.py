@@ -3,9 +3,13 @@
 Both sides use this module: qsenn_export writes it, qsenn_runtime reads and checks it.
 Nothing here imports torch.
 
-The graph computes `c = a·(f − μ)/σ` (the per-feature affine, folded) and
-`logits = T·c + b`; the contribution of feature j to class k is `T[k, j]·c[j]`, and a logit
-is the sum of its class's contributions plus `b[k]`.
+The graph computes `c = a·(f − μ)/σ` (the per-feature affine, folded) and `logits = W·c + b`,
+where the head matrix W is one of two kinds:
+- "ternary" (Q-SENN): W = T ∈ {−1, 0, +1}, stored as int8, with the shared magnitude a folded
+  into c;
+- "sparse" (SLDD): W holds the model's real weights (about r per class) and a = 1.
+The contribution of feature j to class k is `W[k, j]·c[j]`, and a logit is the sum of its
+class's contributions plus `b[k]`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import numpy as np
 from .errors import QsennRuntimeError
 
 METADATA_KEY = "qsenn"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 (ternary heads only, T under "ternary") is still read.
+READABLE_VERSIONS = (1, FORMAT_VERSION)
+HEAD_TERNARY, HEAD_SPARSE = "ternary", "sparse"
+HEAD_KINDS = (HEAD_TERNARY, HEAD_SPARSE)
 RESIZE_MODES = ("shorter", "square", "imagenet")
 OUTPUT_NAMES = ("logits", "features", "feature_maps")
 INPUT_NAME = "images"
@@ -52,9 +60,10 @@ class Feature:
 class ModelMetadata:
     class_names: tuple[str, ...]
     features: tuple[Feature, ...]
-    ternary: np.ndarray  # K×F int8 in {−1, 0, +1} (T)
+    head_kind: str  # HEAD_TERNARY or HEAD_SPARSE
+    weights: np.ndarray  # K×F head matrix W: int8 T in {−1, 0, +1} (ternary) or float32 (sparse)
     bias: np.ndarray  # K float32 (b)
-    scale: float  # a, already folded into the features c
+    scale: float  # a, already folded into the features c (1 for a sparse head)
     input: InputSpec
     model_type: str = "qsenn"
     provenance: dict = field(default_factory=dict)  # dataset, crop_gt, arch, recipe, seed, metrics
@@ -73,12 +82,18 @@ class ModelMetadata:
     def num_features(self) -> int:
         return len(self.features)
 
+    @property
+    def is_ternary(self) -> bool:
+        return self.head_kind == HEAD_TERNARY
+
     # -- (de)serialisation ----------------------------------------------------------------
     def to_json(self) -> str:
         d = asdict(self)
-        d["ternary"] = self.ternary.astype(int).tolist()
+        del d["head_kind"], d["weights"]
+        d["head"] = _head_to_json(self.head_kind, self.weights)
         d["bias"] = [float(x) for x in self.bias]
         d["format"] = METADATA_KEY
+        d["format_version"] = FORMAT_VERSION
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -92,17 +107,21 @@ class ModelMetadata:
         if not isinstance(d, dict) or d.get("format") != METADATA_KEY:
             raise MetadataError('metadata is not qsenn metadata (no "format": "qsenn" entry)')
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise MetadataError(
                 f"qsenn metadata format version {version!r} is not supported by this "
-                f"runtime (it reads version {FORMAT_VERSION}); export the model again "
-                f"or install the matching qsenn"
+                f"runtime (it reads versions {', '.join(map(str, READABLE_VERSIONS))}); export the model "
+                f"again or install the matching qsenn"
             )
         try:
+            head_kind, weights = (
+                _head_from_json(d["head"]) if version >= 2 else (HEAD_TERNARY, _int_matrix(d["ternary"]))
+            )
             meta = cls(
                 class_names=tuple(str(n) for n in d["class_names"]),
                 features=tuple(Feature(int(f["index"]), int(f["channel"]), str(f["name"])) for f in d["features"]),
-                ternary=_int_matrix(d["ternary"]),
+                head_kind=head_kind,
+                weights=weights,
                 bias=np.asarray(d["bias"], dtype=np.float32),
                 scale=float(d["scale"]),
                 input=InputSpec(
@@ -128,12 +147,20 @@ class ModelMetadata:
         K, F = self.num_classes, self.num_features
         if K < 1 or F < 1:
             raise MetadataError(f"qsenn metadata describes {K} classes and {F} features; both must be ≥ 1")
-        if self.ternary.shape != (K, F):
+        if self.head_kind not in HEAD_KINDS:
             raise MetadataError(
-                f"qsenn metadata: T has shape {self.ternary.shape}, expected {K} classes × {F} features"
+                f"qsenn metadata: unknown head kind {self.head_kind!r}; expected {', '.join(HEAD_KINDS)}"
             )
-        if not np.isin(self.ternary, (-1, 0, 1)).all():
+        if self.weights.shape != (K, F):
+            raise MetadataError(
+                f"qsenn metadata: the head matrix has shape {self.weights.shape}, expected {K} classes × {F} features"
+            )
+        if self.is_ternary and (self.weights.dtype != np.int8 or not np.isin(self.weights, (-1, 0, 1)).all()):
             raise MetadataError("qsenn metadata: T holds values outside {-1, 0, +1}")
+        if not self.is_ternary and (self.weights.dtype != np.float32 or not np.isfinite(self.weights).all()):
+            raise MetadataError("qsenn metadata: the sparse head's weights must be finite float32 numbers")
+        if not self.weights.any():
+            raise MetadataError("qsenn metadata: every weight of the head is zero; the model cannot be explained")
         if self.bias.shape != (K,) or not np.isfinite(self.bias).all():
             raise MetadataError(f"qsenn metadata: bias must be {K} finite numbers")
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -156,6 +183,35 @@ class ModelMetadata:
 
     def with_quantization(self, quantization: dict) -> ModelMetadata:
         return ModelMetadata(**{**self.__dict__, "quantization": dict(quantization)})
+
+
+def _head_to_json(kind: str, weights: np.ndarray) -> dict:
+    """A ternary T as rows of integers; a sparse W as its non-zero entries [k, j, w]."""
+    if kind == HEAD_TERNARY:
+        return {"kind": kind, "T": weights.astype(int).tolist()}
+    rows, cols = np.nonzero(weights)
+    return {
+        "kind": kind,
+        "shape": list(weights.shape),
+        "entries": [[int(k), int(j), float(weights[k, j])] for k, j in zip(rows, cols)],
+    }
+
+
+def _head_from_json(head: Any) -> tuple[str, np.ndarray]:
+    kind = head["kind"]
+    if kind == HEAD_TERNARY:
+        return kind, _int_matrix(head["T"])
+    if kind != HEAD_SPARSE:
+        raise ValueError(f"unknown head kind {kind!r}")
+    shape = tuple(int(n) for n in head["shape"])
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"head shape {list(shape)} is not K×F")
+    weights = np.zeros(shape, dtype=np.float32)
+    for k, j, w in head["entries"]:
+        if not (0 <= int(k) < shape[0] and 0 <= int(j) < shape[1]):
+            raise ValueError(f"head entry ({k}, {j}) lies outside {shape[0]}×{shape[1]}")
+        weights[int(k), int(j)] = float(w)
+    return kind, weights
 
 
 def _int_matrix(rows: Any) -> np.ndarray:

@@ -43,10 +43,10 @@ class Model:
         self.source = source
         self.batch_size = batch_size
         self.max_image_pixels = max_image_pixels
-        self._ternary = metadata.ternary.astype(np.float64)
-        self._abs_ternary = np.abs(self._ternary)
+        self._weights = metadata.weights.astype(np.float64)  # T or W, exact in float64
+        self._abs_weights = np.abs(self._weights)
         self._bias = metadata.bias.astype(np.float64)
-        self._class_features = [np.flatnonzero(row) for row in metadata.ternary]
+        self._class_features = [np.flatnonzero(row) for row in metadata.weights]
         self._rtol = REDUCED_PRECISION_RTOL if backend.precision in REDUCED_PRECISIONS else FP32_RTOL
 
     @property
@@ -183,8 +183,8 @@ class Model:
     def _check_identity(self, logits: np.ndarray, features: np.ndarray, names: Sequence[str]) -> None:
         """Every logit must equal its contributions plus bias (all classes, every image)."""
         c = features.astype(np.float64)
-        recomputed = c @ self._ternary.T + self._bias
-        scale = np.abs(c) @ self._abs_ternary.T + np.abs(self._bias)
+        recomputed = c @ self._weights.T + self._bias
+        scale = np.abs(c) @ self._abs_weights.T + np.abs(self._bias)
         error = np.abs(logits - recomputed)
         tolerance = self._rtol * scale + ATOL
         broken = ~(error <= tolerance)  # NaN fails too
@@ -200,7 +200,7 @@ class Model:
             f"{self.source} is broken: for {names[i]} the logit of class {k} "
             f"({self.class_names[k]}) is {logits[i, k]:.6g} but its contributions plus bias sum to "
             f"{recomputed[i, k]:.6g} (difference {error[i, k]:.3g} > tolerance {tolerance[i, k]:.3g}); "
-            f"the graph's head does not match the metadata's T and b, export the model again"
+            f"the graph's head does not match the metadata's weights and bias, export the model again"
         )
 
     def _prediction(self, name: str, logits: np.ndarray, features: np.ndarray, class_ids: list[int]) -> Prediction:
@@ -219,7 +219,7 @@ class Model:
 
     def _explanation(self, k: int, logit: float, features: np.ndarray) -> Explanation:
         used = self._class_features[k]
-        weights = self.metadata.ternary[k, used]
+        weights = self._weights[k, used]
         values = weights * features[used]
         order = sorted(range(len(used)), key=lambda n: (-abs(values[n]), used[n]))
         described = self.metadata.features
@@ -233,7 +233,7 @@ class Model:
                     feature=int(used[n]),
                     channel=described[used[n]].channel,
                     name=described[used[n]].name,
-                    weight=int(weights[n]),
+                    weight=float(weights[n]),
                     activation=float(features[used[n]]),
                     value=float(values[n]),
                 )

@@ -1,4 +1,5 @@
-"""Reads what the runtime checks in an ONNX file — its metadata_props and its int8 initializers —
+"""Reads what the runtime checks in an ONNX file — its metadata_props and its 2-D int8 and float
+initializers (where the head matrix lives) —
 with a minimal protobuf wire-format walker, so that the runtime needs no `onnx` package.
 
 The file is memory-mapped and walked by offsets: the weights are skipped, never copied.
@@ -18,8 +19,17 @@ _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 _MODEL_IR_VERSION, _MODEL_GRAPH, _MODEL_METADATA_PROPS = 1, 7, 14
 _GRAPH_INITIALIZER = 5
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
-_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_INT32_DATA, _TENSOR_NAME, _TENSOR_RAW_DATA = 1, 2, 5, 8, 9
-_ONNX_INT8 = 3
+_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_FLOAT_DATA, _TENSOR_INT32_DATA, _TENSOR_NAME, _TENSOR_RAW_DATA = (
+    1,
+    2,
+    4,
+    5,
+    8,
+    9,
+)
+_ONNX_FLOAT, _ONNX_INT8 = 1, 3
+_MATRIX_DTYPES = {_ONNX_FLOAT: np.dtype("<f4"), _ONNX_INT8: np.dtype(np.int8)}
+MAX_MATRIX_ELEMENTS = 1 << 22  # the head is K×F (ImageNet: 1000×2048); larger matrices are not read
 
 
 class NotOnnxError(ValueError):
@@ -27,15 +37,18 @@ class NotOnnxError(ValueError):
 
 
 @dataclass(frozen=True)
-class Int8Tensor:
+class Matrix:
+    """A 2-D int8 or float32 initializer."""
+
+    dtype: np.dtype
     dims: tuple[int, ...]
-    values: np.ndarray | None  # None where the data lives outside the file
+    values: np.ndarray | None  # None where the data lives outside the file or is too large
 
 
 @dataclass(frozen=True)
 class OnnxSummary:
     metadata_props: dict[str, str]
-    int8_initializers: dict[str, Int8Tensor]
+    matrices: dict[str, Matrix]  # 2-D int8 and float32 initializers, by name
 
 
 def read_onnx_summary(path: str | Path) -> OnnxSummary:
@@ -49,7 +62,7 @@ def read_onnx_summary(path: str | Path) -> OnnxSummary:
 def summarise(buffer) -> OnnxSummary:
     """`buffer`: bytes or an mmap holding a serialized ModelProto."""
     props: dict[str, str] = {}
-    initializers: dict[str, Int8Tensor] = {}
+    initializers: dict[str, Matrix] = {}
     seen_ir_version = seen_graph = False
     for field, wire, start, end in _fields(buffer, 0, len(buffer)):
         if field == _MODEL_IR_VERSION and wire == _VARINT:
@@ -58,7 +71,7 @@ def summarise(buffer) -> OnnxSummary:
             seen_graph = True
             for gfield, gwire, gstart, gend in _fields(buffer, start, end):
                 if gfield == _GRAPH_INITIALIZER and gwire == _LENGTH_DELIMITED:
-                    name, tensor = _int8_tensor(buffer, gstart, gend)
+                    name, tensor = _matrix(buffer, gstart, gend)
                     if tensor is not None:
                         initializers[name] = tensor
         elif field == _MODEL_METADATA_PROPS and wire == _LENGTH_DELIMITED:
@@ -69,9 +82,11 @@ def summarise(buffer) -> OnnxSummary:
     return OnnxSummary(props, initializers)
 
 
-def _int8_tensor(buffer, start: int, end: int) -> tuple[str, Int8Tensor | None]:
+def _matrix(buffer, start: int, end: int) -> tuple[str, Matrix | None]:
     dims: list[int] = []
-    name, data_type, raw, int32_data = "", None, None, []
+    name, data_type, raw = "", None, None
+    typed: list[int] = []  # int32_data varints, or float_data's span
+    float_span = None
     for field, wire, s, e in _fields(buffer, start, end):
         if field == _TENSOR_DIMS:
             dims += [e] if wire == _VARINT else _packed_varints(buffer, s, e)
@@ -82,17 +97,22 @@ def _int8_tensor(buffer, start: int, end: int) -> tuple[str, Int8Tensor | None]:
         elif field == _TENSOR_RAW_DATA and wire == _LENGTH_DELIMITED:
             raw = (s, e)
         elif field == _TENSOR_INT32_DATA:
-            int32_data += [e] if wire == _VARINT else _packed_varints(buffer, s, e)
-    if data_type != _ONNX_INT8:
+            typed += [e] if wire == _VARINT else _packed_varints(buffer, s, e)
+        elif field == _TENSOR_FLOAT_DATA and wire == _LENGTH_DELIMITED:
+            float_span = (s, e)
+    if data_type not in _MATRIX_DTYPES or len(dims) != 2:
         return name, None
-    count = int(np.prod(dims)) if dims else 1
-    if raw is not None and raw[1] - raw[0] == count:
-        values = np.frombuffer(buffer[raw[0] : raw[1]], dtype=np.int8).reshape(dims)
-    elif len(int32_data) == count:  # negative int32s are 64-bit two's-complement varints
-        values = np.array([v - (1 << 64) if v >= 1 << 63 else v for v in int32_data]).reshape(dims)
-    else:
-        values = None
-    return name, Int8Tensor(tuple(dims), values)
+    dtype = _MATRIX_DTYPES[data_type]
+    count = dims[0] * dims[1]
+    values = None
+    if count <= MAX_MATRIX_ELEMENTS:
+        if raw is not None and raw[1] - raw[0] == count * dtype.itemsize:
+            values = np.frombuffer(buffer[raw[0] : raw[1]], dtype=dtype).reshape(dims).copy()
+        elif data_type == _ONNX_INT8 and len(typed) == count:  # negative int32s: 64-bit two's-complement varints
+            values = np.array([v - (1 << 64) if v >= 1 << 63 else v for v in typed], dtype=np.int64).reshape(dims)
+        elif data_type == _ONNX_FLOAT and float_span is not None and float_span[1] - float_span[0] == 4 * count:
+            values = np.frombuffer(buffer[float_span[0] : float_span[1]], dtype="<f4").reshape(dims).copy()
+    return name, Matrix(dtype, tuple(dims), values)
 
 
 def _fields(buffer, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:

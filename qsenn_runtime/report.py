@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .metadata import Feature, ModelMetadata
     from .results import Prediction, PredictionError
 
@@ -20,13 +22,16 @@ FORMATS = ("table", "json", "markdown", "html")
 
 @dataclass(frozen=True)
 class ClassRule:
-    """Class k's logit = Σ c_j over `positive` − Σ c_j over `negative` + bias."""
+    """Class k's logit = Σ_j W[k, j]·c_j + bias over the features that raise it (`positive`,
+    W > 0) and lower it (`negative`, W < 0); `*_weights` are those W[k, j] (±1 for Q-SENN)."""
 
     class_index: int
     class_name: str
     bias: float
-    positive: tuple[Feature, ...]  # T[k, j] = +1
-    negative: tuple[Feature, ...]  # T[k, j] = −1
+    positive: tuple[Feature, ...]
+    negative: tuple[Feature, ...]
+    positive_weights: tuple[float, ...]
+    negative_weights: tuple[float, ...]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,16 +39,35 @@ class ClassRule:
 
 def class_rules(metadata: ModelMetadata) -> tuple[ClassRule, ...]:
     features = metadata.features
-    return tuple(
-        ClassRule(
-            k,
-            name,
-            float(metadata.bias[k]),
-            positive=tuple(features[j] for j in range(metadata.num_features) if row[j] > 0),
-            negative=tuple(features[j] for j in range(metadata.num_features) if row[j] < 0),
+    rules = []
+    for k, (name, row) in enumerate(zip(metadata.class_names, metadata.weights)):
+        raising = [j for j in range(metadata.num_features) if row[j] > 0]
+        lowering = [j for j in range(metadata.num_features) if row[j] < 0]
+        rules.append(
+            ClassRule(
+                k,
+                name,
+                float(metadata.bias[k]),
+                positive=tuple(features[j] for j in raising),
+                negative=tuple(features[j] for j in lowering),
+                positive_weights=tuple(float(row[j]) for j in raising),
+                negative_weights=tuple(float(row[j]) for j in lowering),
+            )
         )
-        for k, (name, row) in enumerate(zip(metadata.class_names, metadata.ternary))
-    )
+    return tuple(rules)
+
+
+def class_based_names(weights: np.ndarray, class_names: Sequence[str]) -> list[str]:
+    """A name per feature from the global explanation: '+Trouser/+Dress −Bag', the classes whose
+    logit it raises (W > 0) and lowers (W < 0); 'unused' where no class reads it."""
+    import numpy as np  # here, not at import: the CLI reads FORMATS at start-up
+
+    names = []
+    for column in np.asarray(weights).T:
+        raised = "/".join(f"+{class_names[k]}" for k in np.flatnonzero(column > 0))
+        lowered = "/".join(f"−{class_names[k]}" for k in np.flatnonzero(column < 0))
+        names.append(" ".join(part for part in (raised, lowered) if part) or "unused")
+    return names
 
 
 def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
@@ -65,14 +89,22 @@ def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
         )
     header = _header(metadata, source)
     class_rows = [
-        (f"{r.class_index}", r.class_name, f"{r.bias:+.3f}", _names(r.positive), _names(r.negative)) for r in rules
+        (
+            f"{r.class_index}",
+            r.class_name,
+            f"{r.bias:+.3f}",
+            _names(r.positive, r.positive_weights, metadata.is_ternary),
+            _names(r.negative, r.negative_weights, metadata.is_ternary),
+        )
+        for r in rules
     ]
     feature_rows = [
         (f"{f.index}", f"{f.channel}", f.name, f"{usage[f.index][0]}", f"{usage[f.index][1]}")
         for f in metadata.features
     ]
-    class_head = ("#", "class", "bias", "raised by (+1)", "lowered by (−1)")
-    feature_head = ("#", "channel", "feature", "classes +1", "classes −1")
+    signs = ("(+1)", "(−1)") if metadata.is_ternary else ("(W > 0)", "(W < 0)")
+    class_head = ("#", "class", "bias", f"raised by {signs[0]}", f"lowered by {signs[1]}")
+    feature_head = ("#", "channel", "feature", "classes raised", "classes lowered")
     if fmt == "table":
         return "\n".join([header, "", _text_table(class_head, class_rows), "", _text_table(feature_head, feature_rows)])
     if fmt == "markdown":
@@ -117,6 +149,7 @@ def _summary(metadata: ModelMetadata, source: str) -> dict:
     return {
         "source": source,
         "model_type": metadata.model_type,
+        "head_kind": metadata.head_kind,
         "classes": metadata.num_classes,
         "features": metadata.num_features,
         "scale": metadata.scale,
@@ -130,7 +163,7 @@ def _summary(metadata: ModelMetadata, source: str) -> dict:
 
 def _header(metadata: ModelMetadata, source: str) -> str:
     facts = [
-        f"{metadata.model_type}",
+        f"{metadata.model_type} ({metadata.head_kind} head)",
         f"{metadata.num_classes} classes",
         f"{metadata.num_features} features",
         f"input {metadata.input.size} px ({metadata.input.resize_mode})",
@@ -151,12 +184,15 @@ def _header(metadata: ModelMetadata, source: str) -> str:
 
 
 def _feature_usage(metadata: ModelMetadata) -> dict[int, tuple[int, int]]:
-    column = metadata.ternary.T
+    column = metadata.weights.T
     return {j: (int((column[j] > 0).sum()), int((column[j] < 0).sum())) for j in range(metadata.num_features)}
 
 
-def _names(features: tuple[Feature, ...]) -> str:
-    return ", ".join(f"{f.name} (#{f.index})" for f in features) or "—"
+def _names(features: tuple[Feature, ...], weights: tuple[float, ...], ternary: bool) -> str:
+    """ "name (#j)" for a ternary head (every weight is ±1), "name (#j, +0.83)" for a sparse one."""
+    if ternary:
+        return ", ".join(f"{f.name} (#{f.index})" for f in features) or "—"
+    return ", ".join(f"{f.name} (#{f.index}, {w:+.3g})" for f, w in zip(features, weights)) or "—"
 
 
 def _text_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

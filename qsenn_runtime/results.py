@@ -9,14 +9,20 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Contribution:
-    """Feature j's share of one class's logit: `weight · activation` with weight T[k, j] = ±1."""
+    """Feature j's share of one class's logit: `weight · activation`, weight W[k, j] (±1 for Q-SENN's
+    ternary head, a real number for SLDD's sparse head)."""
 
     feature: int  # column j of T
     channel: int  # backbone channel the feature reads
     name: str
-    weight: int  # T[k, j]
+    weight: float  # W[k, j]
     activation: float  # c_j
-    value: float  # T[k, j] · c_j
+    value: float  # W[k, j] · c_j
+
+    @property
+    def weight_text(self) -> str:
+        """ "+1"/"-1" for a ternary weight, "+0.834" for a real one."""
+        return f"{self.weight:+.0f}" if abs(self.weight) == 1 else f"{self.weight:+.3g}"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import platform
 import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch.utils.data import Dataset
 
 from . import faults
 from .data import open_dataset
 from .data.base import DatasetInfo
 from .data.transforms import build_transform
+from .device import Device
 from .errors import QsennError
 from .recipes import Recipe
 from .rundir import CONFIG, RunDir, stage_key
-from .training import Device
+from .versions import library_versions
 
 
 @dataclass(frozen=True)
@@ -41,18 +40,51 @@ class RunOptions:
     overwrite: bool = False
 
 
+@dataclass(frozen=True)
+class DataSplits:
+    """A recipe's images with the transforms each use needs."""
+
+    info: DatasetInfo
+    train_set: Dataset  # training images, training transform
+    test_set: Dataset  # test images, test transform
+    train_eval_set: Dataset  # training images, test transform (extraction, metrics)
+
+
+def open_data(recipe: Recipe, data_root: Path, echo: Callable[[str], None] = print) -> DataSplits:
+    train_raw, test_raw, info = open_dataset(recipe, data_root, echo=echo)
+    return DataSplits(
+        info=info,
+        train_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=True, augment=recipe.augment)),
+        test_set=test_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
+        train_eval_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
+    )
+
+
 @dataclass
 class RunContext:
     recipe: Recipe
     seed: int
     run: RunDir
     device: Device
-    info: DatasetInfo
-    train_set: Dataset  # training images, training transform
-    test_set: Dataset  # test images, test transform
-    train_eval_set: Dataset  # training images, test transform (extraction, metrics)
+    data: DataSplits
     echo: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.data.info
+
+    @property
+    def train_set(self) -> Dataset:
+        return self.data.train_set
+
+    @property
+    def test_set(self) -> Dataset:
+        return self.data.test_set
+
+    @property
+    def train_eval_set(self) -> Dataset:
+        return self.data.train_eval_set
 
 
 def run_dir_for(recipe: Recipe, seed: int, out: Path) -> Path:
@@ -76,16 +108,25 @@ def seed_stage(ctx: RunContext, label: str) -> int:
     return seed
 
 
+def stage_label(scope: str, step: str, round_: str | None = None) -> str:
+    """How the event log and the fault hook name a stage: "<scope>[/<round>]: <step>"."""
+    return f"{scope}/{round_}: {step}" if round_ else f"{scope}: {step}"
+
+
 @contextmanager
-def timed(ctx: RunContext, label: str):
-    """Time a stage and log it; the one place where the test-only fault injection can arm (faults.py)."""
+def timed(ctx: RunContext, scope: str, step: str, round_: str | None = None) -> Iterator[None]:
+    """Time a stage and record it (timings.json, the event log); the one place where the test-only
+    fault injection can arm (faults.py). `scope` is the model the stage builds (dense-<key> or a
+    sparsification folder), `round_` the Q-SENN round (iter0..3)."""
+    label = stage_label(scope, step, round_)
     start = time.perf_counter()
     with faults.armed(label):
         yield
         calls = faults.counted()
     seconds = time.perf_counter() - start
     ctx.timings[label] += seconds
-    ctx.run.event("stage_time", stage=label, seconds=round(seconds, 3), **calls)
+    ctx.run.record_time(scope, step, seconds, round_)
+    ctx.run.event("stage_time", stage=label, scope=scope, round=round_, step=step, seconds=round(seconds, 3), **calls)
 
 
 @contextmanager
@@ -103,15 +144,11 @@ def saga_threads(ctx: RunContext):
         torch.set_num_threads(before)
 
 
-def library_versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
-
-
 def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print) -> RunContext:
     seed = opts.seed if opts.seed is not None else random.randrange(1_000_000)
     seed_everything(seed)
     device = Device.resolve(opts.device, opts.amp, opts.channels_last)
-    train_raw, test_raw, info = open_dataset(recipe, opts.data_root, echo=echo)
+    data = open_data(recipe, opts.data_root, echo)
 
     path = run_dir_for(recipe, seed, opts.out)
     if path.exists() and opts.overwrite:
@@ -125,27 +162,24 @@ def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = prin
     if removed := run.remove_stale_temporaries():
         echo(f"removed {removed} temporary files left behind by an interrupted run")
         run.event("stale_temporaries_removed", count=removed)
-    run.save_json(
-        CONFIG,
-        {
-            "recipe": recipe.to_json(),
-            "seed": seed,
-            "dataset": info.to_json(),
-            "data_root": str(Path(opts.data_root).resolve()),
-            "device": str(device.torch_device),
-            "versions": library_versions(),
-        },
-    )
-    run.event("start", recipe=recipe.name, seed=seed, resume=opts.resume)
+    run.save_json(CONFIG, run_config(run, recipe, seed, data.info, opts.data_root, device))
+    run.event("start", recipe=recipe.name, model_type=recipe.model_type, seed=seed, resume=opts.resume)
     echo(f"run directory: {path}  (seed {seed}; resume with --seed {seed} --resume)")
-    return RunContext(
-        recipe=recipe,
-        seed=seed,
-        run=run,
-        device=device,
-        info=info,
-        train_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=True, augment=recipe.augment)),
-        test_set=test_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
-        train_eval_set=train_raw.with_transform(build_transform(info, recipe.img_size, train=False)),
-        echo=echo,
-    )
+    return RunContext(recipe=recipe, seed=seed, run=run, device=device, data=data, echo=echo)
+
+
+def run_config(run: RunDir, recipe: Recipe, seed: int, info: DatasetInfo, data_root: Path, device: Device) -> dict:
+    """config.json: what every model of the run shares (seed, dataset, where it lies, versions) and,
+    per model type, the recipe it was last asked to train with; another model type's recipe stays."""
+    previous = run.load_json(CONFIG) or {}
+    legacy = previous.get("recipe")  # config.json of older versions: the last call's recipe only
+    earlier = previous.get("recipes", {legacy["model_type"]: legacy} if isinstance(legacy, dict) else {})
+    recipes = {**earlier, recipe.model_type: recipe.to_json()}
+    return {
+        "seed": seed,
+        "dataset": info.to_json(),
+        "data_root": str(Path(data_root).resolve()),
+        "device": str(device.torch_device),
+        "versions": library_versions(),
+        "recipes": recipes,
+    }

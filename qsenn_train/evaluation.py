@@ -7,9 +7,10 @@ from torch.utils.data import Dataset
 
 from . import metrics
 from .data.base import DatasetInfo
+from .device import Device
 from .model import QResNet
 from .progress import progress
-from .training import Device, make_loader
+from .training import make_loader
 
 
 @torch.no_grad()

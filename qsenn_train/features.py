@@ -16,12 +16,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .device import Device
 from .errors import QsennError
 from .model import QResNet
 from .progress import progress
 from .rundir import RunDir, temporary_name
-from .training import Device, make_loader
+from .training import make_loader
 
+# σ clamp of the standardisation both GLM steps use, x̂ = (f − μ)/max(σ, 1e-5) (spec §4 step 7;
+# odd-V: the model head clamps at 1e-6, model.STD_CLAMP).
+GLM_STD_CLAMP = 1e-5
 CHUNK_BYTES = 16 * 2**20  # copied at a time when writing the split files (bounds the gather's copy)
 
 

@@ -19,10 +19,9 @@ from glm_saga import elasticnet
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .features import FeatureSet
+from .features import GLM_STD_CLAMP, FeatureSet
 from .recipes import SagaSettings
 
-GLM_STD_CLAMP = 1e-5  # odd-V: the GLM steps clamp σ at 1e-5, the model head at 1e-6
 READ_CHUNK = 65536
 
 

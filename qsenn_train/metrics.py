@@ -23,11 +23,10 @@ from torch import Tensor
 
 from .errors import QsennError
 
+METRIC_KEYS = ("Accuracy", "NFfeatures", "PerClass", "diversity", "Dependence", "Alignment")  # spec §10
 DIVERSITY_K = 5
 # The reference evaluates test batches of 300 but counts them from the *training* set size (odd-P).
 REFERENCE_TEST_BATCH = 300
-# Alignment is computed only for CUB-like data (train set below this size); otherwise reported as 0.
-ALIGNMENT_MAX_TRAIN_IMAGES = 7000
 MIN_CERTAINTY = 3  # keep "probably" (3) and "definitely" (4) annotations (odd-Q)
 NOT_VISIBLE = 1  # certainty of an attribute that cannot be seen
 LABEL_FIELDS = ("image id", "attribute id", "is_present", "certainty", "time")
@@ -120,11 +119,6 @@ def dependence(pooled: Tensor, logits: Tensor, weight: Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- CUB alignment
-def alignment_applies(n_train: int) -> bool:
-    """The reference computes Alignment only for CUB-like training sets (< 7000 images)."""
-    return n_train < ALIGNMENT_MAX_TRAIN_IMAGES
-
-
 def read_attribute_labels(
     path: Path | str, train_ids: Sequence[int], n_attributes: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:

@@ -4,6 +4,8 @@ The registries in model.py and data/layouts.py are keyed by exactly these names 
 """
 
 DATASETS = ("synth", "CUB2011", "TravelingBirds", "StanfordCars", "ImageNet", "folder", "fashion-mnist")
+# The datasets with ground-truth-cropped images (--crop-gt), resized to a square (spec §3.2).
+CROP_GT_DATASETS = ("CUB2011", "TravelingBirds")
 ARCHS = ("resnet10", "resnet18", "resnet18s", "resnet34", "resnet50")
 # Small-image variants: a 3×3 stride-1 stem conv instead of 7×7 stride 2 (total stride 16, not 32).
 SMALL_STEM_ARCHS = ("resnet18s",)

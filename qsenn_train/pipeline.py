@@ -2,49 +2,50 @@
 
 from __future__ import annotations
 
-import json
-import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoint import load_checkpoint, model_from_record, model_record
-from .context import RunContext, RunOptions, prepare, seed_stage, timed
-from .errors import QsennError
+from .checkpoint import model_from_record, model_record
+from .context import DataSplits, RunContext, RunOptions, open_data, prepare, seed_stage, timed
+from .device import Device
 from .evaluation import evaluate_metrics
+from .metrics import METRIC_KEYS
 from .model import QResNet, build_model
-from .names import MODEL_TYPES
 from .recipes import Recipe
-from .rundir import CONFIG, FINAL_LINK, stage_key, temporary_name, write_json_atomic
-from .sparsify import sparse_folder, sparsify
+from .run import DENSE, ModelEntry, Run
+from .rundir import stage_key
+from .sparsify import final_checkpoint, sparse_folder, sparsify
 from .training import Schedule, make_sgd, run_epochs
 
-METRIC_KEYS = ("Accuracy", "NFfeatures", "PerClass", "diversity", "Dependence", "Alignment")
 
-
-def dense_key(ctx: RunContext) -> str:
-    r = ctx.recipe
-    variant = r.data_variant()
+def dense_key(recipe: Recipe, seed: int) -> str:
+    variant = recipe.data_variant()
     return stage_key(
         "dense",
-        r.dataset,
-        r.crop_gt,
-        r.arch,
-        r.img_size,
-        r.reduced_strides,
-        r.pretrained,
-        r.do_dense,
-        r.dense,
-        r.fdl_beta,
-        r.dense_dropout,
-        ctx.seed,
+        recipe.dataset,
+        recipe.crop_gt,
+        recipe.arch,
+        recipe.img_size,
+        recipe.reduced_strides,
+        recipe.pretrained,
+        recipe.do_dense,
+        recipe.dense,
+        recipe.fdl_beta,
+        recipe.dense_dropout,
+        seed,
         *([variant] if variant else []),
     )
+
+
+def dense_name(key: str) -> str:
+    return f"dense-{key}.pt"
 
 
 def dense_stage(ctx: RunContext, key: str) -> QResNet:
     """Dense training (spec §3), or the pretrained/initial network when dense training is off."""
     r = ctx.recipe
-    name, partial = f"dense-{key}.pt", f"dense-{key}.partial.pt"
+    name, partial = dense_name(key), f"dense-{key}.partial.pt"
     record = ctx.run.load_torch(name)
     if record is not None:
         ctx.echo(f"dense model: reusing {ctx.run.file(name)}")
@@ -62,7 +63,7 @@ def dense_stage(ctx: RunContext, key: str) -> QResNet:
     )
     history: list[dict] = []
     # Each stage's timed block ends with its result saved: a kill anywhere before is inside the stage.
-    with timed(ctx, "dense training"):
+    with timed(ctx, f"dense-{key}", "dense training"):
         if r.do_dense:
             optimizer, scheduler = make_sgd(
                 [
@@ -94,81 +95,71 @@ def dense_stage(ctx: RunContext, key: str) -> QResNet:
     return model
 
 
-def metrics_stage(ctx: RunContext, model: QResNet, name: str, key: str, label: str) -> dict:
-    """The metrics of a model, cached by the key of the model they describe."""
+def metrics_name(label: str) -> str:
+    return f"metrics_{label}.json"
+
+
+def metrics_stage(ctx: RunContext, model: QResNet, label: str, scope: str) -> dict:
+    """The metrics of a model (`label`: dense, qsenn or sldd), cached by the scope (key) of the
+    model they describe."""
+    name = metrics_name(label)
     cached = ctx.run.load_json(name)
-    if cached is not None and cached.get("model") == key:
+    if cached is not None and cached.get("model") == scope:
         return cached
-    r = ctx.recipe
-    with timed(ctx, f"metrics ({label})"):
-        result = evaluate_metrics(
-            model,
-            ctx.train_eval_set,
-            ctx.test_set,
-            ctx.info,
-            device=ctx.device,
-            batch_size=r.metrics_batch_size,
-            workers=r.workers,
-        )
-        result["model"] = key
+    with timed(ctx, scope, f"metrics ({label})"):
+        result = compute_metrics(model, ctx.data, ctx.recipe, ctx.device)
+        result["model"] = scope
         ctx.run.save_json(name, result)
     return result
 
 
-def link_final(ctx: RunContext, target: str) -> None:
-    """RUN/final.pt → the last finished model (a relative symlink, swapped atomically)."""
-    link = ctx.run.file(FINAL_LINK)
-    tmp = temporary_name(link)
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
-    os.replace(tmp, link)
-
-
-def final_model_name(ctx: RunContext, folder: str) -> str:
-    if ctx.recipe.model_type == "sldd":
-        return f"{folder}/model.pt"
-    return f"{folder}/iter{ctx.recipe.finetune.iterations - 1}/model.pt"
+def compute_metrics(model: QResNet, data: DataSplits, recipe: Recipe, device: Device) -> dict:
+    return evaluate_metrics(
+        model,
+        data.train_eval_set,
+        data.test_set,
+        data.info,
+        device=device,
+        batch_size=recipe.metrics_batch_size,
+        workers=recipe.workers,
+    )
 
 
 def train(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print) -> dict:
-    """Run every stage of the recipe; return the dense and final metrics."""
+    """Run every stage of the recipe, register the finished model; return the dense and final metrics."""
     ctx = prepare(recipe, opts, echo)
-    key = dense_key(ctx)
+    key = dense_key(recipe, ctx.seed)
     model = dense_stage(ctx, key)
-    dense_metrics = metrics_stage(ctx, model, "metrics_dense.json", key, "dense")
+    dense_metrics = metrics_stage(ctx, model, DENSE, f"dense-{key}")
     folder = sparse_folder(ctx, key)
     model = sparsify(ctx, model, folder)
-    final_metrics = metrics_stage(ctx, model, f"metrics_{recipe.model_type}.json", folder, recipe.model_type)
-    link_final(ctx, final_model_name(ctx, folder))
-    record_timings(ctx)
-    ctx.run.event("done", dense=dense_metrics, final=final_metrics)
-    echo(summary_table({"dense": dense_metrics, **sparse_metrics(ctx)}))
+    final_metrics = metrics_stage(ctx, model, recipe.model_type, folder)
+    entry = ModelEntry(
+        model_type=recipe.model_type,
+        checkpoint=final_checkpoint(ctx, folder),
+        folder=folder,
+        metrics=metrics_name(recipe.model_type),
+        dense_checkpoint=dense_name(key),
+        dense_key=key,
+        dense_metrics=metrics_name(DENSE),
+        recipe=recipe.to_json(),
+        seed=ctx.seed,
+        finished=round(time.time(), 3),
+    )
+    ctx.run.register(recipe.model_type, entry.to_json())
+    ctx.run.event("done", model_type=recipe.model_type, dense=dense_metrics, final=final_metrics)
+    run = Run(ctx.run.path, echo=echo)
+    echo(summary_table({DENSE: dense_metrics, **{t: run.metrics(run.entry(t).metrics) or {} for t in run.model_types}}))
     echo(class_explanation(model, ctx.info.class_names))
-    echo(f"final model: {ctx.run.file(FINAL_LINK)}")
+    echo(
+        f"final {recipe.model_type} model: {ctx.run.file(entry.checkpoint)} (registered in {run.path / 'models.json'})"
+    )
     return {
         "run_dir": str(ctx.run.path),
-        "dense": dense_metrics,
+        DENSE: dense_metrics,
         recipe.model_type: final_metrics,
         "timings": dict(ctx.timings),
     }
-
-
-def record_timings(ctx: RunContext) -> None:
-    """timings.json: seconds per stage; a resumed run keeps the times of the stages it reused."""
-    path = ctx.run.file("timings.json")
-    timings = json.loads(path.read_text()) if path.exists() else {}
-    timings.update({k: round(v, 2) for k, v in ctx.timings.items()})
-    write_json_atomic(path, timings)
-
-
-def sparse_metrics(ctx: RunContext) -> dict[str, dict]:
-    """The final metrics of every model type trained in this run directory (they share the dense model)."""
-    rows = {}
-    for model_type in MODEL_TYPES:
-        metrics = ctx.run.load_json(f"metrics_{model_type}.json")
-        if metrics is not None:
-            rows[model_type] = metrics
-    return rows
 
 
 def summary_table(rows: dict[str, dict]) -> str:
@@ -195,44 +186,34 @@ def class_explanation(model: QResNet, class_names: tuple[str, ...], k: int = 0) 
 
 
 def evaluate_run(
-    run_dir: Path, data_root: Path | None = None, device: str = "auto", echo: Callable[[str], None] = print
+    run_dir: Path,
+    data_root: Path | None = None,
+    device: str = "auto",
+    model_type: str | None = None,
+    echo: Callable[[str], None] = print,
 ) -> dict:
-    """`qsenn evaluate RUN`: recompute the metrics of the run's dense and final models.
-
-    The data root defaults to the one the run was trained with (config.json)."""
-    config_file = Path(run_dir) / CONFIG
-    if not config_file.is_file():
-        raise QsennError(f"{run_dir} is not a run directory (no {CONFIG}); pass OUT/<arch>/<dataset>/<seed>")
-    config = json.loads(config_file.read_text())
-    recipe = Recipe.from_json(config["recipe"])
-    opts = RunOptions(
-        seed=config["seed"],
-        data_root=data_root or Path(config["data_root"]),
-        out=Path(run_dir).parents[2],
-        device=device,
-        resume=True,
-    )
-    ctx = prepare(recipe, opts, echo)
-    key = dense_key(ctx)
-    final = ctx.run.file(FINAL_LINK)
-    models = {"dense": (ctx.run.file(f"dense-{key}.pt"), key)}
-    if final.exists():  # a link's first component is the sparsification folder (its key)
-        models[recipe.model_type] = (final, Path(os.readlink(final)).parts[0] if final.is_symlink() else FINAL_LINK)
-    rows = {}
-    for label, (path, model_key) in models.items():
-        if not path.exists():
-            echo(f"{label}: {path} not found (stage not finished), skipped")
-            continue
-        model, _ = load_checkpoint(path)
-        rows[label] = evaluate_metrics(
-            ctx.device.prepare(model),
-            ctx.train_eval_set,
-            ctx.test_set,
-            ctx.info,
-            device=ctx.device,
-            batch_size=recipe.metrics_batch_size,
-            workers=recipe.workers,
-        )
-        ctx.run.save_json(f"metrics_{label}.json", {**rows[label], "model": model_key})
+    """`qsenn evaluate RUN`: recompute the metrics of the run's finished models (all of them, or
+    `model_type`) and of their dense model, and rewrite their metrics files. config.json is read,
+    never written; the data root defaults to the one the run was trained with."""
+    run = Run(run_dir, echo=echo)
+    types = (model_type,) if model_type is not None else run.model_types
+    entries = [run.entry(t) for t in types] if types else []
+    if not entries:
+        run.entry(None)  # raises the line that says what to finish
+    resolved = Device.resolve(device)
+    rows: dict[str, dict] = {}
+    done: set[str] = set()
+    for entry in entries:
+        recipe = entry.load_recipe()
+        data = open_data(recipe, data_root or run.data_root, echo)
+        scopes = {DENSE: (entry.dense_checkpoint, f"dense-{entry.dense_key}", entry.dense_metrics)}
+        scopes[entry.model_type] = (entry.checkpoint, entry.folder, entry.metrics)
+        for label, (checkpoint, scope, metrics_file) in scopes.items():
+            if checkpoint in done:  # the dense model Q-SENN and SLDD share
+                continue
+            done.add(checkpoint)
+            model = resolved.prepare(model_from_record(run.load_record(checkpoint)))
+            rows[label] = compute_metrics(model, data, recipe, resolved)
+            run.files.save_json(metrics_file, {**rows[label], "model": scope})
     echo(summary_table(rows))
     return rows

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .data.synth import SynthSpec
 from .errors import QsennError
-from .names import AUGMENTATIONS, SMALL_STEM_ARCHS
+from .names import AUGMENTATIONS, CROP_GT_DATASETS, SMALL_STEM_ARCHS
 
 
 @dataclass(frozen=True)
@@ -304,5 +304,5 @@ def validate(recipe: Recipe) -> None:
             raise QsennError(f"{flag} {limit} is too small; use at least 2 images")
     if recipe.dataset == "ImageNet" and recipe.img_size != 224:
         raise QsennError("ImageNet runs at 224 px (spec §3.3); drop --img-size or set it to 224")
-    if recipe.crop_gt and recipe.dataset not in ("CUB2011", "TravelingBirds"):
-        raise QsennError("--crop-gt exists only for CUB2011 and TravelingBirds")
+    if recipe.crop_gt and recipe.dataset not in CROP_GT_DATASETS:
+        raise QsennError(f"--crop-gt exists only for {' and '.join(CROP_GT_DATASETS)}")

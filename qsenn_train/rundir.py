@@ -27,7 +27,9 @@ from .errors import QsennError
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
 CONFIG = "config.json"
-FINAL_LINK = "final.pt"  # a link to the checkpoint of the run's final model
+REGISTRY = "models.json"  # per model type: its final checkpoint and the record of what produced it
+TIMINGS = "timings.json"
+FINAL_LINK = "final.pt"  # a convenience link to the checkpoint of the model finished last
 _TEMPORARY = re.compile(r"^\..+\.(?:tmp|partial)(\d+)$")
 
 
@@ -60,6 +62,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def remove_stale_temporaries(folder: Path, recursive: bool = True) -> int:
+    """Delete the temporaries that killed processes left below `folder` (those of live ones stay)."""
+    removed = 0
+    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for where, _, files in walk:
+        for name in files:
+            match = _TEMPORARY.match(name)
+            if match and not _alive(int(match.group(1))):
+                Path(where, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def final_link_name(model_type: str) -> str:
+    """RUN/final_<type>.pt: a convenience link to a model type's final checkpoint."""
+    return f"final_{model_type}.pt"
+
+
+def link_atomically(link: Path, target: str) -> None:
+    """A relative symlink `link` → `target`, swapped in atomically."""
+    tmp = temporary_name(link)
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) then rename tmp over path; the temporary is removed on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,12 +109,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 class RunDir:
     """One training run's folder. Names are relative paths inside it."""
 
-    def __init__(self, path: Path, echo: Callable[[str], None] = print):
+    def __init__(self, path: Path, echo: Callable[[str], None] = print, create: bool = True):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.echo = echo
         manifest = self.path / MANIFEST
-        self._manifest: dict[str, dict] = json.loads(manifest.read_text()) if manifest.exists() else {}
+        try:
+            self._manifest: dict[str, dict] = json.loads(manifest.read_text()) if manifest.exists() else {}
+        except (OSError, ValueError) as exc:
+            raise QsennError(
+                f"cannot read {manifest} ({exc}); the run directory is damaged: start it again with --overwrite"
+            ) from None
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -115,15 +149,7 @@ class RunDir:
         return self.save_with(name, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
     def remove_stale_temporaries(self) -> int:
-        """Delete the temporaries that killed processes left behind (those of live ones stay)."""
-        removed = 0
-        for folder, _, files in os.walk(self.path):
-            for name in files:
-                match = _TEMPORARY.match(name)
-                if match and not _alive(int(match.group(1))):
-                    Path(folder, name).unlink(missing_ok=True)
-                    removed += 1
-        return removed
+        return remove_stale_temporaries(self.path)
 
     def remove(self, name: str) -> None:
         self.file(name).unlink(missing_ok=True)
@@ -159,6 +185,36 @@ class RunDir:
         if not self.intact(name):
             return None
         return json.loads(self.file(name).read_text())
+
+    # -- the registry of finished models and the stage times ------------------------------
+    def registry(self) -> dict[str, dict]:
+        """{model type: entry} of the models finished in this run (see run.ModelEntry)."""
+        return self.load_json(REGISTRY) or {}
+
+    def register(self, model_type: str, entry: dict) -> None:
+        """Record a finished model, and point final_<type>.pt and final.pt at its checkpoint."""
+        self.save_json(REGISTRY, {**self.registry(), model_type: entry})
+        link_atomically(self.file(final_link_name(model_type)), entry["checkpoint"])
+        link_atomically(self.file(FINAL_LINK), entry["checkpoint"])
+
+    def timings(self) -> list[dict]:
+        """One record per timed stage: {scope, round, step, seconds} (the latest run of each)."""
+        path = self.file(TIMINGS)
+        if not path.is_file():
+            return []
+        try:
+            records = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        return records if isinstance(records, list) else []
+
+    def record_time(self, scope: str, step: str, seconds: float, round_: str | None = None) -> None:
+        """Stage times survive kills: each is written when its stage finishes."""
+        records = [
+            r for r in self.timings() if (r.get("scope"), r.get("round"), r.get("step")) != (scope, round_, step)
+        ]
+        records.append({"scope": scope, "round": round_, "step": step, "seconds": round(seconds, 2)})
+        write_json_atomic(self.file(TIMINGS), records)
 
     # -- log ----------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from .errors import QsennError
+from .features import GLM_STD_CLAMP
 from .recipes import SagaSettings
 
-STD_FLOOR = 1e-5  # σ clamp of the GLM pre-processing (odd-V: the model head uses 1e-6)
 COLUMN_NORM_EPS = 1e-6  # added to every column norm by the reference's prox
 
 
@@ -170,7 +170,7 @@ class ProximalSaga:
 def standardised_batches(features, mean, std, device: torch.device) -> _TensorBatches | _MemmapBatches:
     """x̂ = (f − μ)/max(σ, 1e-5): once for in-memory features, per batch for a memmap."""
     mean = torch.as_tensor(mean, dtype=torch.float32).to(device)
-    std = torch.as_tensor(std, dtype=torch.float32).to(device).clamp(min=STD_FLOOR)
+    std = torch.as_tensor(std, dtype=torch.float32).to(device).clamp(min=GLM_STD_CLAMP)
     if isinstance(features, np.memmap):
         return _MemmapBatches(features, mean, std, device)
     return _TensorBatches(torch.as_tensor(features), mean, std, device)

@@ -4,6 +4,8 @@ directory and skipped when its result is intact."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .checkpoint import model_from_record, model_record
@@ -41,29 +43,53 @@ def sparse_folder(ctx: RunContext, dense_key: str) -> str:
     return f"{r.model_type}_{r.n_features}_{r.n_per_class}-{key}"
 
 
+@dataclass(frozen=True)
+class Step:
+    """Where one sparsification round lives: its folder (the model's cache key) and, for Q-SENN,
+    the round (iter0..3); `prefix` names its files and seeds its random draws."""
+
+    folder: str
+    round_: str | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.folder}/{self.round_}" if self.round_ else self.folder
+
+
+def timed_step(ctx: RunContext, step: Step, what: str):
+    return timed(ctx, step.folder, what, step.round_)
+
+
+def final_checkpoint(ctx: RunContext, folder: str) -> str:
+    """Run-relative name of the final model of a sparsification folder."""
+    if ctx.recipe.model_type == "sldd":
+        return f"{folder}/model.pt"
+    return f"{folder}/iter{ctx.recipe.finetune.iterations - 1}/model.pt"
+
+
 def sparsify(ctx: RunContext, model: QResNet, folder: str) -> QResNet:
     if ctx.recipe.model_type == "sldd":
-        return _sldd_round(ctx, model, folder)
+        return _sldd_round(ctx, model, Step(folder))
     for iteration in range(ctx.recipe.finetune.iterations):
-        model = _qsenn_round(ctx, model, f"{folder}/iter{iteration}", iteration)
+        model = _qsenn_round(ctx, model, Step(folder, f"iter{iteration}"), iteration)
     return model
 
 
 # ---- shared steps ------------------------------------------------------------------------
 
 
-def _features(ctx: RunContext, model: QResNet, step: str, seed_label: str) -> FeatureSet:
-    cached = load_feature_set(ctx.run, step)
+def _features(ctx: RunContext, model: QResNet, step: Step, seed_label: str) -> FeatureSet:
+    cached = load_feature_set(ctx.run, step.prefix)
     if cached is not None:
         return cached
     r = ctx.recipe
-    with timed(ctx, f"{step}: feature extraction"):
+    with timed_step(ctx, step, "feature extraction"):
         return extract_features(
             model,
             ctx.train_eval_set,
             ctx.test_set,
             ctx.run,
-            step,
+            step.prefix,
             batch_size=r.extraction_batch_size,
             workers=r.workers,
             device=ctx.device,
@@ -73,17 +99,17 @@ def _features(ctx: RunContext, model: QResNet, step: str, seed_label: str) -> Fe
         )
 
 
-def _selection(ctx: RunContext, model: QResNet, features: FeatureSet, step: str) -> list[int]:
+def _selection(ctx: RunContext, model: QResNet, features: FeatureSet, step: Step) -> list[int]:
     """§5: the model's own selection once it has F features, else a fresh modified group elastic net."""
     r = ctx.recipe
     if model.is_sparse and len(model.linear.selection) == r.n_features:
         return model.linear.selection.tolist()
-    name = f"{step}/selection.pt"
+    name = f"{step.prefix}/selection.pt"
     cached = ctx.run.load_torch(name)
     if cached is not None:
         return cached["selected"]
-    seed_stage(ctx, f"{step}/selection")
-    with timed(ctx, f"{step}: feature selection"), saga_threads(ctx):
+    seed_stage(ctx, f"{step.prefix}/selection")
+    with timed_step(ctx, step, "feature selection"), saga_threads(ctx):
         with progress(total=r.n_features, desc="selecting features") as bar:
             result = select_features(
                 features.train,
@@ -104,19 +130,19 @@ def _selection(ctx: RunContext, model: QResNet, features: FeatureSet, step: str)
             name,
             {"selected": result.selected, "rounds": rounds, "weight": result.weight.cpu(), "bias": result.bias.cpu()},
         )
-    ctx.run.event("selection", step=step, selected=result.selected)
+    ctx.run.event("selection", step=step.prefix, selected=result.selected)
     return result.selected
 
 
-def _path(ctx: RunContext, features: FeatureSet, selection: list[int] | None, step: str) -> list[dict]:
+def _path(ctx: RunContext, features: FeatureSet, selection: list[int] | None, step: Step) -> list[dict]:
     """§6: the 101-solution elastic-net path on the standardised selected features."""
-    name = f"{step}/glm_path.pt"
+    name = f"{step.prefix}/glm_path.pt"
     cached = ctx.run.load_torch(name)
     if cached is not None:
         return cached["path"]
     settings = ctx.recipe.glm_path
-    seed_stage(ctx, f"{step}/glm_path")
-    with timed(ctx, f"{step}: regularisation path"), saga_threads(ctx):
+    seed_stage(ctx, f"{step.prefix}/glm_path")
+    with timed_step(ctx, step, "regularisation path"), saga_threads(ctx):
         with progress(total=settings.n_lambdas + 1, desc="glm-saga path") as bar:
             path = fit_path(
                 features,
@@ -125,7 +151,7 @@ def _path(ctx: RunContext, features: FeatureSet, selection: list[int] | None, st
                 n_classes=ctx.info.num_classes,
                 device=ctx.device.torch_device,
                 tick=lambda: bar.update(1),
-                log=lambda line: ctx.run.event("glm_saga", step=step, line=line),
+                log=lambda line: ctx.run.event("glm_saga", step=step.prefix, line=line),
             )
         ctx.run.save_torch(name, {"path": path})
     return path
@@ -147,21 +173,21 @@ def _install(
     model.install_sparse_head(torch.tensor(selection), mean, std, weight, bias, dropout=dropout)
 
 
-def _finetune(ctx: RunContext, model: QResNet, step: str, schedule: SGDSchedule, lr: float, epochs: int) -> None:
+def _finetune(ctx: RunContext, model: QResNet, step: Step, schedule: SGDSchedule, lr: float, epochs: int) -> None:
     """§9.3: one SGD over the backbone and μ/σ (ternary weight and bias frozen); CE + FDL."""
-    seed_stage(ctx, f"{step}/finetune")
+    seed_stage(ctx, f"{step.prefix}/finetune")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_sgd([{"params": trainable, "lr": lr}], schedule)
     sched = Schedule(
-        f"{step} fine-tune",
+        f"{step.prefix} fine-tune",
         optimizer,
         scheduler,
         epochs,
         schedule.batch_size,
         ctx.recipe.eval_every,
-        partial_name=f"{step}/model.partial.pt",
+        partial_name=f"{step.prefix}/model.partial.pt",
     )
-    with timed(ctx, f"{step}: fine-tuning"):
+    with timed_step(ctx, step, "fine-tuning"):
         history = run_epochs(
             model,
             ctx.train_set,
@@ -175,47 +201,54 @@ def _finetune(ctx: RunContext, model: QResNet, step: str, schedule: SGDSchedule,
             echo=ctx.echo,
         )
         ctx.run.save_torch(
-            f"{step}/model.pt",
+            f"{step.prefix}/model.pt",
             model_record(
-                model, ctx.info, ctx.recipe.img_size, recipe=ctx.recipe.name, seed=ctx.seed, stage=step, history=history
+                model,
+                ctx.info,
+                ctx.recipe.img_size,
+                recipe=ctx.recipe.name,
+                model_type=ctx.recipe.model_type,
+                seed=ctx.seed,
+                stage=step.prefix,
+                history=history,
             ),
         )
-        ctx.run.remove(f"{step}/model.partial.pt")
+        ctx.run.remove(f"{step.prefix}/model.partial.pt")
 
 
 # ---- Q-SENN ------------------------------------------------------------------------------
 
 
-def _ternary_head(ctx: RunContext, path: list[dict], step: str) -> TernaryHead:
+def _ternary_head(ctx: RunContext, path: list[dict], step: Step) -> TernaryHead:
     """§7: quantise entry 99 (λ = 0.001·λ_max, odd-D) to {−a, 0, +a} with the bias rule."""
-    name = f"{step}/head.pt"
+    name = f"{step.prefix}/head.pt"
     cached = ctx.run.load_torch(name)
     if cached is not None:
         return TernaryHead(cached["ternary"], cached["magnitude"], cached["bias"])
     entry = path[quantization_entry(len(path))]
-    with timed(ctx, f"{step}: quantisation"):
+    with timed_step(ctx, step, "quantisation"):
         head = quantize(
             entry["weight"], entry["bias"], ctx.recipe.n_per_class, reference_compat=ctx.recipe.reference_compat
         )
         ctx.run.save_torch(
             name, {"ternary": head.ternary, "magnitude": head.magnitude, "bias": head.bias, "lam": entry["lam"]}
         )
-    ctx.run.event("quantised", step=step, magnitude=head.magnitude, nonzeros=int((head.ternary != 0).sum()))
+    ctx.run.event("quantised", step=step.prefix, magnitude=head.magnitude, nonzeros=int((head.ternary != 0).sum()))
     return head
 
 
-def _finished(ctx: RunContext, step: str) -> QResNet | None:
+def _finished(ctx: RunContext, step: Step) -> QResNet | None:
     """The model a finished round saved (its head included), or None."""
-    record = ctx.run.load_torch(f"{step}/model.pt")
+    record = ctx.run.load_torch(f"{step.prefix}/model.pt")
     return None if record is None else ctx.device.prepare(model_from_record(record))
 
 
-def _qsenn_round(ctx: RunContext, model: QResNet, step: str, iteration: int) -> QResNet:
+def _qsenn_round(ctx: RunContext, model: QResNet, step: Step, iteration: int) -> QResNet:
     if (done := _finished(ctx, step)) is not None:
         return done
     r = ctx.recipe
     ft = r.finetune
-    features = _features(ctx, model, step, f"{step}/features")
+    features = _features(ctx, model, step, f"{step.prefix}/features")
     from_dense = not model.is_sparse
     selection = _selection(ctx, model, features, step)
     path = _path(ctx, features, selection if from_dense else None, step)
@@ -231,11 +264,11 @@ def _qsenn_round(ctx: RunContext, model: QResNet, step: str, iteration: int) -> 
 # ---- SLDD --------------------------------------------------------------------------------
 
 
-def _sldd_round(ctx: RunContext, model: QResNet, step: str) -> QResNet:
+def _sldd_round(ctx: RunContext, model: QResNet, step: Step) -> QResNet:
     if (done := _finished(ctx, step)) is not None:
         return done
     r = ctx.recipe
-    features = _features(ctx, model, step, f"{step}/features")
+    features = _features(ctx, model, step, f"{step.prefix}/features")
     selection = _selection(ctx, model, features, step)
     path = _path(ctx, features, selection, step)
     weight, bias, index = sldd_head(
@@ -245,7 +278,9 @@ def _sldd_round(ctx: RunContext, model: QResNet, step: str) -> QResNet:
         drop_rate=r.sldd_drop_rate,
         reference_compat=r.reference_compat,
     )
-    ctx.run.event("sldd_entry", step=step, index=index, lam=path[index]["lam"], nonzeros=int((weight != 0).sum()))
+    ctx.run.event(
+        "sldd_entry", step=step.prefix, index=index, lam=path[index]["lam"], nonzeros=int((weight != 0).sum())
+    )
     _install(model, features, selection, True, weight, bias, r.finetune.dropout)
     _finetune(ctx, model, step, r.sldd_finetune, r.sldd_finetune.lr, r.sldd_finetune.epochs)
     return model

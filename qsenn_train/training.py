@@ -8,50 +8,19 @@ run continues from its last finished epoch and reproduces the uninterrupted run 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .device import Device
 from .errors import QsennError
 from .fdl import feature_diversity_loss
 from .model import QResNet
 from .progress import progress
 from .recipes import SGDSchedule
 from .rundir import RunDir
-
-
-@dataclass(frozen=True)
-class Device:
-    """Where and how tensors are computed."""
-
-    torch_device: torch.device
-    amp: bool = False  # fp16 autocast + GradScaler (CUDA only)
-    channels_last: bool = False  # NHWC memory format (CUDA only)
-
-    @classmethod
-    def resolve(cls, name: str = "auto", amp: bool = False, channels_last: bool = False) -> Device:
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise QsennError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-        dev = torch.device(name)
-        if (amp or channels_last) and dev.type != "cuda":
-            raise QsennError("--amp and --channels-last need --device cuda; drop them on the CPU")
-        return cls(dev, amp, channels_last)
-
-    def batch(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.torch_device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-
-    def prepare(self, model: QResNet) -> QResNet:
-        model = model.to(self.torch_device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-    def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
 
 
 def make_loader(

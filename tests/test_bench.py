@@ -13,23 +13,18 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from export_models import save_checkpoint, ternary_model
 
 import cli
-from qsenn_export.bench import (
-    BenchConfig,
-    ReducedPrecisionQSENN,
-    bench_source,
-    random_source,
-    run_bench,
-    table,
-    write_csv,
-    write_json,
-)
-from qsenn_export.formats import BENCH_BACKENDS, TORCH_BENCH_BACKENDS
-from qsenn_export.onnx_export import fold_source
+from qsenn_bench.backend_table import BENCH_BACKENDS
+from qsenn_bench.backends import ReducedPrecisionQSENN
+from qsenn_bench.bench import BenchConfig, run_bench
+from qsenn_bench.errors import BenchError
+from qsenn_bench.reporting import table, write_csv, write_json
+from qsenn_bench.sources import bench_source, random_source
+from qsenn_bench.testing.toy_models import fake_run, save_checkpoint, sldd_model, ternary_model
+from qsenn_export._common import fold_source
+from qsenn_export.source import load_source
 from qsenn_export.verify import top_feature_agreement
-from qsenn_train.errors import QsennError
 
 REPO = Path(__file__).resolve().parents[1]
 LATENCY_FIELDS = ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms")
@@ -151,21 +146,19 @@ def test_cli_refuses_bad_options(checkpoint, args, message):
     ],
 )
 def test_source_arguments(path, arch, size, random_weights, message):
-    with pytest.raises(QsennError, match=message):
+    with pytest.raises(BenchError, match=message):
         bench_source(path, arch, size, random_weights)
 
 
 def test_random_source_has_the_papers_head():
     source = random_source("resnet10", 32)
-    ternary = source.head.ternary
-    assert ternary.shape == (200, 50) and (ternary != 0).sum(dim=1).eq(5).all()
+    ternary = source.head.weights
+    assert source.head.kind == "ternary" and ternary.shape == (200, 50) and (ternary != 0).sum(dim=1).eq(5).all()
     assert source.info.name == "random" and source.img_size == 32
 
 
 def test_reduced_precision_module_is_the_folded_graph_with_fused_batch_norms(checkpoint):
     """In fp32 on the CPU the torch-fp16 backend's module must equal the folded graph (BN fused)."""
-    from qsenn_export.metadata import load_source
-
     folded = fold_source(load_source(checkpoint))
     fused = ReducedPrecisionQSENN(folded, torch.float32)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
@@ -184,8 +177,22 @@ def test_top_feature_agreement_compares_sets_of_the_reference_class():
     assert top_feature_agreement(reference, swapped, ternary) == 0.0  # feature 5 replaces feature 4
 
 
-def test_bench_backends_cover_the_torch_table():
-    assert [b.name for b in TORCH_BENCH_BACKENDS] == ["torch", "torch-fp16", "torch-compile", "torch-cudagraphs"]
+def test_bench_backends_start_with_the_torch_baseline_and_name_formats_of_the_export_table():
+    from qsenn_export.formats import FORMATS
+
+    names = list(BENCH_BACKENDS)
+    assert names[:4] == ["torch", "torch-fp16", "torch-compile", "torch-cudagraphs"]
+    for backend in BENCH_BACKENDS.values():
+        assert backend.format is None or backend.precision in FORMATS[backend.format].tolerances
+
+
+def test_bench_of_a_run_with_both_types_measures_the_one_asked_for(tmp_path):
+    run = fake_run(tmp_path / "run", {"qsenn": ternary_model(), "sldd": sldd_model()})
+    with pytest.raises(Exception, match="pick one with --model-type"):
+        bench_source(run, None, None, False)
+    config = BenchConfig(backends=("torch", "onnx"), batches=(1,), warmup=1, iters=2, threads=1, images=4, memory=False)
+    data = run_bench(bench_source(run, None, None, False, "sldd"), config, echo=lambda line: None)
+    assert data["agreement"]["onnx"]["top1"] == 1.0 and data["agreement"]["onnx"]["verdict"] == "OK"
 
 
 @pytest.mark.slow
@@ -219,7 +226,7 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
 
 def test_a_failing_backend_is_skipped_with_its_error_and_the_rest_is_measured(checkpoint, monkeypatch):
     """A backend that breaks at its first call (a compiler or driver error on a GPU) costs only itself."""
-    import qsenn_export.bench as bench
+    import qsenn_bench.bench as bench
 
     def broken_int8(backend, artifacts, device, config, chunk):
         runner = build_runner(backend, artifacts, device, config, chunk)

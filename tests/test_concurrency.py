@@ -1,11 +1,11 @@
 """One loaded model, 8 threads × 500 calls of mixed good and bad inputs: no unexpected error,
 every answer bitwise equal to the sequential one, memory flat (`pytest -s` prints the figures)."""
 
-import concurrent_serving
 import pytest
-from toy_onnx import save_toy_model
 
 import qsenn_runtime
+from qsenn_bench.testing import concurrency as concurrent_serving
+from qsenn_bench.testing.toy_onnx import save_toy_model
 
 pytestmark = pytest.mark.slow
 

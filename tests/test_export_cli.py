@@ -8,12 +8,12 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from export_models import save_checkpoint, ternary_model
 
 import cli
+from qsenn_bench.testing.toy_models import save_checkpoint, ternary_model
+from qsenn_export.errors import ExportError
 from qsenn_train.data.layouts import load_synth_splits
 from qsenn_train.data.synth import SynthSpec, generate
-from qsenn_train.errors import QsennError
 
 SYNTH = SynthSpec(n_classes=4, train_per_class=2, test_per_class=3, image_size=32, seed=0)
 
@@ -71,7 +71,7 @@ def test_trt_without_tensorrt_exits_2_and_writes_nothing(synth_checkpoint, monke
 
 def test_missing_source_is_a_user_error(tmp_path):
     result = CliRunner().invoke(cli.qsenn, ["export", str(tmp_path / "nothing")])
-    assert result.exit_code != 0 and isinstance(result.exception, QsennError)
+    assert result.exit_code != 0 and isinstance(result.exception, ExportError)
     assert "does not exist" in str(result.exception)
 
 

@@ -4,37 +4,42 @@ from __future__ import annotations
 
 import pytest
 import torch
-from export_models import ABSENT_DATASET, MAGNITUDE, ternary_model
 from torch import nn
 
-from qsenn_export.fold import FoldedQSENN, count_macs, slice_last_block, ternary_head
+from qsenn_bench.testing.toy_models import ABSENT_DATASET, MAGNITUDE, sldd_model, ternary_model
+from qsenn_export.errors import ExportError
+from qsenn_export.fold import FoldedQSENN, count_macs, read_head, slice_last_block
 from qsenn_export.verify import torch_outputs
-from qsenn_train.errors import QsennError
 from qsenn_train.model import build_model
 
 
 def test_ternary_head_splits_weight_into_T_and_magnitude():
     model = ternary_model()
-    head = ternary_head(model, "ckpt")
-    assert head.ternary.dtype == torch.int8
-    assert set(head.ternary.unique().tolist()) <= {-1, 0, 1}
-    assert head.magnitude == pytest.approx(MAGNITUDE)
-    assert torch.equal(head.weight, model.head_weight)
+    head = read_head(model, "ckpt")
+    assert head.kind == "ternary" and head.weights.dtype == torch.int8
+    assert set(head.weights.unique().tolist()) <= {-1, 0, 1}
+    assert head.scale == pytest.approx(MAGNITUDE)
+    assert torch.equal(head.weights.float() * head.scale, model.head_weight)
     assert torch.equal(head.bias, model.head_bias)
 
 
-def test_real_valued_head_is_refused_as_sldd():
-    model = ternary_model()
-    with torch.no_grad():
-        model.linear.layer.weight.mul_(1 + torch.rand_like(model.linear.layer.weight))
-    with pytest.raises(QsennError, match="not ternary.*SLDD") as exc:
-        ternary_head(model, "ckpt.pt")
+def test_real_valued_head_is_sparse_and_keeps_its_weights():
+    model = sldd_model()
+    for model_type in (None, "sldd"):
+        head = read_head(model, "ckpt", model_type)
+        assert head.kind == "sparse" and head.scale == 1.0
+        assert torch.equal(head.weights, model.head_weight)
+
+
+def test_real_valued_head_is_refused_as_qsenn():
+    with pytest.raises(ExportError, match="Q-SENN head must be ternary.*not quantised") as exc:
+        read_head(sldd_model(), "ckpt.pt", "qsenn")
     assert "\n" not in str(exc.value)
 
 
 def test_dense_model_is_refused():
-    with pytest.raises(QsennError, match="dense model"):
-        ternary_head(build_model("resnet10", 3), "ckpt.pt")
+    with pytest.raises(ExportError, match="dense model"):
+        read_head(build_model("resnet10", 3), "ckpt.pt")
 
 
 def _selected_channel_macs_saved(block: nn.Module, maps_hw: int, n_all: int, n_selected: int) -> int:
@@ -50,10 +55,10 @@ def _selected_channel_macs_saved(block: nn.Module, maps_hw: int, n_all: int, n_s
 def test_sliced_last_block_gives_the_same_outputs_with_fewer_macs(arch, img_size):
     # resnet10's last block has a projection shortcut, resnet50's and resnet18s's an identity one.
     model = ternary_model(arch, num_classes=5, n_features=7, per_class=2)
-    head = ternary_head(model, "ckpt")
+    head = read_head(model, "ckpt")
     folded = FoldedQSENN(model, head, ABSENT_DATASET.mean, ABSENT_DATASET.std)
     images = torch.rand(3, 3, img_size, img_size)
-    reference = torch_outputs(model, head.magnitude, ABSENT_DATASET, images)
+    reference = torch_outputs(model, head.scale, ABSENT_DATASET, images)
     with torch.no_grad():
         logits, features, maps = folded(images)
     for name, value in (("logits", logits), ("features", features), ("feature_maps", maps)):

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
-from export_models import save_checkpoint, ternary_model
 from onnx import numpy_helper
 
 import qsenn_runtime
-from qsenn_export.fold import TERNARY_INITIALIZER
+from qsenn_bench.testing.toy_models import save_checkpoint, sldd_model, ternary_model
+from qsenn_export._common import OPSET, fold_source, to_onnx
+from qsenn_export.errors import ExportError
 from qsenn_export.formats import FORMATS, make_options
+from qsenn_export.graph import TERNARY_INITIALIZER
 from qsenn_export.int8 import Int8Settings, head_nodes, quantised_head_nodes, quantize_static_model
-from qsenn_export.metadata import build_metadata, load_source
-from qsenn_export.onnx_export import OPSET, export_onnx, fold_source, to_onnx
-from qsenn_export.verify import compare, onnx_outputs, onnx_session, torch_outputs, verify_onnx
-from qsenn_runtime.metadata import METADATA_KEY, ModelMetadata
+from qsenn_export.metadata import build_metadata
+from qsenn_export.onnx_export import export_onnx
+from qsenn_export.source import load_source
+from qsenn_export.verify import compare, torch_outputs, verify_onnx
+from qsenn_runtime.metadata import METADATA_KEY, OUTPUT_NAMES, ModelMetadata
 from qsenn_train.data.layouts import load_synth_splits
 from qsenn_train.data.synth import SynthSpec, generate
-from qsenn_train.errors import QsennError
 
 INT8 = FORMATS["onnx"].tolerances["int8"]
 SYNTH = SynthSpec(n_classes=4, train_per_class=6, test_per_class=8, image_size=32, seed=0)
@@ -74,7 +77,7 @@ def test_T_stays_the_int8_initializer_read_through_a_cast(exported):
     model = onnx.load(str(exported[0]))
     init = next(i for i in model.graph.initializer if i.name == TERNARY_INITIALIZER)
     assert init.data_type == onnx.TensorProto.INT8
-    assert np.array_equal(numpy_helper.to_array(init), _metadata(model).ternary)
+    assert np.array_equal(numpy_helper.to_array(init), _metadata(model).weights)
     cast = next(n for n in model.graph.node if list(n.input) == [TERNARY_INITIALIZER])
     assert cast.op_type == "Cast"
 
@@ -103,7 +106,7 @@ def fp32_graph(checkpoint):
     source = load_source(checkpoint)
     metadata = build_metadata(source, OPSET)
     images = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    reference = torch_outputs(source.model, source.head.magnitude, source.info, images)
+    reference = torch_outputs(source.model, source.head.scale, source.info, images)
     return to_onnx(fold_source(source), metadata, None), metadata, images, reference
 
 
@@ -114,10 +117,15 @@ def test_quantising_the_head_fails_verification(fp32_graph, tmp_path):
     assert quantised_head_nodes(broken)
     path = tmp_path / "broken.onnx"
     onnx.save(broken, str(path))
-    with pytest.raises(QsennError, match="quantises its head"):
+    with pytest.raises(ExportError, match="quantises its head"):
         verify_onnx(path, reference, images, "32 random images", INT8)
-    # The numbers alone give it away too: c is rounded on its way into T·c + b.
-    report = compare(reference, onnx_outputs(onnx_session(path), images.numpy()), metadata, INT8, "32 random")
+    # The runtime refuses it (its int8 head initializer is no T), and the numbers give it away too:
+    # c is rounded on its way into T·c + b.
+    with pytest.raises(qsenn_runtime.MetadataError, match="outside"):
+        qsenn_runtime.load(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {"images": images.numpy()})))
+    report = compare(reference, outputs, metadata, INT8, "32 random")
     assert not report.ok and any("identity" in failure for failure in report.failures)
 
 
@@ -131,14 +139,35 @@ def test_a_wrong_T_fails_verification(exported, checkpoint, tmp_path):
     onnx.save(model, str(path))
     source = load_source(checkpoint)
     images = torch.rand(8, 3, 32, 32)
-    reference = torch_outputs(source.model, source.head.magnitude, source.info, images)
-    with pytest.raises(QsennError, match="T differs from the metadata's T"):
+    reference = torch_outputs(source.model, source.head.scale, source.info, images)
+    with pytest.raises(ExportError, match="differs from the metadata's T"):
         verify_onnx(path, reference, images, "8 random images", INT8)
 
 
 def test_calibration_folder_must_hold_images(checkpoint, tmp_path):
-    with pytest.raises(QsennError, match="no image files"):
+    with pytest.raises(ExportError, match="no image files"):
         export_onnx(
             checkpoint, make_options("onnx", int8=True, calib=tmp_path, out=tmp_path / "m.onnx"), echo=lambda line: None
         )
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_sldd_int8_export_keeps_the_real_weights_float_and_exact(dataset, tmp_path):
+    info = load_synth_splits(dataset)[2]
+    checkpoint = save_checkpoint(sldd_model(num_classes=4), tmp_path / "sldd.pt", info=info, model_type="sldd")
+    lines = []
+    path = export_onnx(
+        checkpoint, make_options("onnx", int8=True, calib=dataset / "images", verify_count=16), echo=lines.append
+    )
+    assert any(line.startswith("verified on 16 test images") and line.endswith("— OK") for line in lines)
+    model = onnx.load(str(path))
+    meta = _metadata(model)
+    assert meta.head_kind == "sparse" and meta.quantization["precision"] == "int8"
+    assert quantised_head_nodes(model) == [] and "QLinearConv" in {n.op_type for n in model.graph.node}
+    # The runtime keeps the fp32 identity bound: the head is float, only the backbone is INT8.
+    runtime = qsenn_runtime.load(path, "cpu")
+    for prediction in runtime.predict_tensor(np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)):
+        explanation = prediction.explanation
+        assert explanation.logit == pytest.approx(
+            sum(c.value for c in explanation.contributions) + explanation.bias, abs=1e-4
+        )

@@ -6,15 +6,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from export_models import MAGNITUDE, random_ternary, ternary_model
 from torchvision.models import resnet50
 
+from qsenn_bench.testing.toy_models import MAGNITUDE, random_ternary, ternary_model
+from qsenn_export.errors import ExportError
 from qsenn_export.formats import make_options
 from qsenn_export.onnx_export import export_onnx
 from qsenn_export.reference_import import import_reference, save_record
 from qsenn_train.checkpoint import SPARSE_KEYS, load_checkpoint
 from qsenn_train.data.layouts import CUB_MEAN, CUB_STD
-from qsenn_train.errors import QsennError
 from qsenn_train.model import build_model
 
 NUM_CLASSES, N_FEATURES = 5, 8
@@ -47,6 +47,7 @@ def test_round_trip_reference_to_onnx_matches_torch(tmp_path):
     torch.save(state, tmp_path / "reference.pth")
     record = _import(tmp_path / "reference.pth", tmp_path, img_size=64)
     assert record["arch"] == "resnet50" and record["dataset"]["mean"] == list(CUB_MEAN)
+    assert record["model_type"] == "qsenn"
     save_record(record, tmp_path / "imported.pt")
     lines = []
     onnx_path = export_onnx(tmp_path / "imported.pt", make_options("onnx", verify_count=4), echo=lines.append)
@@ -84,20 +85,21 @@ def test_wrapped_state_dicts_are_accepted(small_state, tmp_path, wrap):
 
 def test_pickled_model_is_refused(tmp_path):
     torch.save(ternary_model(), tmp_path / "whole.pth")
-    with pytest.raises(QsennError, match="pickled model object.*state_dict"):
+    with pytest.raises(ExportError, match="pickled model object.*state_dict"):
         _import(tmp_path / "whole.pth", tmp_path)
 
 
-def test_sldd_checkpoint_is_refused(small_state, tmp_path):
-    small_state["linear.layer.weight"] = small_state["linear.layer.weight"] * torch.rand(3, 4)
+def test_sldd_checkpoint_is_imported_as_an_sldd_model(small_state, tmp_path):
+    small_state["linear.layer.weight"] = small_state["linear.layer.weight"] * (0.5 + torch.rand(3, 4))
     torch.save(small_state, tmp_path / "sldd.pth")
-    with pytest.raises(QsennError, match="not ternary.*SLDD or dense"):
-        _import(tmp_path / "sldd.pth", tmp_path)
+    record = _import(tmp_path / "sldd.pth", tmp_path)
+    assert record["model_type"] == "sldd"
+    assert torch.equal(record["state_dict"]["linear.layer.weight"], small_state["linear.layer.weight"])
 
 
 def test_dense_checkpoint_is_refused(tmp_path):
     torch.save(build_model("resnet10", 3).state_dict(), tmp_path / "dense.pth")
-    with pytest.raises(QsennError, match="no sparse head.*dense"):
+    with pytest.raises(ExportError, match="no sparse head.*dense"):
         _import(tmp_path / "dense.pth", tmp_path)
 
 
@@ -107,7 +109,7 @@ def test_class_names_file(small_state, tmp_path):
     record = _import(tmp_path / "ref.pth", tmp_path, class_names=tmp_path / "names.txt")
     assert record["dataset"]["class_names"] == ["Albatross", "Cardinal", "Wren"]
     (tmp_path / "names.txt").write_text("Albatross\nCardinal\n")
-    with pytest.raises(QsennError, match="2 class names but the checkpoint has 3"):
+    with pytest.raises(ExportError, match="2 class names but the checkpoint has 3"):
         _import(tmp_path / "ref.pth", tmp_path, class_names=tmp_path / "names.txt")
 
 
@@ -131,12 +133,12 @@ def test_dataset_constants(small_state, tmp_path, dataset, crop_gt, mean, resize
 )
 def test_unsupported_dataset_options(small_state, tmp_path, dataset, crop_gt, message):
     torch.save(small_state, tmp_path / "ref.pth")
-    with pytest.raises(QsennError, match=message):
+    with pytest.raises(ExportError, match=message):
         _import(tmp_path / "ref.pth", tmp_path, dataset=dataset, crop_gt=crop_gt)
 
 
 def test_mismatched_weights_are_refused(small_state, tmp_path):
     small_state["layer1.0.conv1.weight"] = torch.zeros(1, 1, 1, 1)
     torch.save(small_state, tmp_path / "bad.pth")
-    with pytest.raises(QsennError, match="does not match resnet10"):
+    with pytest.raises(ExportError, match="does not match resnet10"):
         _import(tmp_path / "bad.pth", tmp_path)

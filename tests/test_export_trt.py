@@ -10,20 +10,21 @@ from unittest.mock import MagicMock
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
-from export_models import save_checkpoint, ternary_model
 
+from qsenn_bench.testing.toy_models import save_checkpoint, ternary_model
 from qsenn_export import trt_build
-from qsenn_export.fold import TERNARY_INITIALIZER, ternary_as_float
+from qsenn_export._common import OPSET, fold_source, to_onnx
+from qsenn_export.errors import ExportError
 from qsenn_export.formats import make_options
-from qsenn_export.metadata import build_metadata, load_source
-from qsenn_export.onnx_export import OPSET, fold_source, to_onnx
+from qsenn_export.graph import TERNARY_INITIALIZER, ternary_as_float
+from qsenn_export.metadata import build_metadata
+from qsenn_export.source import load_source
 from qsenn_export.trt_build import engine_info, export_trt, profile_shapes, require_tensorrt
-from qsenn_export.verify import onnx_outputs, onnx_session
 from qsenn_runtime.engine_file import pack_engine, unpack_engine
-from qsenn_runtime.metadata import MetadataError
-from qsenn_train.errors import QsennError
+from qsenn_runtime.metadata import OUTPUT_NAMES, MetadataError
 
 HAVE_TRT_GPU = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
@@ -40,7 +41,7 @@ def graph(source):
 
 def test_missing_tensorrt_is_one_line_with_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
-    with pytest.raises(QsennError) as exc:
+    with pytest.raises(ExportError) as exc:
         require_tensorrt()
     message = str(exc.value)
     assert "TensorRT is not installed (pip install 'qsenn[trt]')" in message and "\n" not in message
@@ -49,7 +50,7 @@ def test_missing_tensorrt_is_one_line_with_the_install_command(monkeypatch):
 def test_missing_gpu_is_reported(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(QsennError, match="no NVIDIA GPU is visible") as exc:
+    with pytest.raises(ExportError, match="no NVIDIA GPU is visible") as exc:
         require_tensorrt()
     assert "TensorRT is not installed" not in str(exc.value)
 
@@ -57,14 +58,14 @@ def test_missing_gpu_is_reported(monkeypatch):
 def test_export_without_tensorrt_writes_nothing(source, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     out = tmp_path / "model.engine"
-    with pytest.raises(QsennError, match="cannot build a TensorRT engine"):
+    with pytest.raises(ExportError, match="cannot build a TensorRT engine"):
         export_trt(source.checkpoint, make_options("trt", out=out, half=True), echo=lambda line: None)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_options_are_checked_before_tensorrt(source, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(QsennError, match="--int8 needs --calib"):
+    with pytest.raises(ExportError, match="--int8 needs --calib"):
         export_trt(source.checkpoint, make_options("trt", int8=True), echo=lambda line: None)
 
 
@@ -89,7 +90,7 @@ def test_engine_metadata_round_trips_through_the_container(source):
         "precision": "fp16",
         "profile": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [16, 3, 32, 32]},
     }
-    np.testing.assert_array_equal(read.ternary, metadata.ternary)
+    np.testing.assert_array_equal(read.weights, metadata.weights)
     with pytest.raises(MetadataError, match="truncated"):
         unpack_engine(packed[:40])
 
@@ -101,10 +102,14 @@ def test_parser_graph_has_float_T_and_the_same_outputs(graph):
     assert all(i.data_type != onnx.TensorProto.INT8 for i in float_model.graph.initializer)
     onnx.checker.check_model(float_model, full_check=True)
     images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
-    a = onnx_outputs(onnx_session(model.SerializeToString()), images)
-    b = onnx_outputs(onnx_session(float_model.SerializeToString()), images)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name])
+    a, b = (
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            list(OUTPUT_NAMES), {"images": images}
+        )
+        for m in (model, float_model)
+    )
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
     # The int8 original is untouched.
     assert any(i.name == TERNARY_INITIALIZER and i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer)
 
@@ -155,7 +160,7 @@ def test_parser_errors_are_one_line(graph):
     trt.OnnxParser.return_value.parse.return_value = False
     trt.OnnxParser.return_value.num_errors = 1
     trt.OnnxParser.return_value.get_error.return_value = "Unsupported operator Foo"
-    with pytest.raises(QsennError, match="TensorRT cannot parse the exported ONNX model: Unsupported operator Foo"):
+    with pytest.raises(ExportError, match="TensorRT cannot parse the exported ONNX model: Unsupported operator Foo"):
         trt_build.build_engine(trt, graph, profile_shapes(4, 32), make_options("trt"), None, lambda line: None)
 
 

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_models import save_checkpoint, ternary_model
-from fake_datasets import make_fashion_mnist
 
 import qsenn_runtime
+from qsenn_bench.testing.fake_datasets import make_fashion_mnist
+from qsenn_bench.testing.toy_models import save_checkpoint, ternary_model
+from qsenn_bench.validation import feature_names_file, validate_run
 from qsenn_export import export
+from qsenn_export.errors import ExportError
 from qsenn_export.formats import make_options
 from qsenn_export.metadata import read_feature_names
-from qsenn_export.validation import feature_names, validate_run
+from qsenn_runtime.report import class_based_names
 from qsenn_train.context import RunOptions, run_dir_for
 from qsenn_train.data import spread_subset
 from qsenn_train.data.base import ImageListDataset
@@ -75,7 +77,7 @@ def test_spread_subset_is_evenly_spaced_and_keeps_pixels(tmp_path):
 
 def test_feature_names_come_from_the_classes_a_feature_raises_and_lowers():
     ternary = np.array([[1, 0, 0], [1, -1, 0], [-1, 0, 0]])
-    assert feature_names(ternary, ("Trouser", "Dress", "Bag")) == ["+Trouser/+Dress −Bag", "−Dress", "unused"]
+    assert class_based_names(ternary, ("Trouser", "Dress", "Bag")) == ["+Trouser/+Dress −Bag", "−Dress", "unused"]
 
 
 def test_read_feature_names_takes_a_list_or_an_index_map(tmp_path):
@@ -91,7 +93,7 @@ def test_read_feature_names_takes_a_list_or_an_index_map(tmp_path):
         ("a", "must hold a JSON list"),
     ):
         names.write_text(json.dumps(bad))
-        with pytest.raises(QsennError, match=message):
+        with pytest.raises(ExportError, match=message):
             read_feature_names(names, 3)
 
 
@@ -126,7 +128,7 @@ SMOKE = FASHION_MNIST.replace(
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_train_export_and_runtime_agree_on_the_test_subset(tmp_path):
-    for model_type in ("sldd", "qsenn"):  # as `make validate`: SLDD first, Q-SENN last
+    for model_type in ("qsenn", "sldd"):
         train(
             SMOKE.replace(model_type=model_type),
             RunOptions(seed=0, data_root=SYSTEM_FASHION_MNIST, out=tmp_path / "runs", device="cpu", resume=True),
@@ -135,20 +137,22 @@ def test_train_export_and_runtime_agree_on_the_test_subset(tmp_path):
     run = tmp_path / "runs/resnet18s/fashion-mnist_train200_test60/0"
     result = validate_run(run, sheet=tmp_path / "sheet.png", sheet_features=3, top_images=3, echo=lambda line: None)
 
-    checked = result["exported_vs_pytorch"]
-    assert checked["images"] == 60 and checked["argmax_agreement"] == 1.0
-    assert checked["max_identity_residual"] < 1e-4 and checked["max_abs_logit_difference"] < 1e-3
-    assert set(result["models"]) == {"dense", "qsenn", "sldd"}
+    for checked in result["exported_vs_pytorch"].values():  # Q-SENN and SLDD
+        assert checked["images"] == 60 and checked["argmax_agreement"] == 1.0
+        assert checked["max_identity_residual"] < 1e-4 and checked["max_abs_logit_difference"] < 1e-3
+    assert set(result["models"]) == {"dense", "qsenn", "sldd"} == {"dense", *result["exported_vs_pytorch"]}
     assert result["heads"]["qsenn"]["plus_minus_a"] and result["heads"]["qsenn"]["nonzeros"] == 2 * 10
     assert not result["heads"]["sldd"]["plus_minus_a"]
     training = result["wall_seconds"]["training"]
-    assert training["dense training"] > 0 and training["qsenn"]["fine-tuning"] > 0 and training["sldd"]["total"] > 0
+    assert training["dense training"]["dense training"] > 0 and training["qsenn"]["fine-tuning"] > 0
+    assert training["sldd"]["total"] > 0
     assert (tmp_path / "sheet.png").stat().st_size > 0
     written = list(run.glob("fashion-mnist-validation_resnet18s-28-train200-test60_*.json"))
-    assert len(written) == 1 and json.loads(written[0].read_text())["goals"] == result["goals"]
+    assert len(written) == 1 and json.loads(written[0].read_text())["checks"] == result["checks"]
 
-    names = json.loads((run / "feature_names.json").read_text())
-    metadata = qsenn_runtime.read_metadata(run / "model.onnx")
-    assert [f.name for f in metadata.features] == names == feature_names(metadata.ternary, metadata.class_names)
+    for model_type in ("qsenn", "sldd"):
+        names = json.loads((run / feature_names_file(model_type)).read_text())
+        metadata = qsenn_runtime.read_metadata(run / f"{model_type}.onnx")
+        assert [f.name for f in metadata.features] == names == class_based_names(metadata.weights, metadata.class_names)
     used = result["features"]
     assert used and all(f["raises"] or f["lowers"] for f in used) and len(used[0]["top_images"]) == 3

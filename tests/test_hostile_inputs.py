@@ -10,15 +10,15 @@ import json
 import time
 import warnings
 
-import hostile_inputs as hi
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from toy_onnx import toy_metadata
 
+import qsenn_bench.testing.hostile_inputs as hi
 import qsenn_runtime
+from qsenn_bench.testing.toy_onnx import toy_metadata
 from qsenn_runtime.errors import InputError
 from qsenn_runtime.metadata import InputSpec, MetadataError, ModelMetadata
 from qsenn_runtime.preprocess import load_rgb, resize_and_crop, to_chw

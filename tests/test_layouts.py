@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fake_datasets import (
+
+from qsenn_bench.testing.fake_datasets import (
     CARS_CLASSES,
     CUB_ATTRIBUTES,
     CUB_CLASSES,
@@ -26,7 +27,6 @@ from fake_datasets import (
     write_idx,
     write_lines,
 )
-
 from qsenn_train.data import layouts
 from qsenn_train.data.base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, ArrayImageDataset
 from qsenn_train.data.idx import read_idx, read_idx_header

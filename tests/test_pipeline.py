@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,11 +56,13 @@ def test_qsenn_run_writes_every_artefact(qsenn_run):
     } <= names
     assert any(n.startswith("dense-") and n.endswith(".pt") for n in names)
     config = json.load(open(os.path.join(run, "config.json")))
-    assert config["recipe"]["name"] == "tiny" and config["seed"] == 3
+    assert config["recipes"]["qsenn"]["name"] == "tiny" and config["seed"] == 3
     for label in ("dense", "qsenn"):
         assert set(METRIC_KEYS) <= set(result[label])
     timings = json.load(open(os.path.join(run, "timings.json")))
-    assert any("feature selection" in k for k in timings) and any("fine-tuning" in k for k in timings)
+    steps = {(t["round"], t["step"]) for t in timings if t["scope"].startswith("qsenn_6_2-")}
+    assert {("iter0", "feature selection"), ("iter3", "fine-tuning")} <= steps
+    assert any(t["scope"].startswith("dense-") and t["step"] == "dense training" for t in timings)
 
 
 def test_final_head_is_ternary_with_r_times_k_weights(qsenn_run):
@@ -81,6 +84,16 @@ def test_evaluate_recomputes_the_same_metrics(qsenn_run):
     for label in ("dense", "qsenn"):
         for key in METRIC_KEYS:
             assert rows[label][key] == pytest.approx(result[label][key], rel=1e-5, abs=1e-7), (label, key)
+
+
+def test_evaluate_reads_config_json_and_never_writes_it(qsenn_run, tmp_path):
+    result, _ = qsenn_run
+    config = os.path.join(result["run_dir"], "config.json")
+    before = open(config, "rb").read()
+    # Another data root (the embedded dataset is generated there) and the recorded one.
+    elsewhere = evaluate_run(result["run_dir"], tmp_path / "elsewhere", device="cpu", model_type="qsenn", echo=print)
+    assert elsewhere["qsenn"]["Accuracy"] == pytest.approx(result["qsenn"]["Accuracy"])
+    assert open(config, "rb").read() == before
 
 
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -160,6 +173,48 @@ def test_damaged_stage_result_is_recomputed(qsenn_run, data_root, tmp_path):
     assert sum("is damaged" in m for m in messages) == 1, messages
     assert any("is damaged" in m and "model.pt" in m for m in messages)
     assert torch.allclose(final_logits(first["run_dir"], images), expected, atol=1e-5)
+
+
+def _exported_head(run_dir, model_type):
+    from qsenn_export import export
+    from qsenn_export.formats import make_options
+    from qsenn_runtime import read_metadata
+
+    path = export(run_dir, make_options("onnx", verify=False, model_type=model_type), echo=lambda line: None)
+    metadata = read_metadata(path)
+    return path, metadata.head_kind, metadata.weights, metadata.bias
+
+
+def test_both_model_types_in_either_order_register_and_export_the_same_models(qsenn_run, data_root, tmp_path):
+    """Q-SENN then SLDD, or SLDD then Q-SENN, in one run directory: each type keeps its own final
+    model and record, and both export the same models whatever the order."""
+    from qsenn_export.errors import ExportError
+    from qsenn_train.run import Run
+
+    result, out = qsenn_run
+    run_tiny(data_root, out, model_type="sldd", resume=True)  # order A: Q-SENN first (the fixture)
+    run_tiny(data_root, tmp_path, model_type="sldd")  # order B: SLDD first, then Q-SENN
+    run_tiny(data_root, tmp_path, resume=True)
+    runs = {"qsenn first": result["run_dir"], "sldd first": os.path.join(tmp_path, "resnet10", "synth", "3")}
+    heads = {}
+    for order, run_dir in runs.items():
+        run = Run(run_dir)
+        assert run.model_types == ("qsenn", "sldd")
+        for model_type in run.model_types:
+            entry = run.entry(model_type)
+            assert entry.recipe["model_type"] == model_type and entry.checkpoint.startswith(f"{model_type}_6_2-")
+            assert os.path.realpath(os.path.join(run_dir, f"final_{model_type}.pt")) == os.path.realpath(
+                os.path.join(run_dir, entry.checkpoint)
+            )
+        with pytest.raises(ExportError, match="pick one with --model-type qsenn|sldd"):
+            _exported_head(run_dir, None)
+        for model_type in ("qsenn", "sldd"):
+            path, kind, weights, bias = _exported_head(run_dir, model_type)
+            assert path.name == f"{model_type}.onnx" and kind == {"qsenn": "ternary", "sldd": "sparse"}[model_type]
+            heads[order, model_type] = (weights, bias)
+    for model_type in ("qsenn", "sldd"):
+        for a, b in zip(heads["qsenn first", model_type], heads["sldd first", model_type]):
+            assert np.array_equal(a, b), model_type
 
 
 def test_sldd_run_shares_the_dense_model(qsenn_run, data_root):

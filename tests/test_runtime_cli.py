@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from cli_runner import run_cli
 from PIL import Image
-from toy_onnx import save_toy_model, toy_metadata
 
+from qsenn_bench.testing.toy_onnx import save_toy_model, toy_metadata
 from qsenn_runtime.metadata import Feature
 from qsenn_runtime.report import FORMATS, render
 

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from toy_onnx import save_toy_model, toy_metadata, toy_model
 
 import qsenn_runtime
+from qsenn_bench.testing.toy_onnx import save_toy_model, toy_metadata, toy_model
 from qsenn_runtime import BackendError, MetadataError
 from qsenn_runtime.backends import choose_providers, engine_mismatch
 from qsenn_runtime.engine_file import pack_engine
@@ -32,7 +32,7 @@ def test_loads_a_toy_model_with_its_metadata(tmp_path):
     metadata = save_toy_model(tmp_path / "m.onnx")
     model = qsenn_runtime.load(tmp_path / "m.onnx")
     assert model.class_names == metadata.class_names
-    np.testing.assert_array_equal(model.metadata.ternary, metadata.ternary)
+    np.testing.assert_array_equal(model.metadata.weights, metadata.weights)
     assert "CPUExecutionProvider" in model.backend_name
     assert qsenn_runtime.read_metadata(tmp_path / "m.onnx").to_json() == metadata.to_json()
 
@@ -63,18 +63,41 @@ def test_onnx_without_or_with_bad_metadata(tmp_path):
 
 def test_metadata_t_must_match_the_graph(tmp_path):
     metadata = toy_metadata(num_classes=4, num_features=6)
-    flipped = metadata.ternary.copy()
+    flipped = metadata.weights.copy()
     k, j = np.argwhere(flipped != 0)[0]
     flipped[k, j] *= -1
-    save_toy_model(tmp_path / "values.onnx", metadata, graph_ternary=flipped)
-    _refused(
-        tmp_path / "values.onnx",
-        r"T \(4 classes × 6 features\) disagrees with the graph's "
-        r"int8 initializer 'T' \(other values\)",
-    )
+    save_toy_model(tmp_path / "values.onnx", metadata, graph_weights=flipped)
+    _refused(tmp_path / "values.onnx", r"the graph's int8 head initializer 'T' differs from the metadata's T")
     other = toy_metadata(num_classes=5, num_features=6)  # K differs from the graph's
     onnx.save(toy_model(metadata, metadata_json=other.to_json()), tmp_path / "classes.onnx")
-    _refused(tmp_path / "classes.onnx", r"T \(5 classes × 6 features\) disagrees .* \(shape 4×6\)")
+    _refused(
+        tmp_path / "classes.onnx", r"ternary head \(5 classes × 6 features\) but the graph holds no int8 initializer"
+    )
+
+
+def test_graph_head_values_outside_ternary_are_refused(tmp_path):
+    metadata = toy_metadata(num_classes=4, num_features=6)
+    broken = metadata.weights.copy()
+    broken[0, np.flatnonzero(broken[0] == 1)[0]] = 2
+    save_toy_model(tmp_path / "two.onnx", metadata, graph_weights=broken)
+    _refused(tmp_path / "two.onnx", r"initializer 'T' holds 2, outside \{-1, 0, \+1\}")
+    with pytest.raises(MetadataError, match="holds 2"):
+        qsenn_runtime.read_metadata(tmp_path / "two.onnx")  # `qsenn inspect` reads only this
+
+
+def test_sparse_head_is_read_with_its_real_weights_and_checked_against_the_graph(tmp_path):
+    metadata = toy_metadata(num_classes=4, num_features=6, head_kind="sparse")
+    save_toy_model(tmp_path / "sparse.onnx", metadata)
+    model = qsenn_runtime.load(tmp_path / "sparse.onnx")
+    assert model.metadata.head_kind == "sparse" and model.metadata.weights.dtype == np.float32
+    np.testing.assert_array_equal(model.metadata.weights, metadata.weights)
+    explanation = model.predict(np.zeros((32, 32, 3), np.uint8)).explanation
+    assert {abs(c.weight) for c in explanation.contributions} - {1.0}  # real weights, not ±1
+    nudged = metadata.weights.copy()
+    k, j = np.argwhere(nudged != 0)[0]
+    nudged[k, j] *= 1.001
+    save_toy_model(tmp_path / "nudged.onnx", metadata, graph_weights=nudged)
+    _refused(tmp_path / "nudged.onnx", r"sparse head weights \(4 classes × 6 features\) are not in the graph")
 
 
 def test_output_shapes_must_match_the_metadata(tmp_path):
@@ -92,27 +115,25 @@ def test_output_shapes_must_match_the_metadata(tmp_path):
         check_io_shapes(metadata, {"images": (None, 3, 64, 64)}, outputs, "m")
     with pytest.raises(MetadataError, match="lacks feature_maps"):
         check_io_shapes(metadata, good, {"logits": (None, 4), "features": (None, 6)}, "m")
-    # and on a file whose graph has no T initializer to compare: the output dims catch it
-    onnx.save(_without_ternary_initializer(toy_model(metadata)), tmp_path / "m.onnx")
+    # and on a file: metadata of another input size on a graph with the right head
     onnx.save(
-        _without_ternary_initializer(
-            toy_model(metadata, metadata_json=toy_metadata(num_classes=4, num_features=6, size=64).to_json())
-        ),
+        toy_model(metadata, metadata_json=toy_metadata(num_classes=4, num_features=6, size=64).to_json()),
         tmp_path / "size.onnx",
     )
-    qsenn_runtime.load(tmp_path / "m.onnx")
     _refused(
         tmp_path / "size.onnx", re.escape("images has shape ?×3×32×32 in the graph but the metadata implies ?×3×64×64")
     )
 
 
-def _without_ternary_initializer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """T as a Constant node instead of an initializer (the runtime then has nothing to compare)."""
+def test_a_ternary_graph_must_hold_T_as_an_int8_initializer(tmp_path):
+    """T as a Constant node instead of an initializer: the contract says int8 initializer."""
+    model = toy_model(toy_metadata())
     graph = model.graph
     ternary = next(t for t in graph.initializer if t.name == "T")
     graph.initializer.remove(ternary)
     graph.node.insert(0, helper.make_node("Constant", [], ["T"], value=ternary))
-    return model
+    onnx.save(model, tmp_path / "constant.onnx")
+    _refused(tmp_path / "constant.onnx", "holds no int8 initializer of that shape")
 
 
 def test_int8_initializers_stored_as_int32_data():
@@ -122,7 +143,7 @@ def test_int8_initializers_stored_as_int32_data():
     model = helper.make_model(graph)
     helper.set_model_props(model, {"qsenn": "{}", "other": "x"})
     summary = summarise(model.SerializeToString())
-    np.testing.assert_array_equal(summary.int8_initializers["T"].values, values)
+    np.testing.assert_array_equal(summary.matrices["T"].values, values)
     assert summary.metadata_props == {"qsenn": "{}", "other": "x"}
 
 

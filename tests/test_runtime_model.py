@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from PIL import Image
-from toy_onnx import save_toy_model, toy_metadata
 
 import qsenn_runtime
+from qsenn_bench.testing.toy_onnx import save_toy_model, toy_metadata
 from qsenn_runtime import IdentityCheckError, InputError, Prediction, PredictionError
 from qsenn_runtime.model import ATOL, FP32_RTOL, Model
 
@@ -44,12 +44,12 @@ def test_prediction_is_an_exact_explained_sum(model):
     assert prediction.explanation.class_index == prediction.class_index
     for explanation in prediction.explanations:
         k = explanation.class_index
-        used = np.flatnonzero(metadata.ternary[k])
+        used = np.flatnonzero(metadata.weights[k])
         assert sorted(c.feature for c in explanation.contributions) == used.tolist()
         magnitudes = [abs(c.value) for c in explanation.contributions]
         assert magnitudes == sorted(magnitudes, reverse=True)
         for c in explanation.contributions:
-            assert c.weight == metadata.ternary[k, c.feature]
+            assert c.weight == metadata.weights[k, c.feature]
             assert c.value == pytest.approx(c.weight * prediction.features[c.feature])
             assert (c.channel, c.name) == (metadata.features[c.feature].channel, metadata.features[c.feature].name)
         total = sum(c.value for c in explanation.contributions) + explanation.bias
@@ -186,8 +186,8 @@ class ScriptedBackend:
 def test_identity_tolerance_scales_with_the_terms():
     metadata = toy_metadata(num_classes=2, num_features=3)
     features = np.array([300.0, -200.0, 50.0], dtype=np.float32)
-    exact = features.astype(np.float64) @ metadata.ternary.T.astype(np.float64) + metadata.bias
-    scale = np.abs(features) @ np.abs(metadata.ternary.T) + np.abs(metadata.bias)
+    exact = features.astype(np.float64) @ metadata.weights.T.astype(np.float64) + metadata.bias
+    scale = np.abs(features) @ np.abs(metadata.weights.T) + np.abs(metadata.bias)
     tensor = np.zeros((1, 3, 32, 32), np.float32)
     for factor, ok in ((0.5, True), (2.0, False)):
         logits = exact + factor * (FP32_RTOL * scale + ATOL)
@@ -216,6 +216,6 @@ def test_global_explanation(model):
     rules = model.global_explanation()
     assert len(rules) == 5
     for rule in rules:
-        row = model.metadata.ternary[rule.class_index]
+        row = model.metadata.weights[rule.class_index]
         assert [f.index for f in rule.positive] == np.flatnonzero(row > 0).tolist()
         assert [f.index for f in rule.negative] == np.flatnonzero(row < 0).tolist()

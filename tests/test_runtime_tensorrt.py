@@ -15,9 +15,9 @@ from itertools import count
 import numpy as np
 import onnxruntime as ort
 import pytest
-from toy_onnx import toy_metadata, toy_model
 
 import qsenn_runtime
+from qsenn_bench.testing.toy_onnx import toy_metadata, toy_model
 from qsenn_runtime import BackendError
 from qsenn_runtime.engine_file import pack_engine
 

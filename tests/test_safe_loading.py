@@ -5,7 +5,6 @@ and the runtime never unpickles anything."""
 from __future__ import annotations
 
 import ast
-import json
 import pickle
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import torch
 from cli_runner import run_cli
 
 from qsenn_train.errors import QsennError
-from qsenn_train.recipes import resolve_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("qsenn_train", "qsenn_export", "qsenn_runtime")
@@ -119,13 +117,22 @@ def test_export_refuses_a_code_carrying_checkpoint(evil, capsys, tmp_path):
     path, marker = evil
     code, _, err = run_cli(capsys, "export", path, "--out", tmp_path / "m.onnx")
     assert_refused(code, err, marker, "refusing to load")
-    run = tmp_path / "run"  # the same through a run directory's final.pt
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"recipe": resolve_recipe("tiny").to_json(), "seed": 5}))
-    (run / "final.pt").write_bytes(path.read_bytes())
+    run = _run_whose_model_is(path, tmp_path / "run")  # the same through a run directory
     code, _, err = run_cli(capsys, "export", run, "--out", tmp_path / "m.onnx")
     assert_refused(code, err, marker, "refusing to load")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def _run_whose_model_is(payload: Path, run_dir: Path) -> Path:
+    """A finished run whose registered Q-SENN checkpoint is `payload`, recorded in the manifest
+    (so only the safe loader stands between the file and the unpickler)."""
+    from qsenn_bench.testing.toy_models import fake_run, ternary_model
+    from qsenn_train.run import Run
+
+    fake_run(run_dir, {"qsenn": ternary_model()})
+    run = Run(run_dir)
+    run.files.save_with(run.entry("qsenn").checkpoint, lambda tmp: tmp.write_bytes(payload.read_bytes()))
+    return run_dir
 
 
 def test_import_reference_refuses_a_code_carrying_checkpoint(evil, capsys, tmp_path):
@@ -148,11 +155,8 @@ def test_evaluate_refuses_a_code_carrying_final_model(evil, tmp_path):
     from qsenn_train.pipeline import evaluate_run
 
     path, marker = evil
-    run = tmp_path / "runs" / "resnet10" / "synth" / "5"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"recipe": resolve_recipe("tiny").to_json(), "seed": 5}))
-    (run / "final.pt").write_bytes(path.read_bytes())
-    with pytest.raises(QsennError, match="refusing to load .*final.pt") as info:
+    run = _run_whose_model_is(path, tmp_path / "runs" / "resnet10" / "synth" / "5")
+    with pytest.raises(QsennError, match="refusing to load .*/model.pt") as info:
         evaluate_run(run, tmp_path / "data", device="cpu", echo=lambda line: None)
     assert "\n" not in str(info.value) and not marker.exists()
 
@@ -201,9 +205,9 @@ def test_prediction_never_calls_the_unpickler(tmp_path, monkeypatch):
     """Loading a model and predicting (path, bytes, array) with every unpickling entry point
     booby-trapped."""
     from PIL import Image
-    from toy_onnx import save_toy_model
 
     import qsenn_runtime
+    from qsenn_bench.testing.toy_onnx import save_toy_model
 
     def trap(*args, **kwargs):
         raise AssertionError("the runtime unpickled something")

@@ -29,3 +29,18 @@ def spread_subset(dataset, limit: int | None):
     if limit is None or limit >= n:
         return dataset
     return dataset.subset([i * n // limit for i in range(limit)])
+
+
+def example_images(recipe, data_root: Path, count: int, echo: Callable[[str], None] = print) -> list[str]:
+    """Files of `count` test images of the recipe's dataset, from `count` different classes (the
+    first test image of each class, in class order): images to try `qsenn predict` on."""
+    from ..errors import QsennError
+    from .base import ImageListDataset
+
+    _, test, _ = open_dataset(recipe, data_root, echo=echo)
+    if not isinstance(test, ImageListDataset):
+        raise QsennError(f"{recipe.dataset} stores its images as arrays, not files; there are no files to list")
+    first_of_class: dict[int, str] = {}
+    for path, label in test.samples:
+        first_of_class.setdefault(label, path)
+    return [first_of_class[label] for label in sorted(first_of_class)][:count]

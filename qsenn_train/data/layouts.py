@@ -15,7 +15,19 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QsennError
+from ..names import CROP_GT_DATASETS
 from .base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, ArrayImageDataset, DatasetInfo, ImageListDataset
+from .cub_layout import (
+    ATTRIBUTE_LABELS_FILE,
+    ATTRIBUTE_NAMES_FILE,
+    CLASSES_FILE,
+    CUB_DIRNAME,
+    IMAGES_DIR,
+    IMAGES_FILE,
+    LABELS_FILE,
+    SPLIT_FILE,
+    SYNTH_INFO_FILE,
+)
 from .idx import read_idx
 
 Splits = tuple[ImageListDataset, ImageListDataset, DatasetInfo]
@@ -48,7 +60,6 @@ SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # The same extensions torchvision's ImageFolder accepts, compared case-insensitively.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-SYNTH_DESCRIPTION = "qsenn_dataset.json"
 _FIRST_IMAGES_CHECKED = 3
 _INCOMPLETE = "the dataset folder is incomplete: restore it or pass --data-root pointing at a complete copy"
 
@@ -175,9 +186,9 @@ class CubMetadata:
 def _attribute_names_file(cub_dir: Path) -> Path | None:
     # The CUB tarball puts attributes.txt beside CUB_200_2011/, not inside it; accept both.
     for candidate in (
-        cub_dir / "attributes.txt",
-        cub_dir / "attributes" / "attributes.txt",
-        cub_dir.parent / "attributes.txt",
+        cub_dir / ATTRIBUTE_NAMES_FILE,
+        cub_dir / "attributes" / ATTRIBUTE_NAMES_FILE,
+        cub_dir.parent / ATTRIBUTE_NAMES_FILE,
     ):
         if candidate.is_file():
             return candidate
@@ -195,10 +206,10 @@ def _check_ids_covered(dataset: str, images_file: Path, ids: dict, other: dict, 
 
 def read_cub_metadata(dataset: str, cub_dir: Path) -> CubMetadata:
     """Parse images.txt, image_class_labels.txt, train_test_split.txt and classes.txt."""
-    images_file = _require(dataset, cub_dir / "images.txt")
-    classes_file = _require(dataset, cub_dir / "classes.txt")
-    labels_file = _require(dataset, cub_dir / "image_class_labels.txt")
-    split_file = _require(dataset, cub_dir / "train_test_split.txt")
+    images_file = _require(dataset, cub_dir / IMAGES_FILE)
+    classes_file = _require(dataset, cub_dir / CLASSES_FILE)
+    labels_file = _require(dataset, cub_dir / LABELS_FILE)
+    split_file = _require(dataset, cub_dir / SPLIT_FILE)
 
     class_names = _read_names(dataset, classes_file, "<class_id> <class name>")
     rel_paths = _read_id_table(dataset, images_file, "<image_id> <relative path>", str)
@@ -209,7 +220,7 @@ def read_cub_metadata(dataset: str, cub_dir: Path) -> CubMetadata:
     # Ids with a label or split line but no image are ignored: only listed images exist.
     is_train = {i: is_train[i] for i in rel_paths}
 
-    attributes_file = cub_dir / "attributes" / "image_attribute_labels.txt"
+    attributes_file = cub_dir / ATTRIBUTE_LABELS_FILE
     names_file = _attribute_names_file(cub_dir)
     return CubMetadata(
         root=cub_dir,
@@ -268,7 +279,7 @@ def load_cub_folder(
     """A folder in the CUB_200_2011 file layout; images from images/, or from the
     (train, test) GT-crop folders `crop_dirs`, which switches to the square resize."""
     meta = read_cub_metadata(name, cub_dir)
-    train_dir, test_dir = crop_dirs or (cub_dir / "images", cub_dir / "images")
+    train_dir, test_dir = crop_dirs or (cub_dir / IMAGES_DIR, cub_dir / IMAGES_DIR)
     train = _cub_split(name, meta, True, train_dir)
     test = _cub_split(name, meta, False, test_dir)
     info = _cub_info(
@@ -291,14 +302,14 @@ def _crop_dirs(dataset: str, candidates: Sequence[Path]) -> tuple[Path, Path]:
 
 
 def load_cub(data_root: Path, crop_gt: bool = False) -> Splits:
-    cub_dir = _find_dataset_dir("CUB2011", data_root, "CUB200/CUB_200_2011", ["images.txt"])
-    crop_dirs = _crop_dirs("CUB2011", [data_root / "PPCUB200/CUB_200_2011", cub_dir]) if crop_gt else None
+    cub_dir = _find_dataset_dir("CUB2011", data_root, f"CUB200/{CUB_DIRNAME}", [IMAGES_FILE])
+    crop_dirs = _crop_dirs("CUB2011", [data_root / f"PPCUB200/{CUB_DIRNAME}", cub_dir]) if crop_gt else None
     return load_cub_folder(cub_dir, name="CUB2011", mean=CUB_MEAN, std=CUB_STD, crop_dirs=crop_dirs)
 
 
 def load_synth_splits(cub_dir: Path) -> Splits:
     """The generated dataset: CUB layout plus qsenn_dataset.json with its name and normalisation."""
-    description_file = _require("synth", Path(cub_dir) / SYNTH_DESCRIPTION)
+    description_file = _require("synth", Path(cub_dir) / SYNTH_INFO_FILE)
     try:
         description = json.loads(description_file.read_text(encoding="utf-8"))
         name = str(description["name"])
@@ -438,8 +449,8 @@ def load_traveling_birds(data_root: Path, crop_gt: bool = False) -> Splits:
     dataset = "TravelingBirds"
     tb_dir = _find_dataset_dir(dataset, data_root, "TravelingBirds/CUB_fixed", ["train/"])
     # Image ids and the split come from CUB200, which lies beside the TravelingBirds folder.
-    cub_dir = tb_dir.parent.parent / "CUB200" / "CUB_200_2011"
-    if not (cub_dir / "images.txt").is_file():
+    cub_dir = tb_dir.parent.parent / "CUB200" / CUB_DIRNAME
+    if not (cub_dir / IMAGES_FILE).is_file():
         raise QsennError(
             f"{dataset}: images.txt not found in {cub_dir}; TravelingBirds takes its "
             f"image ids and split from CUB-200-2011: put CUB200/CUB_200_2011 beside "
@@ -579,7 +590,7 @@ def load_fashion_mnist(data_root: Path) -> Splits:
 
 
 def _load_synth_root(data_root: Path) -> Splits:
-    return load_synth_splits(_find_dataset_dir("synth", data_root, "CUB_200_2011", [SYNTH_DESCRIPTION]))
+    return load_synth_splits(_find_dataset_dir("synth", data_root, CUB_DIRNAME, [SYNTH_INFO_FILE]))
 
 
 _LOADERS: dict[str, Callable[[Path], Splits]] = {
@@ -592,7 +603,6 @@ _LOADERS: dict[str, Callable[[Path], Splits]] = {
     "synth": _load_synth_root,
 }
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
-_CROP_GT_DATASETS = ("CUB2011", "TravelingBirds")
 
 
 def _canonical_name(name: str) -> str:
@@ -610,8 +620,8 @@ def load_splits(name: str, data_root: str | Path, *, crop_gt: bool = False) -> S
     """
     name = _canonical_name(name)
     data_root = Path(data_root).expanduser()
-    if crop_gt and name not in _CROP_GT_DATASETS:
-        raise QsennError(f"{name}: --crop-gt applies only to {' and '.join(_CROP_GT_DATASETS)}; drop --crop-gt")
-    if name in _CROP_GT_DATASETS:
+    if crop_gt and name not in CROP_GT_DATASETS:
+        raise QsennError(f"{name}: --crop-gt applies only to {' and '.join(CROP_GT_DATASETS)}; drop --crop-gt")
+    if name in CROP_GT_DATASETS:
         return _LOADERS[name](data_root, crop_gt=crop_gt)
     return _LOADERS[name](data_root)

@@ -22,10 +22,17 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import QsennError
-
-CUB_DIRNAME = "CUB_200_2011"
-# Written last inside the temporary folder: its presence marks a complete dataset.
-INFO_FILENAME = "qsenn_dataset.json"
+from .cub_layout import (
+    ATTRIBUTE_LABELS_FILE,
+    ATTRIBUTE_NAMES_FILE,
+    BOXES_FILE,
+    CLASSES_FILE,
+    CUB_DIRNAME,
+    IMAGES_FILE,
+    LABELS_FILE,
+    SPLIT_FILE,
+    SYNTH_INFO_FILE,
+)
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 COLORS = {
@@ -401,14 +408,14 @@ def _write_dataset(spec: SynthSpec, cub_dir: Path) -> None:
             box_lines.append(f"{image_id} {x:.1f} {y:.1f} {w:.1f} {h:.1f}")
             annotation_lines += _annotation_rows(image_id, present, rng)
 
-    _write_lines(cub_dir / "images.txt", image_lines)
-    _write_lines(cub_dir / "image_class_labels.txt", label_lines)
-    _write_lines(cub_dir / "train_test_split.txt", split_lines)
-    _write_lines(cub_dir / "bounding_boxes.txt", box_lines)
-    _write_lines(cub_dir / "classes.txt", (f"{c.class_id} {c.folder}" for c in classes))
-    _write_lines(cub_dir / "attributes.txt", (f"{i + 1} {name}" for i, name in enumerate(ATTRIBUTE_NAMES)))
-    (cub_dir / "attributes").mkdir()
-    _write_lines(cub_dir / "attributes" / "image_attribute_labels.txt", annotation_lines)
+    _write_lines(cub_dir / IMAGES_FILE, image_lines)
+    _write_lines(cub_dir / LABELS_FILE, label_lines)
+    _write_lines(cub_dir / SPLIT_FILE, split_lines)
+    _write_lines(cub_dir / BOXES_FILE, box_lines)
+    _write_lines(cub_dir / CLASSES_FILE, (f"{c.class_id} {c.folder}" for c in classes))
+    _write_lines(cub_dir / ATTRIBUTE_NAMES_FILE, (f"{i + 1} {name}" for i, name in enumerate(ATTRIBUTE_NAMES)))
+    (cub_dir / ATTRIBUTE_LABELS_FILE).parent.mkdir()
+    _write_lines(cub_dir / ATTRIBUTE_LABELS_FILE, annotation_lines)
 
     mean = channel_sum / train_pixels
     std = np.sqrt(np.maximum(channel_sq_sum / train_pixels - mean**2, 0))
@@ -418,7 +425,7 @@ def _write_dataset(spec: SynthSpec, cub_dir: Path) -> None:
         "mean": [round(float(m), 6) for m in mean],
         "std": [round(float(s), 6) for s in std],
     }
-    (cub_dir / INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n")
+    (cub_dir / SYNTH_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def generate(spec: SynthSpec, out_dir: Path) -> Path:
@@ -458,7 +465,7 @@ def generate(spec: SynthSpec, out_dir: Path) -> Path:
 
 def is_complete(cub_dir: Path) -> bool:
     """True for a finished dataset folder (its info file is written last)."""
-    return (Path(cub_dir) / INFO_FILENAME).is_file()
+    return (Path(cub_dir) / SYNTH_INFO_FILE).is_file()
 
 
 def ensure_synth(root: Path, spec: SynthSpec, echo: Callable[[str], None] = lambda line: None) -> Path:

@@ -26,17 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
+import PIL
+from PIL import Image
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-
-import onnx  # noqa: E402
-import PIL  # noqa: E402
-from fake_datasets import make_class_folders, make_cub, make_fashion_mnist, write_lines  # noqa: E402
-from PIL import Image  # noqa: E402
-from toy_onnx import toy_metadata, toy_model  # noqa: E402
-
-from qsenn_runtime.engine_file import MAGIC, pack_engine  # noqa: E402
+from qsenn_bench.testing.fake_datasets import make_class_folders, make_cub, make_fashion_mnist, write_lines
+from qsenn_bench.testing.toy_onnx import toy_metadata, toy_model
+from qsenn_runtime.engine_file import MAGIC, pack_engine
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "cases"
 MANIFEST = "cases.json"
@@ -368,22 +364,22 @@ def _(path):
 
 @case("models/ternary_has_2.onnx", "model", "T must hold only -1, 0 and +1", "a 2 in the metadata's T")
 def _(path):
-    ternary = toy_metadata().ternary.astype(int).tolist()
+    ternary = toy_metadata().weights.astype(int).tolist()
     ternary[0][0] = 2
-    write_model(path, metadata_json=metadata_json(ternary=ternary))
+    write_model(path, metadata_json=metadata_json(head={"kind": "ternary", "T": ternary}))
 
 
 @case("models/ternary_half.onnx", "model", "T must hold only -1, 0 and +1", "0.5 in the metadata's T")
 def _(path):
-    ternary = toy_metadata().ternary.astype(float).tolist()
+    ternary = toy_metadata().weights.astype(float).tolist()
     ternary[1][1] = 0.5
-    write_model(path, metadata_json=metadata_json(ternary=ternary))
+    write_model(path, metadata_json=metadata_json(head={"kind": "ternary", "T": ternary}))
 
 
 @case(
     "models/classes_disagree.onnx",
     "model",
-    "disagrees with the graph's int8 initializer 'T' (shape 4×6)",
+    "holds no int8 initializer of that shape",
     "metadata for 5 classes on a 4-class graph",
 )
 def _(path):
@@ -391,16 +387,29 @@ def _(path):
 
 
 @case(
+    "models/graph_head_has_2.onnx",
+    "model",
+    "holds 2, outside {-1, 0, +1}",
+    "the graph's int8 T holds a 2 where the metadata's T has a 1",
+)
+def _(path):
+    metadata = toy_metadata()
+    broken = metadata.weights.copy()
+    broken[0, np.flatnonzero(broken[0] == 1)[0]] = 2
+    write_model(path, metadata, graph_weights=broken)
+
+
+@case(
     "models/ternary_disagrees.onnx",
     "model",
-    "disagrees with the graph's int8 initializer 'T' (other values)",
+    "initializer 'T' differs from the metadata's T",
     "the graph's T has one sign flipped",
 )
 def _(path):
     metadata = toy_metadata()
-    flipped = metadata.ternary.copy()
+    flipped = metadata.weights.copy()
     flipped[0, np.flatnonzero(flipped[0])[0]] *= -1
-    write_model(path, metadata, graph_ternary=flipped)
+    write_model(path, metadata, graph_weights=flipped)
 
 
 @case(

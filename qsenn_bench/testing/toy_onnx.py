@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qsenn_runtime.metadata import METADATA_KEY, Feature, InputSpec, ModelMetadata
+from qsenn_runtime.metadata import HEAD_TERNARY, METADATA_KEY, Feature, InputSpec, ModelMetadata
 
 OPSET = 17
 FEATURE_NAMES = (
@@ -41,14 +41,19 @@ def toy_metadata(
     std=(0.2, 0.25, 0.3),
     engine: dict | None = None,
     class_names: tuple[str, ...] | None = None,
+    head_kind: str = HEAD_TERNARY,
 ) -> ModelMetadata:
-    """Every class reads 2–3 features with weights ±1; feature j reads channel (3j + 1) mod channels."""
+    """Every class reads 2–3 features with weights ±1 (a ternary head) or real weights of the same
+    signs, magnitudes 0.3..1.5 (a sparse head); feature j reads channel (3j + 1) mod channels."""
     rng = np.random.default_rng(seed)
     ternary = np.zeros((num_classes, num_features), dtype=np.int8)
     for k in range(num_classes):
         used = rng.choice(num_features, size=min(num_features, 2 + k % 2), replace=False)
         ternary[k, used] = rng.choice((-1, 1), size=len(used))
         ternary[k, used[0]] = 1
+    weights = (
+        ternary if head_kind == HEAD_TERNARY else (ternary * rng.uniform(0.3, 1.5, ternary.shape)).astype(np.float32)
+    )
     features = tuple(
         Feature(
             j,
@@ -60,9 +65,10 @@ def toy_metadata(
     return ModelMetadata(
         class_names=class_names or tuple(f"class {k}" for k in range(num_classes)),
         features=features,
-        ternary=ternary,
+        head_kind=head_kind,
+        weights=weights,
         bias=rng.normal(0, 0.5, num_classes).astype(np.float32),
-        scale=1.5,
+        scale=1.5 if head_kind == HEAD_TERNARY else 1.0,
         input=InputSpec(size, resize_mode, mean, std),
         provenance={"dataset": "toy", "arch": "toy-conv", "seed": seed},
         engine=engine,
@@ -74,17 +80,17 @@ def toy_model(
     *,
     widths: tuple[int, ...] = (8,),
     batch: int | str = "N",
-    graph_ternary: np.ndarray | None = None,
+    graph_weights: np.ndarray | None = None,
     graph_bias: np.ndarray | None = None,
     metadata_json: str | None = None,
     with_metadata: bool = True,
     seed: int = 0,
 ) -> onnx.ModelProto:
-    """The contract's graph for `metadata`. graph_ternary / graph_bias / metadata_json let tests
+    """The contract's graph for `metadata`. graph_weights / graph_bias / metadata_json let tests
     build files whose graph and metadata disagree; batch: a static batch size or a dim name."""
     rng = np.random.default_rng(seed)
     size, F = metadata.input.size, metadata.num_features
-    ternary = metadata.ternary if graph_ternary is None else graph_ternary
+    weights = metadata.weights if graph_weights is None else graph_weights
     bias = metadata.bias if graph_bias is None else graph_bias
     inits, nodes = [], []
 
@@ -130,12 +136,12 @@ def toy_model(
         helper.make_node(
             "Add", ["scaled", const("feature_offset", rng.normal(0, 0.5, F).astype(np.float32))], ["features"]
         ),
-        helper.make_node("Cast", [const("T", np.asarray(ternary, dtype=np.int8))], ["T_float"], to=TensorProto.FLOAT),
-        helper.make_node("Transpose", ["T_float"], ["T_columns"], perm=[1, 0]),
+        *_head_matrix(weights, metadata.is_ternary, const),
+        helper.make_node("Transpose", ["W_float"], ["T_columns"], perm=[1, 0]),
         helper.make_node("MatMul", ["features", "T_columns"], ["class_sums"]),
         helper.make_node("Add", ["class_sums", const("b", np.asarray(bias, dtype=np.float32))], ["logits"]),
     ]
-    K = np.asarray(ternary).shape[0]
+    K = np.asarray(weights).shape[0]
     graph = helper.make_graph(
         nodes,
         "toy_qsenn",
@@ -153,6 +159,18 @@ def toy_model(
         helper.set_model_props(model, {METADATA_KEY: metadata_json or metadata.to_json()})
     onnx.checker.check_model(model)
     return model
+
+
+def _head_matrix(weights: np.ndarray, ternary: bool, const) -> list[onnx.NodeProto]:
+    """A ternary head as the int8 initializer T read through a Cast (as qsenn export writes it),
+    a sparse one as its float initializer W."""
+    if ternary:
+        return [
+            helper.make_node(
+                "Cast", [const("T", np.asarray(weights, dtype=np.int8))], ["W_float"], to=TensorProto.FLOAT
+            )
+        ]
+    return [helper.make_node("Identity", [const("W", np.asarray(weights, dtype=np.float32))], ["W_float"])]
 
 
 def save_toy_model(path: str | Path, metadata: ModelMetadata | None = None, **kwargs) -> ModelMetadata:

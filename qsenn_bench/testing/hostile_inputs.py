@@ -1,6 +1,6 @@
 """Run the hostile-input corpus (tests/hostile/cases, written by tests/hostile/make_cases.py)
 through the runtime library, `qsenn predict` and `qsenn train`; shared by
-tests/test_hostile_inputs.py and benchmarks/reliability_figures.py.
+tests/test_hostile_inputs.py and benchmarks/reliability_figures.py (it needs the source tree).
 
 Every run gives an Outcome: the one-line error the user saw (None when it worked) and whether a
 traceback showed (an exception other than the documented one, or "Traceback" in the output).
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-CASES = Path(__file__).resolve().parent / "hostile" / "cases"
+REPO = Path(__file__).resolve().parents[2]
+CASES = REPO / "tests" / "hostile" / "cases"  # committed data, written by tests/hostile/make_cases.py
 GOOD_MODEL = "models/good.onnx"
 GOOD_IMAGE = "images/rgba.png"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEED = 3
 CHAIN_SEED = 20240611
 RUN_SUBDIR = Path("resnet10") / "synth" / str(SEED)
@@ -104,14 +104,26 @@ def read_events(run_dir: Path) -> list[list[dict]]:
 def stage_calls(run_dir: Path) -> dict[str, dict]:
     """Per stage label of a counting-mode run: total calls and the count at each epoch's end."""
     stages: dict[str, dict] = {}
+    dense_epochs: list[int] = []  # logged as stage "dense"; the stage's label is "dense-<key>: dense training"
     for record in (r for run in read_events(run_dir) for r in run):
         if record["event"] == "stage_time":
             stages.setdefault(record["stage"], {"epochs": []})["calls"] = record["calls"]
+        elif record["event"] == "epoch" and record["stage"] == "dense":
+            dense_epochs.append(record["calls"])
         elif record["event"] == "epoch":
             label = record["stage"].replace(" fine-tune", ": fine-tuning")
-            label = "dense training" if label == "dense" else label
             stages.setdefault(label, {"epochs": []})["epochs"].append(record["calls"])
+    (dense,) = [label for label in stages if label.endswith(": dense training")]
+    stages[dense]["epochs"] = dense_epochs
     return stages
+
+
+def short_stage(label: str) -> str:
+    """"qsenn_6_2-<key>/iter0: fine-tuning" → "iter0: fine-tuning", "dense-<key>: dense training" →
+    "dense training": the stage without the model's cache key."""
+    scope, _, step = label.partition(": ")
+    round_ = scope.rsplit("/", 1)[1] if "/" in scope else None
+    return f"{round_}: {step}" if round_ else step
 
 
 def points(reference_calls: dict[str, dict], seed: int = CHAIN_SEED) -> list[tuple[KillPoint, str, int]]:
