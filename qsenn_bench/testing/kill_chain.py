@@ -119,7 +119,7 @@ def stage_calls(run_dir: Path) -> dict[str, dict]:
 
 
 def short_stage(label: str) -> str:
-    """"qsenn_6_2-<key>/iter0: fine-tuning" → "iter0: fine-tuning", "dense-<key>: dense training" →
+    """ "qsenn_6_2-<key>/iter0: fine-tuning" → "iter0: fine-tuning", "dense-<key>: dense training" →
     "dense training": the stage without the model's cache key."""
     scope, _, step = label.partition(": ")
     round_ = scope.rsplit("/", 1)[1] if "/" in scope else None
