@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from qsenn_bench.bench import BenchConfig, run_bench
@@ -38,10 +39,22 @@ from qsenn_train.errors import QsennError
 
 GPU_BACKENDS = ("torch", "torch-fp16", "torch-compile", "torch-cudagraphs")
 THROUGHPUT_GOAL, LATENCY_GOAL_MS = 5.0, 1.0  # at batch 64 against fp32 eager; at batch 1
-FULL = {"arch": "resnet50", "img_size": 448, "batches": (1, 64), "warmup": 5, "iters": 50, "images": 64}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    arch: str
+    img_size: int
+    batches: tuple[int, ...]
+    warmup: int
+    iters: int
+    images: int
+
+
+FULL = Sizes("resnet50", 448, (1, 64), warmup=5, iters=50, images=64)
 # A dry run checks the script end to end on a CPU in seconds: the GPU-only eager backend runs on
 # the CPU; torch.compile takes minutes there and is left out unless --backends names it.
-DRY_RUN = {"arch": "resnet10", "img_size": 64, "batches": (1, 2), "warmup": 1, "iters": 3, "images": 4}
+DRY_RUN = Sizes("resnet10", 64, (1, 2), warmup=1, iters=3, images=4)
 DRY_RUN_BACKENDS = ("torch", "torch-fp16")
 
 
@@ -79,10 +92,10 @@ def main() -> None:
     config = BenchConfig(
         backends=backends,
         check_only=("onnx",),
-        batches=sizes["batches"],
-        warmup=sizes["warmup"],
-        iters=args.iters or sizes["iters"],
-        images=sizes["images"],
+        batches=sizes.batches,
+        warmup=sizes.warmup,
+        iters=args.iters or sizes.iters,
+        images=sizes.images,
         threads=args.threads,
         device="cpu" if args.dry_run else "cuda",
         memory=not args.dry_run,
@@ -91,8 +104,8 @@ def main() -> None:
     random_weights = args.source is None
     source = bench_source(
         args.source,
-        sizes["arch"] if random_weights else None,
-        sizes["img_size"] if random_weights else None,
+        sizes.arch if random_weights else None,
+        sizes.img_size if random_weights else None,
         random_weights,
     )
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import BenchError
+
 
 @dataclass(frozen=True)
 class BenchBackend:
@@ -15,6 +17,13 @@ class BenchBackend:
     devices: tuple[str, ...]  # where the benchmark runs it
     format: str | None = None  # export format of the artifact it times (a key of formats.FORMATS)
     precision: str | None = None  # of that artifact (a key of the format's tolerances)
+
+    @property
+    def artifact_precision(self) -> str:
+        """The precision of the artifact this backend times (torch backends time none)."""
+        if self.precision is None:
+            raise BenchError(f"internal error: backend {self.name} runs no exported artifact")
+        return self.precision
 
 
 # The baseline first: every ratio is against it.

@@ -88,12 +88,13 @@ def fuse_batch_norms(module: nn.Module) -> nn.Module:
         fuse_batch_norms(child)
     if isinstance(module, nn.Sequential):
         for i in range(len(module) - 1):
-            if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
-                module[i], module[i + 1] = fuse_conv_bn_eval(module[i], module[i + 1]), nn.Identity()
+            conv, bn = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module[i], module[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
     for n in range(1, 4):
-        conv, bn = getattr(module, f"conv{n}", None), getattr(module, f"bn{n}", None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            setattr(module, f"conv{n}", fuse_conv_bn_eval(conv, bn))
+        named_conv, named_bn = getattr(module, f"conv{n}", None), getattr(module, f"bn{n}", None)
+        if isinstance(named_conv, nn.Conv2d) and isinstance(named_bn, nn.BatchNorm2d):
+            setattr(module, f"conv{n}", fuse_conv_bn_eval(named_conv, named_bn))
             setattr(module, f"bn{n}", nn.Identity())
     return module
 
@@ -102,10 +103,14 @@ class ReducedPrecisionQSENN(nn.Module):
     """The folded graph with BN fused, backbone in `dtype` and channels-last; the head (pooling,
     c = a·(f − μ)/σ, T·c + b) in fp32, so contributions still sum exactly to the logits."""
 
+    folded: FoldedQSENN
+
     def __init__(self, folded: FoldedQSENN, dtype: torch.dtype = torch.float16):
         super().__init__()
-        self.folded = fuse_batch_norms(copy.deepcopy(folded))
-        self.folded.backbone.to(dtype=dtype, memory_format=torch.channels_last)
+        fused = fuse_batch_norms(copy.deepcopy(folded))
+        assert isinstance(fused, FoldedQSENN)
+        self.folded = fused
+        self.folded.backbone.to(dtype=dtype).to(memory_format=torch.channels_last)
         self.dtype = dtype
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,7 +125,7 @@ def _module_bytes(module: nn.Module) -> int:
 
 def torch_runner(
     name: str,
-    module: nn.Module,
+    module: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
     device: torch.device,
     describe: str,
     chunk: int,
@@ -248,18 +253,18 @@ def build_runner(
             probe,
         )
     if backend.format is None:
-        module = ReducedPrecisionQSENN(fold_source(source), torch.float16).to(device).eval()
-        weights = module
+        reduced = ReducedPrecisionQSENN(fold_source(source), torch.float16).to(device).eval()
+        compiled: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] = reduced
         if backend.name == "torch-compile":
-            module = torch.compile(module, dynamic=False)
+            compiled = torch.compile(reduced, dynamic=False)
         elif backend.name == "torch-cudagraphs":
-            module = torch.compile(module, mode="reduce-overhead", dynamic=False)
+            compiled = torch.compile(reduced, mode="reduce-overhead", dynamic=False)
         return torch_runner(
-            backend.name, module, device, f"torch {torch.__version__} {backend.title} on {device}", chunk, weights
+            backend.name, compiled, device, f"torch {torch.__version__} {backend.title} on {device}", chunk, reduced
         )
 
     if backend.format == "onnx":
-        path = artifacts.onnx(backend.precision)
+        path = artifacts.onnx(backend.artifact_precision)
         provider = config.provider if "GPU" in backend.devices else "cpu"
         model = qsenn_runtime.load(path, provider, threads=threads, batch_size=chunk)
         return runtime_runner(
@@ -295,7 +300,7 @@ def _trt_model(artifacts: Artifacts, backend: BenchBackend, max_batch: int):
         trt.__version__,
         torch.cuda.get_device_name(gpu),
         torch.cuda.get_device_capability(gpu),
-        backend.precision,
+        backend.artifact_precision,
         shapes,
     )
     return Model(

@@ -118,7 +118,7 @@ def agreement(
     """top-1 (exact argmax equality), top-5 features, relative errors and, where the table has a
     tolerance for the backend, the verdict of verify.compare against it."""
     report = compare(reference, candidate, metadata, tolerance or FORMATS["onnx"].tolerances["fp32"], images)
-    result = {
+    result: dict[str, float | str] = {
         "images": len(reference["logits"]),
         "top1": float(np.mean(reference["logits"].argmax(1) == candidate["logits"].argmax(1))),
         TOP: top_feature_agreement(reference, candidate, metadata.weights),
@@ -137,7 +137,7 @@ def tolerance_of(backend: BenchBackend) -> Tolerance | None:
         return None
     if backend.format is None:
         return FP16_TOLERANCE
-    return FORMATS[backend.format].tolerances[backend.precision]
+    return FORMATS[backend.format].tolerances[backend.artifact_precision]
 
 
 def run_bench(source: ExportSource, config: BenchConfig, echo: Callable[[str], None] = print) -> dict:
@@ -181,7 +181,9 @@ def run_bench(source: ExportSource, config: BenchConfig, echo: Callable[[str], N
                     reference, outputs, metadata, tolerance_of(BENCH_BACKENDS[name]), images_description
                 )
         profiles = {
-            name: onnx_op_profile(artifacts.onnx(BENCH_BACKENDS[name].precision), images[:PROFILE_BATCH], threads)
+            name: onnx_op_profile(
+                artifacts.onnx(BENCH_BACKENDS[name].artifact_precision), images[:PROFILE_BATCH], threads
+            )
             for name in runners
             if BENCH_BACKENDS[name].format == "onnx" and name not in config.check_only
         }

@@ -56,13 +56,15 @@ def _export_graph(folded: FoldedQSENN, example: torch.Tensor, dynamic_batch: boo
             dynamic_shapes=dynamic,
             verbose=False,
         )
+        if program is None:
+            raise ExportError("internal error: torch.onnx.export returned no program")
         return program.model_proto
     buffer = io.BytesIO()
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)} if dynamic_batch else None
     torch.onnx.export(
         folded,
         (example,),
-        buffer,
+        buffer,  # type: ignore[arg-type]  # file objects work; torch's annotation names paths only
         input_names=[INPUT_NAME],
         output_names=list(OUTPUT_NAMES),
         opset_version=OPSET,

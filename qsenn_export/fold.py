@@ -89,6 +89,8 @@ def read_head(model: QResNet, source: str, model_type: str | None = None) -> Fol
 class ChannelSelect(nn.Module):
     """x[:, channels]: the identity shortcut of a block whose output is sliced."""
 
+    channels: Tensor  # a buffer
+
     def __init__(self, channels: Tensor):
         super().__init__()
         self.register_buffer("channels", channels.clone())
@@ -98,20 +100,12 @@ class ChannelSelect(nn.Module):
 
 
 def _sliced_conv(conv: nn.Conv2d, channels: Tensor) -> nn.Conv2d:
-    out = nn.Conv2d(
-        conv.in_channels,
-        len(channels),
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-    )
-    with torch.no_grad():
-        out.weight.copy_(conv.weight[channels])
-        if conv.bias is not None:
-            out.bias.copy_(conv.bias[channels])
+    """The same convolution computing only the output `channels`, in that order."""
+    out = copy.deepcopy(conv)
+    out.out_channels = len(channels)
+    out.weight = nn.Parameter(conv.weight.detach()[channels].clone())
+    if conv.bias is not None:
+        out.bias = nn.Parameter(conv.bias.detach()[channels].clone())
     return out
 
 
@@ -158,13 +152,19 @@ def input_normalisation(mean, std) -> tuple[Tensor, Tensor]:
 class FoldedQSENN(nn.Module):
     """images → (logits, features c, selected feature maps); see the module docstring."""
 
+    input_mean: Tensor  # buffers
+    input_std: Tensor
+    feature_mean: Tensor
+    feature_scale: Tensor
+
     def __init__(self, model: QResNet, head: FoldedHead, mean, std):
         super().__init__()
         model = copy.deepcopy(model).eval().cpu()
         input_mean, input_std = input_normalisation(mean, std)
         self.register_buffer("input_mean", input_mean)
         self.register_buffer("input_std", input_std)
-        selection = model.linear.selection
+        sparse = model.sparse_head
+        selection = sparse.selection
         self.backbone = nn.Sequential(
             model.conv1,
             model.bn1,
@@ -176,7 +176,6 @@ class FoldedQSENN(nn.Module):
             *model.layer4[:-1],
             slice_last_block(model.layer4[-1], selection),
         )
-        sparse = model.linear
         self.register_buffer("feature_mean", sparse.mean.detach().clone())
         self.register_buffer("feature_scale", head.scale / torch.clamp(sparse.std.detach(), min=STD_CLAMP))
         self.classifier = nn.Linear(len(selection), len(head.bias))

@@ -47,7 +47,7 @@ def read_feature_names(path: Path, n_features: int) -> list[str]:
 
 def build_metadata(source: ExportSource, opset: int, feature_names: Path | None = None) -> ModelMetadata:
     info, record, head = source.info, source.record, source.head
-    selection = source.model.linear.selection.tolist()
+    selection = source.model.sparse_head.selection.tolist()
     names = (
         read_feature_names(feature_names, len(selection))
         if feature_names is not None

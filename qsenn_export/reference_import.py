@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from qsenn_runtime.metadata import HEAD_TERNARY
-from qsenn_train.checkpoint import SPARSE_KEYS, model_record, refused_global
+from qsenn_train.checkpoint import SPARSE_KEYS, install_sparse_head_from, model_record, refused_global
 from qsenn_train.data.base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, DatasetInfo
 from qsenn_train.data.layouts import (
     CUB_MEAN,
@@ -125,7 +125,7 @@ def import_reference(
     state = load_state_dict(path)
     num_classes = state["linear.layer.weight"].shape[0]
     model = build_model(infer_arch(state, path), num_classes, reduced_strides=reduced_strides, dropout=SPARSE_DROPOUT)
-    model.install_sparse_head(*(state[k] for k in SPARSE_KEYS), dropout=SPARSE_DROPOUT)
+    install_sparse_head_from(model, state, SPARSE_DROPOUT)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing/unexpected keys or shape mismatches, listed by torch

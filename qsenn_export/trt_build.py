@@ -167,6 +167,8 @@ def build_engine(
     if options.half:
         config.set_flag(trt.BuilderFlag.FP16)
     if options.int8:
+        if calibration is None:
+            raise ExportError("internal error: INT8 needs calibration images")
         config.set_flag(trt.BuilderFlag.INT8)
         calibrator, batch_size = _calibrator(trt, calibration)
         config.int8_calibrator = calibrator

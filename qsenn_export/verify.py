@@ -100,6 +100,9 @@ class SourceForward(torch.nn.Module):
     sparse head);
     images in [0, 1] → (logits, features c, selected feature maps)."""
 
+    input_mean: torch.Tensor  # buffers
+    input_std: torch.Tensor
+
     def __init__(self, model: QResNet, scale: float, info: DatasetInfo):
         super().__init__()
         self.model = model.eval()
@@ -110,7 +113,7 @@ class SourceForward(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model((images - self.input_mean) / self.input_std)
-        return out.logits, self.scale * self.model.linear.standardise(out.pooled), out.feature_maps
+        return out.logits, self.scale * self.model.sparse_head.standardise(out.pooled), out.feature_maps
 
 
 def torch_outputs(model: QResNet, scale: float, info: DatasetInfo, images: torch.Tensor) -> Outputs:

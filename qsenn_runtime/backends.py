@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend_api import Shape
 from .errors import BackendError
 from .metadata import ENGINE_GPU_KEY, ENGINE_PRECISION_KEY, ENGINE_TENSORRT_KEY, INPUT_NAME
-
-Shape = tuple  # of int, or None for a dynamic dimension
 
 # Automatic choice among onnxruntime's execution providers, best first.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

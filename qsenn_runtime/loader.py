@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend_api import Backend
 from .engine_file import MAGIC, read_engine_file
 from .errors import BackendError
 from .metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
@@ -38,6 +39,7 @@ def load(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, not {batch_size}")
     path = Path(path)
+    backend: Backend
     if _is_engine(path):
         if provider not in (None, "tensorrt", "trt"):
             raise BackendError(
@@ -45,7 +47,7 @@ def load(
                 f"execution provider {provider!r} (use the ONNX model for that)"
             )
         metadata, plan = read_engine_file(path)
-        backend = TensorRTBackend(plan, metadata.engine, str(path))
+        backend = TensorRTBackend(plan, metadata.engine or {}, str(path))
     else:
         metadata = read_metadata(path)
         backend = OnnxBackend(path, provider, threads)

@@ -229,4 +229,4 @@ def _triple(values: Any) -> tuple[float, float, float] | None:
     out = tuple(float(v) for v in values)
     if len(out) != 3:
         raise ValueError("mean and std need 3 values (RGB)")
-    return out  # type: ignore[return-value]
+    return (out[0], out[1], out[2])

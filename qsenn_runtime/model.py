@@ -7,10 +7,12 @@ A Model holds no mutable state after construction, so one instance serves many t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import overload
 
 import numpy as np
 from PIL import Image
 
+from .backend_api import Backend
 from .errors import IdentityCheckError, InputError, QsennRuntimeError
 from .metadata import ModelMetadata
 from .preprocess import MAX_IMAGE_PIXELS, ImageSource, describe, load_rgb, resize_and_crop, to_chw
@@ -32,7 +34,7 @@ class Model:
     def __init__(
         self,
         metadata: ModelMetadata,
-        backend,
+        backend: Backend,
         *,
         source: str,
         batch_size: int,
@@ -64,21 +66,43 @@ class Model:
         )
 
     # -- prediction -----------------------------------------------------------------------
+    @overload
     def predict(
         self,
-        images: ImageSource | Sequence[ImageSource],
+        images: list[ImageSource] | tuple[ImageSource, ...],
         *,
         classes: Iterable[int | str] = (),
         batch_size: int | None = None,
-    ):
+    ) -> list[Prediction | PredictionError]: ...
+
+    @overload
+    def predict(
+        self, images: ImageSource, *, classes: Iterable[int | str] = (), batch_size: int | None = None
+    ) -> Prediction: ...
+
+    def predict(
+        self,
+        images: ImageSource | list[ImageSource] | tuple[ImageSource, ...],
+        *,
+        classes: Iterable[int | str] = (),
+        batch_size: int | None = None,
+    ) -> Prediction | list[Prediction | PredictionError]:
         """One image -> a Prediction (a bad image raises InputError). A list or tuple -> a list
         with, per input in order, a Prediction or a PredictionError; good images are predicted
         even when others fail. `classes`: explain these classes too (index or name)."""
-        single = not isinstance(images, (list, tuple))
-        sources = [images] if single else list(images)
+        if isinstance(images, (list, tuple)):
+            return self._predict_sources(list(images), classes, batch_size)
+        (result,) = self._predict_sources([images], classes, batch_size)
+        if isinstance(result, PredictionError):
+            raise InputError(result.error)
+        return result
+
+    def _predict_sources(
+        self, sources: list[ImageSource], classes: Iterable[int | str], batch_size: int | None
+    ) -> list[Prediction | PredictionError]:
         class_ids = self._class_ids(classes)
         chunk = self._chunk_size(batch_size)
-        results: list[Prediction | PredictionError | None] = [None] * len(sources)
+        results: dict[int, Prediction | PredictionError] = {}
         pending: list[tuple[int, str, Image.Image]] = []  # decoded, waiting for a full batch
         for index, source in enumerate(sources):
             name = describe(source, index)
@@ -95,9 +119,7 @@ class Model:
                 for (i, _, _), prediction in zip(pending, self._predict_batch(batch, names, class_ids)):
                     results[i] = prediction
                 pending = []
-        if single and not results[0].ok:
-            raise InputError(results[0].error)
-        return results[0] if single else results
+        return [results[i] for i in range(len(sources))]
 
     def predict_tensor(
         self, batch: np.ndarray, *, sources: Sequence[str] | None = None, classes: Iterable[int | str] = ()
@@ -111,9 +133,9 @@ class Model:
         # A row's sum is NaN or infinite iff the row holds NaN or infinity (or values near the
         # float32 limit, invalid too); one pass, half the cost of isfinite().all().
         finite = np.isfinite(batch.reshape(len(batch), -1).sum(axis=1, dtype=np.float32))
-        results: list[Prediction | PredictionError | None] = [None] * len(batch)
+        results: dict[int, Prediction | PredictionError] = {}
         for i in np.flatnonzero(~finite):
-            results[i] = PredictionError(names[i], f"{names[i]}: tensor row contains NaN or infinity")
+            results[int(i)] = PredictionError(names[i], f"{names[i]}: tensor row contains NaN or infinity")
         class_ids = self._class_ids(classes)
         good, all_good = np.flatnonzero(finite), bool(finite.all())
         chunk = self._chunk_size(None)
@@ -122,8 +144,8 @@ class Model:
             part = batch[start : start + chunk] if all_good else batch[rows]  # a slice copies nothing
             part = np.asarray(part, dtype=np.float32)
             for i, prediction in zip(rows, self._predict_batch(part, [names[i] for i in rows], class_ids)):
-                results[i] = prediction
-        return results
+                results[int(i)] = prediction
+        return [results[i] for i in range(len(batch))]
 
     def explain(self, image: ImageSource, class_: int | str | None = None) -> ExplainedImage:
         """Predict one image and keep what a picture of the explanation needs (the crop the model

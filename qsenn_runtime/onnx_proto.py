@@ -28,7 +28,7 @@ _TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_FLOAT_DATA, _TENSOR_INT32_DATA, _TENSOR
     9,
 )
 _ONNX_FLOAT, _ONNX_INT8 = 1, 3
-_MATRIX_DTYPES = {_ONNX_FLOAT: np.dtype("<f4"), _ONNX_INT8: np.dtype(np.int8)}
+_MATRIX_DTYPES: dict[int, np.dtype] = {_ONNX_FLOAT: np.dtype("<f4"), _ONNX_INT8: np.dtype(np.int8)}
 MAX_MATRIX_ELEMENTS = 1 << 22  # the head is K×F (ImageNet: 1000×2048); larger matrices are not read
 
 

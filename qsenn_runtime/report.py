@@ -64,8 +64,8 @@ def class_based_names(weights: np.ndarray, class_names: Sequence[str]) -> list[s
 
     names = []
     for column in np.asarray(weights).T:
-        raised = "/".join(f"+{class_names[k]}" for k in np.flatnonzero(column > 0))
-        lowered = "/".join(f"−{class_names[k]}" for k in np.flatnonzero(column < 0))
+        raised = "/".join(f"+{class_names[int(k)]}" for k in np.flatnonzero(column > 0))
+        lowered = "/".join(f"−{class_names[int(k)]}" for k in np.flatnonzero(column < 0))
         names.append(" ".join(part for part in (raised, lowered) if part) or "unused")
     return names
 
@@ -125,9 +125,11 @@ def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
 
 def prediction_table(results: Sequence[Prediction | PredictionError], top_k: int | None) -> str:
     """One row per explained class of each image: image, class, probability, top contributions."""
+    from .results import PredictionError  # here: results imports numpy, the CLI reads FORMATS at start-up
+
     rows = []
     for result in results:
-        if not result.ok:
+        if isinstance(result, PredictionError):
             rows.append((result.source, "ERROR", "", result.error.removeprefix(f"{result.source}: ")))
             continue
         for n, explanation in enumerate(result.explanations):
@@ -195,23 +197,23 @@ def _names(features: tuple[Feature, ...], weights: tuple[float, ...], ternary: b
     return ", ".join(f"{f.name} (#{f.index}, {w:+.3g})" for f, w in zip(features, weights)) or "—"
 
 
-def _text_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(head, *rows)]
 
-    def line(cells: tuple[str, ...]) -> str:
+    def line(cells: Sequence[str]) -> str:
         return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
 
     return "\n".join([line(head), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
 
 
-def _markdown_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    def line(cells: tuple[str, ...]) -> str:
+def _markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
     return "\n".join([line(head), "|" + "---|" * len(head)] + [line(r) for r in rows])
 
 
-def _html_page(title: str, tables: list[tuple[tuple[str, ...], list[tuple[str, ...]]]]) -> str:
+def _html_page(title: str, tables: Sequence[tuple[Sequence[str], Sequence[Sequence[str]]]]) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html><head><meta charset="utf-8">',

@@ -53,9 +53,15 @@ def model_from_record(record: dict) -> QResNet:
         record["arch"], record["num_classes"], reduced_strides=record["reduced_strides"], dropout=record["dropout"]
     )
     if "linear.selection" in state:
-        model.install_sparse_head(*(state[k] for k in SPARSE_KEYS), dropout=record["dropout"])
+        install_sparse_head_from(model, state, record["dropout"])
     model.load_state_dict(state)
     return model
+
+
+def install_sparse_head_from(model: QResNet, state: dict, dropout: float) -> None:
+    """Build the sparse head from its five tensors of a state dict (§12.3), before load_state_dict."""
+    selection, mean, std, weight, bias = (state[k] for k in SPARSE_KEYS)
+    model.install_sparse_head(selection, mean, std, weight, bias, dropout=dropout)
 
 
 def refused_global(exc: pickle.UnpicklingError) -> bool:

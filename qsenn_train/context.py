@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from . import faults
 from .data import open_dataset
-from .data.base import DatasetInfo
+from .data.base import DatasetInfo, ImageListDataset
 from .data.transforms import build_transform
 from .device import Device
 from .errors import QsennError
@@ -45,9 +44,9 @@ class DataSplits:
     """A recipe's images with the transforms each use needs."""
 
     info: DatasetInfo
-    train_set: Dataset  # training images, training transform
-    test_set: Dataset  # test images, test transform
-    train_eval_set: Dataset  # training images, test transform (extraction, metrics)
+    train_set: ImageListDataset  # training images, training transform
+    test_set: ImageListDataset  # test images, test transform
+    train_eval_set: ImageListDataset  # training images, test transform (extraction, metrics)
 
 
 def open_data(recipe: Recipe, data_root: Path, echo: Callable[[str], None] = print) -> DataSplits:
@@ -75,15 +74,15 @@ class RunContext:
         return self.data.info
 
     @property
-    def train_set(self) -> Dataset:
+    def train_set(self) -> ImageListDataset:
         return self.data.train_set
 
     @property
-    def test_set(self) -> Dataset:
+    def test_set(self) -> ImageListDataset:
         return self.data.test_set
 
     @property
-    def train_eval_set(self) -> Dataset:
+    def train_eval_set(self) -> ImageListDataset:
         return self.data.train_eval_set
 
 

@@ -55,7 +55,7 @@ class Device:
 
     def prepare(self, model: ModuleT) -> ModuleT:
         model = model.to(self.torch_device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model  # type: ignore[call-overload]
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()

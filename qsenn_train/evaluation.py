@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
 
 from . import metrics
-from .data.base import DatasetInfo
+from .data.base import DatasetInfo, ImageListDataset
 from .device import Device
 from .model import QResNet
 from .progress import progress
@@ -16,8 +15,8 @@ from .training import make_loader
 @torch.no_grad()
 def evaluate_metrics(
     model: QResNet,
-    train_eval_set: Dataset,
-    test_set: Dataset,
+    train_eval_set: ImageListDataset,
+    test_set: ImageListDataset,
     info: DatasetInfo,
     *,
     device: Device,
@@ -57,10 +56,12 @@ def evaluate_metrics(
 
     n_train = len(train_eval_set)
     alignment = None
-    if keep_pooled:
+    if info.attributes_file is not None:
         features = torch.cat(pooled_rows)
         # CUB layouts (the only ones with attribute files) carry their image ids.
-        positions, attributes, present = metrics.read_attribute_labels(info.attributes_file, train_eval_set.image_ids)
+        positions, attributes, present = metrics.read_attribute_labels(
+            info.attributes_file, train_eval_set.image_ids or []
+        )
         n_attributes = len(info.attribute_names) or int(attributes.max()) + 1
         alignment = metrics.alignment(features, positions, attributes, present, n_attributes)
 
@@ -75,6 +76,6 @@ def evaluate_metrics(
     return result
 
 
-def _batches(dataset: Dataset, desc: str, batch_size: int, workers: int):
+def _batches(dataset: ImageListDataset, desc: str, batch_size: int, workers: int):
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
     return progress(loader, desc=desc)

@@ -66,7 +66,7 @@ def armed(label: str) -> Iterator[None]:
 
 def counted() -> dict:
     """{"calls": n} while an armed stage runs in counting mode (n = 0), else {}."""
-    return {"calls": _calls} if _calls is not None and not _TARGET[1] else {}
+    return {"calls": _calls} if _calls is not None and _TARGET is not None and not _TARGET[1] else {}
 
 
 def _kill(label: str, where: str) -> None:

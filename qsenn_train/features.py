@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from .data.base import ImageListDataset
 from .device import Device
 from .errors import QsennError
 from .model import QResNet
@@ -97,7 +97,7 @@ def _commit(run: RunDir, name: str, array: np.memmap, tmp: Path) -> None:
 @torch.no_grad()
 def extract_split(
     model: QResNet,
-    dataset: Dataset,
+    dataset: ImageListDataset,
     run: RunDir,
     prefix: str,
     *,
@@ -114,7 +114,7 @@ def extract_split(
     shuffled training loader does (the stored order is that order).
     """
     model.eval()
-    dim = len(model.linear.selection) if model.is_sparse else model.feature_dim
+    dim = len(model.sparse_head.selection) if model.is_sparse else model.feature_dim
     n = len(dataset)
     if n == 0:
         raise QsennError(f"cannot extract features: the {desc} set is empty")
@@ -185,14 +185,16 @@ def load_feature_set(run: RunDir, folder: str) -> FeatureSet | None:
     record = run.load_torch(f"{folder}/feature_stats.pt")
     if record is None or not all(run.intact(f"{folder}/{name}") for name in FEATURE_FILES):
         return None
-    arrays = [np.load(run.file(f"{folder}/{name}"), mmap_mode="r") for name in FEATURE_FILES]
-    return FeatureSet(*arrays, stats=FeatureStats.from_record(record))
+    train, train_labels, val, val_labels, test, test_labels = (
+        np.load(run.file(f"{folder}/{name}"), mmap_mode="r") for name in FEATURE_FILES
+    )
+    return FeatureSet(train, train_labels, val, val_labels, test, test_labels, FeatureStats.from_record(record))
 
 
 def extract_features(
     model: QResNet,
-    train_eval_set: Dataset,
-    test_set: Dataset,
+    train_eval_set: ImageListDataset,
+    test_set: ImageListDataset,
     run: RunDir,
     folder: str,
     *,
@@ -238,4 +240,7 @@ def extract_features(
     for name in ("all_train_features.npy", "all_train_labels.npy"):
         run.remove(f"{folder}/{name}")
     run.save_torch(f"{folder}/feature_stats.pt", stats.to_record())
-    return load_feature_set(run, folder)
+    features = load_feature_set(run, folder)
+    if features is None:
+        raise QsennError(f"the features just written to {run.file(folder)} do not read back; check the disk")
+    return features

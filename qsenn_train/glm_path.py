@@ -28,6 +28,9 @@ READ_CHUNK = 65536
 class Standardize(nn.Module):
     """x ↦ (x − μ)/max(σ, 1e-5); carries `.device` because glm-saga asks its preprocess for one."""
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, device: torch.device):
         super().__init__()
         self.device = device

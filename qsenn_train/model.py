@@ -41,6 +41,8 @@ class ModelOutput(NamedTuple):
 class SparseHead(nn.Module):
     """selection → (pool, dropout in the model) → standardise with trainable μ/σ → frozen linear."""
 
+    selection: Tensor  # a buffer: channel indices (F, int64)
+
     def __init__(self, selection: Tensor, mean: Tensor, std: Tensor, weight: Tensor, bias: Tensor):
         super().__init__()
         n_features = len(selection)
@@ -87,7 +89,7 @@ class QResNet(nn.Module):
         self.reduced_strides = reduced_strides
         self.feature_dim = body.fc.in_features
         self.dropout = nn.Dropout(dropout)
-        self.linear: nn.Module = nn.Linear(self.feature_dim, num_classes)
+        self.linear: nn.Linear | SparseHead = nn.Linear(self.feature_dim, num_classes)
 
     # -- the uniform model API ----------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
@@ -96,7 +98,7 @@ class QResNet(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, maps: Tensor) -> ModelOutput:
-        if self.is_sparse:
+        if isinstance(self.linear, SparseHead):
             maps = maps[:, self.linear.selection]
         pooled = self.dropout(maps.mean(dim=(2, 3)))
         return ModelOutput(self.linear(pooled), maps, pooled)
@@ -114,13 +116,25 @@ class QResNet(nn.Module):
         return self.head_weight.shape[0]
 
     @property
+    def sparse_head(self) -> SparseHead:
+        """The sparse head (a QsennError for a dense model, which has none)."""
+        if not isinstance(self.linear, SparseHead):
+            raise QsennError("the model is dense: it has no sparse head (selection, μ, σ); use a Q-SENN or SLDD model")
+        return self.linear
+
+    @property
+    def head_linear(self) -> nn.Linear:
+        """The head's linear layer: the dense classifier, or the sparse head's frozen layer."""
+        return self.linear.layer if isinstance(self.linear, SparseHead) else self.linear
+
+    @property
     def head_weight(self) -> Tensor:
         """The classifier weight the FDL and the metrics read (K×C)."""
-        return self.linear.layer.weight if self.is_sparse else self.linear.weight
+        return self.head_linear.weight
 
     @property
     def head_bias(self) -> Tensor:
-        return self.linear.layer.bias if self.is_sparse else self.linear.bias
+        return self.head_linear.bias
 
     def install_sparse_head(
         self, selection: Tensor, mean: Tensor, std: Tensor, weight: Tensor, bias: Tensor, dropout: float = 0.1
@@ -141,11 +155,13 @@ class QResNet(nn.Module):
 def _set_stride_one(layer: nn.Sequential) -> None:
     """Reduced strides (spec §1.2): first block of the stage with stride 1, projection kept."""
     first = layer[0]
-    for conv in (getattr(first, "conv1", None), getattr(first, "conv2", None)):
-        if conv is not None and conv.stride != (1, 1):
+    convs = [getattr(first, "conv1", None), getattr(first, "conv2", None)]
+    downsample = getattr(first, "downsample", None)
+    if isinstance(downsample, nn.Sequential):
+        convs.append(downsample[0])
+    for conv in convs:
+        if isinstance(conv, nn.Conv2d) and conv.stride != (1, 1):
             conv.stride = (1, 1)
-    if first.downsample is not None:
-        first.downsample[0].stride = (1, 1)
 
 
 def build_model(
@@ -195,5 +211,5 @@ def load_pretrained(model: QResNet, arch: str) -> None:
         )
     if model.num_classes == 1000 and fc_weight is not None and not model.is_sparse:
         with torch.no_grad():
-            model.linear.weight.copy_(fc_weight)
-            model.linear.bias.copy_(fc_bias)
+            model.head_linear.weight.copy_(fc_weight)
+            model.head_linear.bias.copy_(fc_bias)

@@ -176,7 +176,7 @@ def class_explanation(model: QResNet, class_names: tuple[str, ...], k: int = 0) 
     if not model.is_sparse:
         return ""
     row = model.head_weight[k].detach().cpu()
-    selection = model.linear.selection.cpu()
+    selection = model.sparse_head.selection.cpu()
     terms = [
         f"{'+' if row[j] > 0 else '-'}feature {j} (channel {int(selection[j])}, w {row[j]:+.3f})"
         for j in row.nonzero().flatten().tolist()

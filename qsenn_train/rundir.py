@@ -88,7 +88,7 @@ def link_atomically(link: Path, target: str) -> None:
     os.replace(tmp, link)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call write(tmp) then rename tmp over path; the temporary is removed on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
@@ -135,7 +135,7 @@ class RunDir:
         self._manifest[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         write_json_atomic(self.path / MANIFEST, self._manifest)
 
-    def save_with(self, name: str, write: Callable[[Path], None]) -> Path:
+    def save_with(self, name: str, write: Callable[[Path], object]) -> Path:
         """Write a result through write(tmp_path); rename and record its hash."""
         path = self.file(name)
         atomic_write(path, write)

@@ -102,8 +102,8 @@ def _features(ctx: RunContext, model: QResNet, step: Step, seed_label: str) -> F
 def _selection(ctx: RunContext, model: QResNet, features: FeatureSet, step: Step) -> list[int]:
     """§5: the model's own selection once it has F features, else a fresh modified group elastic net."""
     r = ctx.recipe
-    if model.is_sparse and len(model.linear.selection) == r.n_features:
-        return model.linear.selection.tolist()
+    if model.is_sparse and len(model.sparse_head.selection) == r.n_features:
+        return model.sparse_head.selection.tolist()
     name = f"{step.prefix}/selection.pt"
     cached = ctx.run.load_torch(name)
     if cached is not None:

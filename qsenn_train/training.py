@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from .data.base import ImageListDataset
 from .device import Device
 from .errors import QsennError
 from .fdl import feature_diversity_loss
@@ -24,7 +25,7 @@ from .rundir import RunDir
 
 
 def make_loader(
-    dataset: Dataset,
+    dataset: ImageListDataset,
     batch_size: int,
     *,
     shuffle: bool,
@@ -122,8 +123,8 @@ class Schedule:
 
 def run_epochs(
     model: QResNet,
-    train_set: Dataset,
-    test_set: Dataset,
+    train_set: ImageListDataset,
+    test_set: ImageListDataset,
     sched: Schedule,
     *,
     device: Device,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import cli
+from qsenn_bench.testing.cli_runs import exit_status
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -14,7 +15,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
         cli.main()
         code = 0
     except SystemExit as exc:
-        code = exc.code or 0
+        code = exit_status(exc)
     finally:
         sys.argv = argv
     captured = capsys.readouterr()

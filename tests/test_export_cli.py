@@ -7,6 +7,7 @@ import sys
 import onnx
 import pytest
 import torch
+from cli_runner import run_cli
 from click.testing import CliRunner
 
 import cli
@@ -26,18 +27,6 @@ def synth_checkpoint(tmp_path_factory):
     return save_checkpoint(ternary_model(num_classes=4), folder / "model.pt", info=info)
 
 
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """The installed entry point: QsennError becomes `error: …` on stderr and exit code 2."""
-    monkeypatch.setattr(sys, "argv", ["qsenn", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_export_a_checkpoint_file_verifies_on_its_test_images(synth_checkpoint):
     result = CliRunner().invoke(cli.qsenn, ["export", str(synth_checkpoint), "--verify-count", "5"])
     assert result.exit_code == 0, result.output
@@ -48,13 +37,13 @@ def test_export_a_checkpoint_file_verifies_on_its_test_images(synth_checkpoint):
 
 
 def test_refused_option_exits_2_with_one_line(synth_checkpoint, monkeypatch, capsys):
-    code, out, err = run_main(monkeypatch, capsys, "export", str(synth_checkpoint), "--half")
+    code, out, err = run_cli(capsys, "export", str(synth_checkpoint), "--half")
     assert code == 2 and out == ""
     assert err == "error: --half is not available for ONNX export; formats that take it: trt\n"
 
 
 def test_int8_without_calibration_images_is_refused(synth_checkpoint, monkeypatch, capsys):
-    code, out, err = run_main(monkeypatch, capsys, "export", str(synth_checkpoint), "--int8")
+    code, out, err = run_cli(capsys, "export", str(synth_checkpoint), "--int8")
     assert code == 2 and out == "" and err.startswith("error: --int8 needs --calib DIR") and err.count("\n") == 1
     assert not synth_checkpoint.with_suffix(".int8.onnx").exists()
 
@@ -62,9 +51,7 @@ def test_int8_without_calibration_images_is_refused(synth_checkpoint, monkeypatc
 def test_trt_without_tensorrt_exits_2_and_writes_nothing(synth_checkpoint, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     out_file = tmp_path / "m.engine"
-    code, _, err = run_main(
-        monkeypatch, capsys, "export", str(synth_checkpoint), "--format", "trt", "--out", str(out_file)
-    )
+    code, _, err = run_cli(capsys, "export", str(synth_checkpoint), "--format", "trt", "--out", str(out_file))
     assert code == 2 and "pip install 'qsenn[trt]'" in err and err.count("\n") == 1
     assert not out_file.exists() and list(tmp_path.iterdir()) == []
 

@@ -7,7 +7,7 @@ not on a user's machine:
 - qsenn_runtime imports nothing of ours (and never torch);
 - qsenn_export uses the runtime's contract but not training's pipeline, context or epoch loop;
 - nothing imports qsenn_bench but the CLI, the tests and the benchmarks (and of qsenn_bench only
-  its hostile-input test harness runs the CLI).
+  its test helper cli_runs runs the CLI in-process).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TRAINING_RUN_MODULES = ("qsenn_train.pipeline", "qsenn_train.context", "qsenn_tr
 def imported_modules(path: Path, package: str) -> set[str]:
     """Absolute names of every module `path` imports, at top level or inside functions; relative
     imports are resolved against `package` (the dotted name of the file's package)."""
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -82,8 +82,8 @@ def test_export_does_not_import_the_training_pipeline_context_or_loop():
 def test_bench_sits_on_top_and_nothing_else_imports_it():
     for package in ("qsenn_train", "qsenn_export", "qsenn_runtime"):
         assert offenders(package, lambda m: _top(m) == "qsenn_bench") == []
-    # The hostile-input harness drives the command line in-process; nothing else of the package does.
-    assert offenders("qsenn_bench", lambda m: _top(m) == "cli") == ["qsenn_bench/testing/hostile_inputs.py imports cli"]
+    # The test helper that runs the command line in-process; nothing else of the package does.
+    assert offenders("qsenn_bench", lambda m: _top(m) == "cli") == ["qsenn_bench/testing/cli_runs.py imports cli"]
 
 
 @pytest.mark.parametrize(

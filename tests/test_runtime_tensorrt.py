@@ -104,7 +104,8 @@ class FakeEngine:
 
 class FakeContext:
     def __init__(self, engine: FakeEngine):
-        self.engine, self.addresses, self.input_shape = engine, {}, None
+        self.engine, self.input_shape = engine, None
+        self.addresses: dict[str, int] = {}
 
     def set_input_shape(self, name, shape):
         if not 1 <= shape[0] <= PROFILE_MAX_BATCH:

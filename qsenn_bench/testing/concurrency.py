@@ -15,11 +15,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from qsenn_runtime.errors import InputError
+from qsenn_runtime.model import Model
+from qsenn_runtime.results import PredictionError
 
 
 def rss_mib() -> float:
@@ -57,14 +60,17 @@ def mixed_inputs(folder: Path) -> dict[str, object]:
     }
 
 
-def answer(model, source) -> object:
+Answer = tuple[Any, Any]  # (logits, features) or ("error", the message)
+
+
+def answer(model: Model, source: Any) -> Answer | list[Answer]:
     """What a call returns, reduced to comparable values: (logits, features) or the error line."""
     try:
         result = model.predict(source)
     except InputError as exc:
         return ("error", str(exc))
     if isinstance(result, list):
-        return [(r.logits, r.features) if r.ok else ("error", r.error) for r in result]
+        return [("error", r.error) if isinstance(r, PredictionError) else (r.logits, r.features) for r in result]
     return (result.logits, result.features)
 
 
@@ -117,7 +123,10 @@ def serve(model, inputs: dict[str, object], threads: int = 8, per_thread: int = 
             except Exception as exc:  # anything but InputError is a bug
                 got, failure = None, f"{name}: {type(exc).__name__}: {exc}"
             expected = reference[name]
-            pairs = list(zip(got, expected)) if name == "batch" and got else [(got, expected)]
+            if isinstance(got, list) and isinstance(expected, list):
+                pairs: list[tuple[Any, Any]] = list(zip(got, expected))
+            else:
+                pairs = [(got, expected)]
             with lock:
                 counts["calls"] += 1
                 if failure:

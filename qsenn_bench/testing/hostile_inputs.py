@@ -8,9 +8,7 @@ traceback showed (an exception other than the documented one, or "Traceback" in 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import os
 import subprocess
@@ -20,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .cli_runs import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = REPO / "tests" / "hostile" / "cases"  # committed data, written by tests/hostile/make_cases.py
@@ -131,10 +131,7 @@ def cli_predict_model(case: dict, folder: Path = CASES) -> Outcome:
 def cli_train_dataset(case: dict, out: Path, folder: Path = CASES) -> Outcome:
     """`qsenn train --recipe tiny --dataset D --data-root CASE` through cli.main(), the function the
     `qsenn` script calls: exit 2 and one `error: …` line, or an exception escaping it (traceback)."""
-    import cli
-
-    argv = [
-        "qsenn",
+    args = [
         "train",
         "--recipe",
         "tiny",
@@ -150,18 +147,9 @@ def cli_train_dataset(case: dict, out: Path, folder: Path = CASES) -> Outcome:
         "cpu",
         *case.get("args", []),
     ]
-    stdout, stderr = io.StringIO(), io.StringIO()
-    saved, sys.argv = sys.argv, argv
-    code = 0
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
+        code, out_text, err = run_cli(*args)
     except Exception:
         return _unexpected(case, "qsenn train")
-    finally:
-        sys.argv = saved
-    err = stderr.getvalue()
     error = err.strip().removeprefix("error: ") if code else None
-    return Outcome(case, "qsenn train", error, "Traceback" in err + stdout.getvalue() or code not in (0, 2), code, err)
+    return Outcome(case, "qsenn train", error, "Traceback" in err + out_text or code not in (0, 2), code, err)

@@ -31,6 +31,7 @@ def _randomise_batch_norms(model: torch.nn.Module, generator: torch.Generator) -
     """Non-trivial BN statistics, so that a wrongly sliced BN changes the outputs."""
     for bn in model.modules():
         if isinstance(bn, torch.nn.BatchNorm2d):
+            assert bn.running_mean is not None and bn.running_var is not None
             n = bn.num_features
             bn.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
             bn.running_var.copy_(0.5 + torch.rand(n, generator=generator))

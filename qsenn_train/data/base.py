@@ -137,6 +137,7 @@ class ArrayImageDataset(ImageListDataset):
         return Image.fromarray(self.images[index]).convert("RGB")
 
     def subset(self, indices: Sequence[int]) -> ArrayImageDataset:
-        view = super().subset(indices)
+        view = copy.copy(self)
+        view.samples = [self.samples[i] for i in indices]
         view.images = self.images[np.asarray(indices, dtype=np.int64)]
         return view

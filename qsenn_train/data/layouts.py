@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from .cub_layout import (
 from .idx import read_idx
 
 Splits = tuple[ImageListDataset, ImageListDataset, DatasetInfo]
+V = TypeVar("V")
 RGB = tuple[float, float, float]
 
 # Normalisation constants of spec §11.
@@ -98,7 +100,7 @@ def _check_first_images(dataset: str, samples: Sequence[tuple[str, int]]) -> Non
             raise QsennError(f"{dataset}: image file {path} not found; {_INCOMPLETE}")
 
 
-def _require_nonempty(dataset: str, split: str, samples: Sequence, source: str) -> None:
+def _require_nonempty(dataset: str, split: str, samples: Sized, source: str) -> None:
     if len(samples) == 0:  # also for numpy label arrays
         raise QsennError(f"{dataset}: the {split} split is empty ({source}); {_INCOMPLETE}")
 
@@ -110,13 +112,13 @@ class _BadValue(ValueError):
     """A field that parses but is out of range; its message says why."""
 
 
-def _read_id_table(dataset: str, path: Path, layout: str, parse_value: Callable[[str], object]) -> dict[int, object]:
+def _read_id_table(dataset: str, path: Path, layout: str, parse_value: Callable[[str], V]) -> dict[int, V]:
     """Lines `<id> <value>` of a CUB metadata file, keyed by id, in file order."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise QsennError(f"{dataset}: {path} is not UTF-8 text ({exc}); re-extract the dataset") from None
-    table: dict[int, object] = {}
+    table: dict[int, V] = {}
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -593,7 +595,7 @@ def _load_synth_root(data_root: Path) -> Splits:
     return load_synth_splits(_find_dataset_dir("synth", data_root, CUB_DIRNAME, [SYNTH_INFO_FILE]))
 
 
-_LOADERS: dict[str, Callable[[Path], Splits]] = {
+_LOADERS: dict[str, Callable[..., Splits]] = {
     "CUB2011": load_cub,
     "TravelingBirds": load_traveling_birds,
     "StanfordCars": load_stanford_cars,

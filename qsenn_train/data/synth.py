@@ -240,7 +240,7 @@ def _background(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
     # "noise": smooth colour blotches, a coarse random grid upsampled.
     cells = int(rng.integers(3, 8))
     coarse = _muted_colors(rng, cells * cells).reshape(cells, cells, 3).astype(np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _draw_distractors(draw: ImageDraw.ImageDraw, size: int, rng: np.random.Generator):
@@ -248,10 +248,10 @@ def _draw_distractors(draw: ImageDraw.ImageDraw, size: int, rng: np.random.Gener
     for _ in range(int(rng.integers(1, 4))):
         # Half of them take an object colour, so colour alone is a noisy cue.
         if rng.random() < 0.5:
-            color = np.array(list(COLORS.values())[rng.integers(len(COLORS))], float)
+            base = np.array(list(COLORS.values())[rng.integers(len(COLORS))], float)
         else:
-            color = _muted_colors(rng, 1)[0] * rng.choice([0.5, 1.3])
-        color = tuple(int(c) for c in np.clip(color + rng.normal(0, 15, 3), 0, 255))
+            base = _muted_colors(rng, 1)[0] * rng.choice([0.5, 1.3])
+        color = tuple(int(c) for c in np.clip(base + rng.normal(0, 15, 3), 0, 255))
         if rng.random() < 0.5:
             start = rng.uniform(0, size, 2)
             angle, length = rng.uniform(0, 2 * math.pi), rng.uniform(0.15, 0.45) * size
@@ -272,7 +272,7 @@ def _place_objects(count: int, size: int, rng: np.random.Generator):
     base_radius = rng.uniform(0.12, 0.2) * size
     while True:
         radii = base_radius * rng.uniform(0.85, 1.15, count)
-        centres = []
+        centres: list[np.ndarray] = []
         for radius in radii:
             for _ in range(30):
                 centre = rng.uniform(radius + 2, size - radius - 2, 2)
