@@ -23,7 +23,7 @@ _REFERENCE_BIN_SIGN = torch.tensor([1, -1, 0, 1], dtype=torch.int8)
 class TernaryHead:
     """Wq = magnitude · ternary and bq = bias (spec §7.5)."""
 
-    ternary: Tensor  # K×F int8 in {−1, 0, +1}; the export stores it as is
+    ternary: Tensor  # K×F int8 in {−1, 0, +1}
     magnitude: float  # the shared a > 0
     bias: Tensor  # K float32
 
