@@ -20,7 +20,7 @@ import qsenn_runtime
 from qsenn_export._common import fold_source, to_onnx
 from qsenn_export.errors import ExportError
 from qsenn_export.fold import FoldedQSENN
-from qsenn_export.formats import FORMATS, make_options
+from qsenn_export.formats import FORMATS
 from qsenn_export.int8 import quantize_backbone
 from qsenn_export.source import ExportSource
 from qsenn_export.verify import Outputs, SourceForward, run_in_batches
@@ -282,22 +282,16 @@ def build_runner(
 
 def _trt_model(artifacts: Artifacts, backend: BenchBackend, max_batch: int):
     """A TensorRT engine built in memory from the fp32 export, served by qsenn_runtime."""
-    from qsenn_export.trt_build import build_engine, engine_info, profile_shapes, require_tensorrt
+    from qsenn_export.formats import DEFAULT_WORKSPACE_GIB
+    from qsenn_export.trt_build import build_engine, engine_info, network_graph, profile_shapes, require_tensorrt
     from qsenn_runtime.backends import TensorRTBackend
     from qsenn_runtime.model import Model
 
-    trt = require_tensorrt()
+    target = require_tensorrt()
     shapes = profile_shapes(max_batch, artifacts.source.img_size)
-    options = make_options("trt", half=backend.precision == "fp16", batch=max_batch)
-    plan = build_engine(trt, artifacts.fp32_model(), shapes, options, None, artifacts.echo)
-    gpu = torch.cuda.current_device()
-    info = engine_info(
-        trt.__version__,
-        torch.cuda.get_device_name(gpu),
-        torch.cuda.get_device_capability(gpu),
-        backend.precision,
-        shapes,
-    )
+    graph = network_graph(artifacts.fp32_model(), backend.precision or "fp32")
+    plan = build_engine(target, graph, shapes, DEFAULT_WORKSPACE_GIB, artifacts.echo)
+    info = engine_info(target, backend.precision or "fp32", shapes)
     return Model(
         artifacts.metadata.with_engine(info),
         TensorRTBackend(plan, info, "bench engine"),
