@@ -239,7 +239,9 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
         assert options.calib is not None  # validate() refuses --int8 without --calib
         images = folder_images(options.calib, source.info, source.img_size, CALIBRATION_LIMIT, spread=True)
         calibration = images.numpy()
-        echo(f"quantising the backbone (Q/DQ, {TENSORRT_INT8.describe()}) on {len(calibration)} images of {options.calib}")
+        echo(
+            f"quantising the backbone (Q/DQ, {TENSORRT_INT8.describe()}) on {len(calibration)} images of {options.calib}"
+        )
         metadata = metadata.with_quantization(quantization_record(TENSORRT_INT8, calibration, str(options.calib)))
     graph = network_graph(model, options.precision, calibration)
     plan = build_engine(target, graph, shapes, options.workspace or DEFAULT_WORKSPACE_GIB, echo)

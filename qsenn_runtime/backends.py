@@ -384,15 +384,20 @@ def check_cuda(cudart, result, call: str):
     """cuda-python returns (error, *values): raise on an error, else the value(s)."""
     error, *values = result
     if error != cudart.cudaError_t.cudaSuccess:
-        raise BackendError(f"CUDA call {call} failed: {error}")
+        raise BackendError(f"CUDA call {call} failed: {_error_name(error)}")
     return values[0] if len(values) == 1 else (tuple(values) or None)
+
+
+def _error_name(error) -> str:
+    """cudaErrorNoDevice rather than 100 (cuda-python's errors are IntEnums)."""
+    return str(getattr(error, "name", error))
 
 
 def cuda_device(cudart) -> tuple[str, tuple[int, int]]:
     """The current GPU's name and compute capability; a BackendError line when CUDA sees none."""
     error, count = cudart.cudaGetDeviceCount()
     if error != cudart.cudaError_t.cudaSuccess or count < 1:
-        why = "no device" if error == cudart.cudaError_t.cudaSuccess else str(error)
+        why = "no device" if error == cudart.cudaError_t.cudaSuccess else _error_name(error)
         raise BackendError(f"no NVIDIA GPU is visible to CUDA ({why}; check the driver with nvidia-smi)")
     device = check_cuda(cudart, cudart.cudaGetDevice(), "cudaGetDevice")
     properties = check_cuda(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")

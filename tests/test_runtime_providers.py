@@ -47,7 +47,9 @@ def test_tensorrt_only_on_request_with_cuda_and_cpu_below_it():
         "OpenVINOExecutionProvider",
         CPU,
     ]
-    with pytest.raises(BackendError, match="'tensorrt' is not available; available: CPUExecutionProvider .*onnxruntime-gpu"):
+    with pytest.raises(
+        BackendError, match="'tensorrt' is not available; available: CPUExecutionProvider .*onnxruntime-gpu"
+    ):
         choose_providers("tensorrt", [CPU])
     with pytest.raises(BackendError, match="'warp' is not available; available: A, CPUExecutionProvider"):
         choose_providers("warp", ["A", CPU])
@@ -189,4 +191,3 @@ def test_predict_json_stays_valid_json_when_providers_print(tmp_path):
     (entry,) = json.loads(result.stdout)
     assert entry["source"].endswith("a.png")
     assert all(tag in result.stderr for tag in ("fd1:", "printf:", "python:"))
-
