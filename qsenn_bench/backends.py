@@ -156,6 +156,55 @@ def torch_runner(
     )
 
 
+def cuda_graph_runner(
+    name: str, module: nn.Module, device: torch.device, describe: str, chunk: int, weights: nn.Module
+) -> Runner:
+    """`module` captured once per batch shape in a CUDA graph (after warm-up runs on a side stream,
+    which also finish any compilation); a run copies the batch into the graph's static input and
+    replays it: one launch per inference instead of one per kernel."""
+    graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+
+    def replay(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        shape = tuple(images.shape)
+        if shape not in graphs:
+            static = torch.zeros(shape, device=device)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(3):
+                    module(static)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph):
+                outputs = tuple(module(static))
+            graphs[shape] = (graph, static, outputs)
+        graph, static, outputs = graphs[shape]
+        static.copy_(images)
+        graph.replay()
+        return outputs
+
+    def prepare(batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+
+    def run(images: torch.Tensor) -> None:
+        replay(images)
+        torch.cuda.synchronize(device)
+
+    def forward(batch: np.ndarray) -> Outputs:
+        # copy(): the next replay overwrites the graph's outputs
+        return {n: t.float().cpu().numpy().copy() for n, t in zip(OUTPUT_NAMES, replay(prepare(batch)))}
+
+    return Runner(
+        name,
+        describe,
+        prepare,
+        run,
+        lambda images: run_in_batches(forward, images, chunk, pad=True),
+        gpu=True,
+        weights_bytes=_module_bytes(weights),
+    )
+
+
 def runtime_runner(name: str, model, describe: str, chunk: int, rss_probe: tuple[str, ...] | None) -> Runner:
     """An exported artifact through qsenn_runtime: predict_tensor, with its identity check and
     explanations, is what a deployment calls."""
@@ -177,7 +226,7 @@ def runtime_runner(name: str, model, describe: str, chunk: int, rss_probe: tuple
 def unavailable(backend: BenchBackend, device: torch.device, config: BenchConfig) -> str | None:
     """Why `backend` cannot run here, or None."""
     if backend.devices == ("GPU",) and device.type != "cuda":
-        if backend.format is None and config.gpu_backends_on_cpu:
+        if backend.format is None and config.gpu_backends_on_cpu and not backend.cuda_graph:
             return None
         why = "CUDA is not available" if not torch.cuda.is_available() else f"the torch device is {device}"
         return f"needs an NVIDIA GPU ({why})"
@@ -250,13 +299,14 @@ def build_runner(
     if backend.format is None:
         module = ReducedPrecisionQSENN(fold_source(source), torch.float16).to(device).eval()
         weights = module
-        if backend.name == "torch-compile":
+        if backend.name in ("torch-compile", "torch-compile-graph"):
             module = torch.compile(module, dynamic=False)
         elif backend.name == "torch-cudagraphs":
             module = torch.compile(module, mode="reduce-overhead", dynamic=False)
-        return torch_runner(
-            backend.name, module, device, f"torch {torch.__version__} {backend.title} on {device}", chunk, weights
-        )
+        describe = f"torch {torch.__version__} {backend.title} on {device}"
+        if backend.cuda_graph:
+            return cuda_graph_runner(backend.name, module, device, describe, chunk, weights)
+        return torch_runner(backend.name, module, device, describe, chunk, weights)
 
     if backend.format == "onnx":
         path = artifacts.onnx(backend.precision)

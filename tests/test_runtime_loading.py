@@ -171,7 +171,9 @@ def test_engine_compatibility_rule():
     assert "built with TensorRT 10 (10.3.0.26) but TensorRT 11.4.0.106 is installed" in other_major
     assert "never loads in another TensorRT major" in other_major and "\n" not in other_major
     # The recorded major decides, not a version string that says otherwise.
-    assert "another TensorRT major" in engine_mismatch({**ENGINE, "tensorrt_major": 11}, "10.3.0.26", "NVIDIA H100 80GB HBM3")
+    assert "another TensorRT major" in engine_mismatch(
+        {**ENGINE, "tensorrt_major": 11}, "10.3.0.26", "NVIDIA H100 80GB HBM3"
+    )
     assert "does not record" in engine_mismatch({"precision": "fp16"}, "10.3.0", "x")
 
 
@@ -186,5 +188,8 @@ def test_engines_without_tensorrt_are_refused_clearly(tmp_path):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        with pytest.raises(BackendError, match=r"cannot run a TensorRT engine here: TensorRT is not installed \(pip install 'qsenn\[trt\]'"):
+        with pytest.raises(
+            BackendError,
+            match=r"cannot run a TensorRT engine here: TensorRT is not installed \(pip install 'qsenn\[trt\]'",
+        ):
             qsenn_runtime.load(tmp_path / "m.engine")
