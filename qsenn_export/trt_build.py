@@ -201,7 +201,12 @@ def build_engine(
             "TensorRT failed to build the engine (its messages above say why); "
             "try a larger --workspace or a smaller --batch"
         )
-    atomic_write(cache_file, lambda tmp: tmp.write_bytes(bytes(cache.serialize())))
+    timings = bytes(cache.serialize())
+
+    def save(tmp: Path) -> None:
+        tmp.write_bytes(timings)
+
+    atomic_write(cache_file, save)
     return bytes(plan)
 
 

@@ -126,7 +126,7 @@ def test_profile_shapes(batch, opt):
 def test_engine_metadata_round_trips_through_the_container(source):
     metadata = build_metadata(source, OPSET)
     target = BuildTarget(trt=type(sys)("tensorrt"), gpu="NVIDIA H100", capability=(9, 0))
-    target.trt.__version__ = "10.9.0"  # type: ignore[attr-defined]
+    target.trt.__version__ = "10.9.0"
     info = engine_info(target, "fp16", profile_shapes(16, 32))
     read, plan = unpack_engine(pack_engine(metadata.with_engine(info), b"plan-bytes"))
     assert plan == b"plan-bytes"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import qsenn_runtime
@@ -113,8 +114,6 @@ def head_off_by(metadata, graph_images: np.ndarray, relative: float) -> onnx.Mod
     """The toy graph with every logit moved by `relative` of its identity scale Σ|W·c| + |b| on
     `graph_images`: what a head computed in reduced precision gets wrong."""
     exact = toy_model(metadata)
-    import onnxruntime as ort
-
     session = ort.InferenceSession(exact.SerializeToString(), providers=["CPUExecutionProvider"])
     (features,) = session.run(["features"], {"images": graph_images})
     scale = np.abs(features.astype(np.float64)) @ np.abs(metadata.weights.T.astype(np.float64)) + np.abs(metadata.bias)

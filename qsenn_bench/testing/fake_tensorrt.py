@@ -228,7 +228,7 @@ class NetworkDefinitionCreationFlag(enum.IntEnum):
     STRONGLY_TYPED = 1  # TensorRT 10: opt-in; 11: always on, the flag kept and ignored
 
 
-class Severity(enum.IntEnum):
+class _Severity(enum.IntEnum):
     INTERNAL_ERROR = 0
     ERROR = 1
     WARNING = 2
@@ -238,15 +238,15 @@ class Severity(enum.IntEnum):
 
 class ILogger:
     __slots__ = ("messages", "min_severity")
-    Severity = Severity
-    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = tuple(Severity)
+    Severity = _Severity
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = tuple(_Severity)
 
-    def __init__(self, min_severity: Severity = Severity.WARNING):
+    def __init__(self, min_severity: _Severity = _Severity.WARNING):
         self.min_severity = min_severity
-        self.messages: list[tuple[Severity, str]] = []
+        self.messages: list[tuple[_Severity, str]] = []
 
     def log(self, severity, msg):
-        _require(severity, Severity, "log(severity)")
+        _require(severity, _Severity, "log(severity)")
         if severity <= self.min_severity:
             self.messages.append((severity, str(msg)))
 
@@ -428,13 +428,13 @@ class Builder:
         _require(config, IBuilderConfig, "build_serialized_network(config)")
         graph = network._graph
         if graph is None:
-            self._logger.log(Severity.ERROR, "Network must have at least one output")
+            self._logger.log(_Severity.ERROR, "Network must have at least one output")
             return None
         profiles = {name: shapes for p in config._profiles for name, shapes in p._shapes.items()}
         for value in graph.graph.input:
             dynamic = any(not d.HasField("dim_value") for d in value.type.tensor_type.shape.dim)
             if dynamic and value.name not in profiles:
-                self._logger.log(Severity.ERROR, "Network has dynamic or shape inputs, but no optimization profile")
+                self._logger.log(_Severity.ERROR, "Network has dynamic or shape inputs, but no optimization profile")
                 return None
         if config._cache is not None:
             config._cache._entries += len(graph.graph.node)
@@ -576,10 +576,10 @@ class Runtime:
         try:
             header, graph = read_plan(bytes(serialized_engine))
         except (ValueError, struct.error):
-            self._logger.log(Severity.ERROR, "Serialization assertion failed: magic tag does not match")
+            self._logger.log(_Severity.ERROR, "Serialization assertion failed: magic tag does not match")
             return None
         if {k: header[k] for k in _TARGET} != _TARGET:
-            self._logger.log(Severity.ERROR, "The engine plan file is not compatible with this version of TensorRT")
+            self._logger.log(_Severity.ERROR, "The engine plan file is not compatible with this version of TensorRT")
             return None
         return ICudaEngine(header, graph, self._cudart)
 
@@ -619,7 +619,7 @@ def fake_modules(
     for name, value in exported.items():
         setattr(trt, name, value)
     _TARGET.clear()
-    _TARGET.update({"tensorrt": trt.__version__, "gpu": gpu})  # type: ignore[attr-defined]
+    _TARGET.update({"tensorrt": trt.__version__, "gpu": gpu})
     _CUDART[:] = [cudart]
     BUILDS.clear()
     bindings = types.ModuleType("cuda.bindings")
