@@ -18,7 +18,7 @@ Runs with the GPU machine's python from the repository root, nothing installed (
 torchvision, onnx, numpy, pillow suffice; onnxscript and tqdm may be missing). glm-saga is pure
 Python: where it is not installed, copy it next to the tree and put it on the path, e.g.
 
-    cp -r .venv/lib/python3.11/site-packages/glm_saga .gpu-site/   # here; carry .gpu-site
+    mkdir -p .gpu-site && cp -r .venv/lib/python3.11/site-packages/glm_saga .gpu-site/  # here (git ignores it)
     PYTHONPATH=.:.gpu-site python benchmarks/gpu_bench.py          # there: results to $OUT
     PYTHONPATH=. python benchmarks/gpu_bench.py --dry-run          # any CPU, tiny sizes, seconds
 
