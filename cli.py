@@ -658,7 +658,8 @@ from qsenn_runtime.report import FORMATS as INSPECT_FORMATS  # noqa: E402  (torc
 
 _PROVIDER_HELP = (
     "onnxruntime execution provider: cpu, cuda, tensorrt or a full name such as "
-    "CUDAExecutionProvider (default: the best available; engines always run on TensorRT)."
+    "CUDAExecutionProvider (default: CUDA where available, else the CPU; tensorrt builds and caches "
+    "an engine for batches up to --batch-size; INT8 models run on the CPU; engines always run on TensorRT)."
 )
 
 

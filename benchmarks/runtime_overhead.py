@@ -76,6 +76,7 @@ class ReplayBackend:
     def __init__(self, backend, batch: np.ndarray):
         self.name, self.precision, self.batch_range = backend.name, backend.precision, backend.batch_range
         self.input_shapes, self.output_shapes = backend.input_shapes, backend.output_shapes
+        self.head_precision = backend.head_precision
         names = ("logits", "features", "feature_maps")
         self.outputs = dict(zip(names, backend.run(batch, names)))
 

@@ -17,6 +17,7 @@ class BenchBackend:
     devices: tuple[str, ...]  # where the benchmark runs it
     format: str | None = None  # export format of the artifact it times (a key of formats.FORMATS)
     precision: str | None = None  # of that artifact (a key of the format's tolerances)
+    cuda_graph: bool = False  # replayed as a CUDA graph captured once per batch shape (CUDA only)
 
     @property
     def artifact_precision(self) -> str:
@@ -34,6 +35,8 @@ BENCH_BACKENDS: dict[str, BenchBackend] = {
         BenchBackend("torch-fp16", "PyTorch fp16 channels-last: the folded graph, BN fused", ("GPU",)),
         BenchBackend("torch-compile", "torch.compile (inductor) of torch-fp16", ("GPU",)),
         BenchBackend("torch-cudagraphs", "torch.compile mode=reduce-overhead (CUDA graphs) of torch-fp16", ("GPU",)),
+        BenchBackend("torch-fp16-graph", "CUDA-graph replay of torch-fp16", ("GPU",), cuda_graph=True),
+        BenchBackend("torch-compile-graph", "CUDA-graph replay of torch-compile", ("GPU",), cuda_graph=True),
         BenchBackend("onnx", "onnxruntime fp32 (qsenn_runtime)", ("CPU", "GPU"), "onnx", "fp32"),
         BenchBackend("onnx-int8", "onnxruntime INT8 backbone, exact head (qsenn_runtime)", ("CPU",), "onnx", "int8"),
         BenchBackend("trt", "TensorRT fp16 engine (qsenn_runtime)", ("GPU",), "trt", "fp16"),

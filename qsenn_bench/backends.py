@@ -20,7 +20,7 @@ import qsenn_runtime
 from qsenn_export._common import fold_source, to_onnx
 from qsenn_export.errors import ExportError
 from qsenn_export.fold import FoldedQSENN
-from qsenn_export.formats import FORMATS, make_options
+from qsenn_export.formats import FORMATS
 from qsenn_export.int8 import quantize_backbone
 from qsenn_export.source import ExportSource
 from qsenn_export.verify import Outputs, SourceForward, run_in_batches
@@ -161,6 +161,60 @@ def torch_runner(
     )
 
 
+def cuda_graph_runner(
+    name: str,
+    module: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    device: torch.device,
+    describe: str,
+    chunk: int,
+    weights: nn.Module,
+) -> Runner:
+    """`module` captured once per batch shape in a CUDA graph (after warm-up runs on a side stream,
+    which also finish any compilation); a run copies the batch into the graph's static input and
+    replays it: one launch per inference instead of one per kernel."""
+    graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+
+    def replay(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        shape = tuple(images.shape)
+        if shape not in graphs:
+            static = torch.zeros(shape, device=device)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(3):
+                    module(static)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph):
+                outputs = tuple(module(static))
+            graphs[shape] = (graph, static, outputs)
+        graph, static, outputs = graphs[shape]
+        static.copy_(images)
+        graph.replay()
+        return outputs
+
+    def prepare(batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+
+    def run(images: torch.Tensor) -> None:
+        replay(images)
+        torch.cuda.synchronize(device)
+
+    def forward(batch: np.ndarray) -> Outputs:
+        # copy(): the next replay overwrites the graph's outputs
+        return {n: t.float().cpu().numpy().copy() for n, t in zip(OUTPUT_NAMES, replay(prepare(batch)))}
+
+    return Runner(
+        name,
+        describe,
+        prepare,
+        run,
+        lambda images: run_in_batches(forward, images, chunk, pad=True),
+        gpu=True,
+        weights_bytes=_module_bytes(weights),
+    )
+
+
 def runtime_runner(name: str, model, describe: str, chunk: int, rss_probe: tuple[str, ...] | None) -> Runner:
     """An exported artifact through qsenn_runtime: predict_tensor, with its identity check and
     explanations, is what a deployment calls."""
@@ -182,7 +236,7 @@ def runtime_runner(name: str, model, describe: str, chunk: int, rss_probe: tuple
 def unavailable(backend: BenchBackend, device: torch.device, config: BenchConfig) -> str | None:
     """Why `backend` cannot run here, or None."""
     if backend.devices == ("GPU",) and device.type != "cuda":
-        if backend.format is None and config.gpu_backends_on_cpu:
+        if backend.format is None and config.gpu_backends_on_cpu and not backend.cuda_graph:
             return None
         why = "CUDA is not available" if not torch.cuda.is_available() else f"the torch device is {device}"
         return f"needs an NVIDIA GPU ({why})"
@@ -255,13 +309,14 @@ def build_runner(
     if backend.format is None:
         reduced = ReducedPrecisionQSENN(fold_source(source), torch.float16).to(device).eval()
         compiled: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] = reduced
-        if backend.name == "torch-compile":
+        if backend.name in ("torch-compile", "torch-compile-graph"):
             compiled = torch.compile(reduced, dynamic=False)
         elif backend.name == "torch-cudagraphs":
             compiled = torch.compile(reduced, mode="reduce-overhead", dynamic=False)
-        return torch_runner(
-            backend.name, compiled, device, f"torch {torch.__version__} {backend.title} on {device}", chunk, reduced
-        )
+        describe = f"torch {torch.__version__} {backend.title} on {device}"
+        if backend.cuda_graph:
+            return cuda_graph_runner(backend.name, compiled, device, describe, chunk, reduced)
+        return torch_runner(backend.name, compiled, device, describe, chunk, reduced)
 
     if backend.format == "onnx":
         path = artifacts.onnx(backend.artifact_precision)
@@ -287,22 +342,16 @@ def build_runner(
 
 def _trt_model(artifacts: Artifacts, backend: BenchBackend, max_batch: int):
     """A TensorRT engine built in memory from the fp32 export, served by qsenn_runtime."""
-    from qsenn_export.trt_build import build_engine, engine_info, profile_shapes, require_tensorrt
+    from qsenn_export.formats import DEFAULT_WORKSPACE_GIB
+    from qsenn_export.trt_build import build_engine, engine_info, network_graph, profile_shapes, require_tensorrt
     from qsenn_runtime.backends import TensorRTBackend
     from qsenn_runtime.model import Model
 
-    trt = require_tensorrt()
+    target = require_tensorrt()
     shapes = profile_shapes(max_batch, artifacts.source.img_size)
-    options = make_options("trt", half=backend.precision == "fp16", batch=max_batch)
-    plan = build_engine(trt, artifacts.fp32_model(), shapes, options, None, artifacts.echo)
-    gpu = torch.cuda.current_device()
-    info = engine_info(
-        trt.__version__,
-        torch.cuda.get_device_name(gpu),
-        torch.cuda.get_device_capability(gpu),
-        backend.artifact_precision,
-        shapes,
-    )
+    graph = network_graph(artifacts.fp32_model(), backend.artifact_precision)
+    plan = build_engine(target, graph, shapes, DEFAULT_WORKSPACE_GIB, artifacts.echo)
+    info = engine_info(target, backend.artifact_precision, shapes)
     return Model(
         artifacts.metadata.with_engine(info),
         TensorRTBackend(plan, info, "bench engine"),

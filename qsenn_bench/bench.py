@@ -124,12 +124,21 @@ def agreement(
         TOP: top_feature_agreement(reference, candidate, metadata.weights),
         "logit_rel_err": report.logit_rel,
         "feature_rel_err": report.feature_rel,
+        "contribution_rel_err": contribution_error(reference, candidate, metadata.weights),
         "feature_map_rel_err": report.feature_map_rel,
         "identity_rel_err": report.identity_rel,
     }
     if tolerance is not None:
         result["verdict"] = "OK" if report.ok else "; ".join(report.failures)
     return result
+
+
+def contribution_error(reference: Outputs, candidate: Outputs, weights: np.ndarray) -> float:
+    """max |W[k, j]·c_j − W[k, j]·c_ref_j| over the images, k the reference's class, relative to
+    max(1, the largest reference contribution): how far the explanations themselves moved."""
+    rows = weights[reference["logits"].argmax(1)].astype(np.float64)
+    ours, theirs = rows * candidate["features"], rows * reference["features"]
+    return float(np.abs(ours - theirs).max()) / max(1.0, float(np.abs(theirs).max()))
 
 
 def tolerance_of(backend: BenchBackend) -> Tolerance | None:

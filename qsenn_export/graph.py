@@ -1,5 +1,6 @@
 """Edits of the exported ONNX graph: T stored as int8 (and back, for TensorRT's parser), the
-qsenn metadata attached and the graph checked."""
+backbone/head split, the backbone in float16 under a float32 head (for TensorRT's strongly typed
+networks), the qsenn metadata attached and the graph checked."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from qsenn_runtime.metadata import METADATA_KEY, ModelMetadata
 from .errors import ExportError
 
 TERNARY_INITIALIZER = "ternary"
+HALF_SUFFIX = "_fp16"  # names of the float16 copies of backbone tensors
 
 
 def _producer(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
@@ -85,3 +87,114 @@ def attach_metadata(model: onnx.ModelProto, metadata: ModelMetadata, what: str) 
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"internal error: {what} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
     return model
+
+
+def ancestors(graph: onnx.GraphProto, outputs: list[str]) -> dict[str, onnx.NodeProto]:
+    """The nodes (by name) that `outputs` depend on, directly or through other nodes."""
+    producers = {output: node for node in graph.node for output in node.output}
+    found: dict[str, onnx.NodeProto] = {}
+    stack = list(outputs)
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and node.name not in found:
+            found[node.name] = node
+            stack.extend(node.input)
+    return found
+
+
+def head_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Names of the nodes that compute `logits` and `features` from the feature maps: every
+    ancestor of those outputs that is not also an ancestor of `feature_maps`."""
+    backbone = ancestors(graph, ["feature_maps"])
+    return [name for name in ancestors(graph, ["logits", "features"]) if name not in backbone]
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type (onnx.TensorProto.FLOAT, FLOAT16, …) of every tensor of the graph, by name,
+    from ONNX shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    graph = inferred.graph
+    types = {init.name: init.data_type for init in graph.initializer}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        types[info.name] = info.type.tensor_type.elem_type
+    return types
+
+
+def _half_attribute(node: onnx.NodeProto) -> None:
+    """Float32 constants and casts inside the float16 region become float16."""
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == onnx.TensorProto.FLOAT:
+            half = numpy_helper.to_array(attribute.t).astype(np.float16)
+            attribute.t.CopyFrom(numpy_helper.from_array(half, attribute.t.name))
+        elif node.op_type == "Cast" and attribute.name == "to" and attribute.i == onnx.TensorProto.FLOAT:
+            attribute.i = onnx.TensorProto.FLOAT16
+
+
+def backbone_in_half(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose backbone (every node `feature_maps` depends on) computes in float16 while the
+    head (pooling, c = a·(f − μ)/σ, W·c + b) stays float32.
+
+    The float32 image is cast to float16 where it enters the backbone, the backbone's float
+    initializers are stored as float16 copies, and the feature maps are cast back to float32
+    where they leave it (the `feature_maps` output and the head's pooling). A strongly typed
+    TensorRT network runs every layer in the type of its tensors, so this graph alone fixes
+    which layers run in reduced precision: the head computes in float32.
+    """
+    model = copy.deepcopy(model)
+    graph = model.graph
+    types = tensor_types(model)
+    region = ancestors(graph, ["feature_maps"])
+    produced = {output for node in region.values() for output in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+    halves: dict[str, str] = {}  # float32 tensor name → its float16 twin
+    casts_in: list[onnx.NodeProto] = []
+
+    def half_of(name: str) -> str:
+        if name not in halves:
+            halves[name] = f"{name}{HALF_SUFFIX}"
+            if name in produced:
+                pass  # renamed where it is produced
+            elif name in initializers:
+                values = numpy_helper.to_array(initializers[name]).astype(np.float16)
+                graph.initializer.append(numpy_helper.from_array(values, halves[name]))
+            else:  # a graph input
+                casts_in.append(
+                    helper.make_node(
+                        "Cast", [name], [halves[name]], name=f"{name}_to_fp16", to=onnx.TensorProto.FLOAT16
+                    )
+                )
+        return halves[name]
+
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        nodes.append(node)
+        if node.name not in region:
+            continue
+        for position, name in enumerate(node.input):
+            if name and types.get(name) == onnx.TensorProto.FLOAT:
+                node.input[position] = half_of(name)
+        leaving = []
+        for position, name in enumerate(node.output):
+            if types.get(name) == onnx.TensorProto.FLOAT:
+                node.output[position] = half_of(name)
+                leaving.append(name)
+        _half_attribute(node)
+        # The float32 name lives on for the consumers outside the region (or the graph output).
+        nodes.extend(
+            helper.make_node("Cast", [halves[name]], [name], name=f"{name}_to_fp32", to=onnx.TensorProto.FLOAT)
+            for name in leaving
+            if _used_outside(graph, name, region)
+        )
+    for init in [init for init in graph.initializer if init.name in halves and init.name in initializers]:
+        if not any(init.name in node.input for node in nodes):
+            graph.initializer.remove(init)  # only the backbone read it: its float16 twin replaces it
+    del graph.node[:]
+    graph.node.extend(casts_in + nodes)
+    del graph.value_info[:]  # types changed; the checker infers them again
+    return model
+
+
+def _used_outside(graph: onnx.GraphProto, name: str, region: dict[str, onnx.NodeProto]) -> bool:
+    return any(o.name == name for o in graph.output) or any(
+        name in node.input for node in graph.node if node.name not in region
+    )

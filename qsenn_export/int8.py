@@ -14,6 +14,10 @@ them, ~2.5× the fp32 model; int8 activations fall back to a generic SSE2 loop (
 or to float convs between DequantizeLinear/QuantizeLinear (QDQ, 1.1×). QOperator and QDQ with
 uint8 activations ran alike; QOperator is kept because the file itself holds the integer ops
 instead of relying on onnxruntime fusing the QDQ pattern at session start.
+
+A TensorRT INT8 engine is built from the same quantisation in explicit form (TENSORRT_INT8): a QDQ
+graph with symmetric int8 activations, the head again excluded, so the engine's head is float32
+too. TensorRT 10 and 11 both build it; the calibrator interface is gone from 11.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from qsenn_runtime.metadata import INPUT_NAME, ModelMetadata
 
 from .errors import ExportError
 from .formats import CALIBRATION_BATCH
-from .graph import attach_metadata, store_ternary_as_int8
+from .graph import attach_metadata, head_nodes, store_ternary_as_int8
 
 QUANTISED_OP_PREFIXES = (
     "QLinear",
@@ -50,29 +54,28 @@ class Int8Settings:
     format: str = "QOperator"  # QuantFormat: QOperator or QDQ
     activations: str = "QUInt8"  # QuantType of activations: QUInt8 or QInt8
     calibration: str = "MinMax"  # CalibrationMethod
+    # TensorRT's explicit quantisation: symmetric activations (its Q/DQ layers take zero point 0),
+    # a Q/DQ pair of its own in front of every quantised input (TensorRT cannot share one between
+    # layers), float weights behind a Q/DQ pair, float biases (TensorRT fuses them itself).
+    tensorrt: bool = False
 
     def describe(self) -> str:
+        symmetric = "symmetric " if self.tensorrt else ""
         return (
-            f"{self.format}, {self.activations} activations, per-channel QInt8 weights, {self.calibration} calibration"
+            f"{self.format}, {symmetric}{self.activations} activations, per-channel QInt8 weights, "
+            f"{self.calibration} calibration"
         )
 
+    def extra_options(self) -> dict:
+        options: dict = {"ActivationSymmetric": self.tensorrt, "WeightSymmetric": True, "CalibStridedMinMax": 1}
+        if self.tensorrt:
+            options.update(AddQDQPairToWeight=True, DedicatedQDQPair=True, QuantizeBias=False)
+        return options
 
-def head_nodes(graph: onnx.GraphProto) -> list[str]:
-    """Names of the nodes that compute `logits` and `features` from the feature maps: every
-    ancestor of those outputs that is not also an ancestor of `feature_maps`."""
-    producers = {output: node for node in graph.node for output in node.output}
 
-    def ancestors(outputs: list[str]) -> dict[str, onnx.NodeProto]:
-        found, stack = {}, list(outputs)
-        while stack:
-            node = producers.get(stack.pop())
-            if node is not None and node.name not in found:
-                found[node.name] = node
-                stack.extend(node.input)
-        return found
-
-    backbone = ancestors(["feature_maps"])
-    return [name for name in ancestors(["logits", "features"]) if name not in backbone]
+# What `qsenn export --format trt --int8` builds: TensorRT 10 and 11 both read Q/DQ graphs (11 has no
+# calibrator interface left).
+TENSORRT_INT8 = Int8Settings(format="QDQ", activations="QInt8", calibration="MinMax", tensorrt=True)
 
 
 def quantised_head_nodes(model: onnx.ModelProto) -> list[str]:
@@ -134,9 +137,22 @@ def quantize_static_model(
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod[settings.calibration],
             nodes_to_exclude=nodes_to_exclude,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibStridedMinMax": 1},
+            extra_options=settings.extra_options(),
         )
         return onnx.load(str(quantised))
+
+
+def quantization_record(settings: Int8Settings, calibration: np.ndarray, calibration_source: str) -> dict:
+    """metadata.quantization: how the backbone was quantised (the head stays float)."""
+    return {
+        "precision": "int8",
+        "tool": f"onnxruntime {onnxruntime.__version__} quantize_static",
+        **asdict(settings),
+        "weights": "QInt8 per-channel symmetric",
+        "calibration_images": len(calibration),
+        "calibration_source": calibration_source,
+        "float_nodes": "head: pooling, c = a·(f − μ)/σ, logits = W·c + b",
+    }
 
 
 def quantize_backbone(
@@ -156,15 +172,17 @@ def quantize_backbone(
     quantised_head = quantised_head_nodes(quantised)
     if quantised_head:
         raise ExportError(f"internal error: INT8 quantisation reached the head: {', '.join(quantised_head)}")
-    metadata = metadata.with_quantization(
-        {
-            "precision": "int8",
-            "tool": f"onnxruntime {onnxruntime.__version__} quantize_static",
-            **asdict(settings),
-            "weights": "QInt8 per-channel symmetric",
-            "calibration_images": len(calibration),
-            "calibration_source": calibration_source,
-            "float_nodes": "head: pooling, c = a·(f − μ)/σ, logits = W·c + b",
-        }
-    )
+    metadata = metadata.with_quantization(quantization_record(settings, calibration, calibration_source))
     return attach_metadata(quantised, metadata, "the INT8 graph")
+
+
+def quantize_for_tensorrt(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    """The QDQ graph a TensorRT INT8 engine is built from: the backbone quantised explicitly
+    (TENSORRT_INT8), the head float32 with T as a float initializer (pre-processing folds its Cast)."""
+    if len(calibration) == 0:
+        raise ExportError("INT8 calibration needs at least one image")
+    quantised = quantize_static_model(model, calibration, TENSORRT_INT8, None)
+    quantised_head = quantised_head_nodes(quantised)
+    if quantised_head:
+        raise ExportError(f"internal error: INT8 quantisation reached the head: {', '.join(quantised_head)}")
+    return quantised

@@ -1,80 +1,101 @@
-"""`qsenn export --format trt`: a TensorRT 10 engine built from the exported ONNX model,
-stored in the qsenn engine container and verified against the ONNX model.
+"""`qsenn export --format trt`: a TensorRT 10 or 11 engine built from the exported ONNX model,
+stored in the qsenn engine container and verified through qsenn_runtime's TensorRT backend — the
+code that serves it.
 
-TensorRT is imported only inside `require_tensorrt`, so this module loads without it.
+The head is exact in every engine. The network is strongly typed (TensorRT 10's
+NetworkDefinitionCreationFlag.STRONGLY_TYPED; always so in 11): every layer runs in the type the
+ONNX graph gives its tensors, so the graph alone fixes the precision of each layer:
+
+- fp32: the exported graph, with TF32 off, so float32 layers compute in float32;
+- fp16: the backbone in float16 (graph.backbone_in_half), the head in float32;
+- int8: the backbone quantised explicitly, Q/DQ nodes from onnxruntime's calibration
+  (int8.quantize_for_tensorrt), the head in float32.
+
+No weakly typed builder flag (FP16, INT8, OBEY_PRECISION_CONSTRAINTS: removed in TensorRT 11) and
+no calibrator (IInt8EntropyCalibrator2: deprecated in 10.1, removed in 11) is used.
+
+TensorRT and cuda-python are imported only inside `require_tensorrt`, so this module loads
+without them.
 """
 
 from __future__ import annotations
 
-import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
-import torch
 
-from qsenn_runtime.engine_file import pack_engine, read_engine_file
-from qsenn_runtime.metadata import ENGINE_GPU_KEY, ENGINE_PRECISION_KEY, ENGINE_TENSORRT_KEY, INPUT_NAME, OUTPUT_NAMES
+from qsenn_runtime.backends import (
+    cache_dir,
+    cuda_device,
+    import_cudart,
+    import_tensorrt,
+    profile_batches,
+    tensorrt_major,
+)
+from qsenn_runtime.engine_file import pack_engine
+from qsenn_runtime.errors import BackendError
+from qsenn_runtime.metadata import (
+    ENGINE_GPU_KEY,
+    ENGINE_HEAD_PRECISION_KEY,
+    ENGINE_PRECISION_KEY,
+    ENGINE_TENSORRT_KEY,
+    ENGINE_TENSORRT_MAJOR_KEY,
+    INPUT_NAME,
+)
 from qsenn_train.rundir import atomic_write
 
 from ._common import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
 from .errors import ExportError
-from .formats import (
-    CALIBRATION_BATCH,
-    CALIBRATION_LIMIT,
-    DEFAULT_TRT_BATCH,
-    DEFAULT_WORKSPACE_GIB,
-    ExportOptions,
-    Tolerance,
-    validate,
-)
-from .graph import TERNARY_INITIALIZER, ternary_as_float
+from .formats import CALIBRATION_LIMIT, DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB, ExportOptions, Tolerance, validate
+from .graph import TERNARY_INITIALIZER, backbone_in_half, ternary_as_float
+from .int8 import TENSORRT_INT8, quantization_record, quantize_for_tensorrt
 from .metadata import build_metadata
 from .source import load_source
-from .verify import (
-    CHUNK,
-    Outputs,
-    Report,
-    compare,
-    folder_images,
-    load_artifact,
-    run_in_batches,
-    runtime_outputs,
-    verification_images,
-)
+from .verify import Outputs, Report, compare, folder_images, load_artifact, runtime_outputs, verification_images
 
-INSTALL_HINT = "pip install 'qsenn[trt]'"
+HEAD_PRECISION = "fp32"  # of every engine this module builds
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qsenn"
+@dataclass(frozen=True)
+class BuildTarget:
+    """TensorRT, cuda-python and the GPU an engine is built on (and will only run on)."""
+
+    trt: ModuleType
+    gpu: str
+    capability: tuple[int, int]
+
+    @property
+    def version(self) -> str:
+        return str(self.trt.__version__)
 
 
-def timing_cache_path() -> Path:
-    """Reused by every build on this machine: tactic timings make rebuilds much faster."""
-    return cache_dir() / "trt-timing.cache"
-
-
-def require_tensorrt():
-    """The tensorrt module, or one ExportError line naming what is missing and how to get it."""
+def require_tensorrt() -> BuildTarget:
+    """TensorRT of a supported major, cuda-python and a visible GPU, or one ExportError line naming
+    everything that is missing and how to get it."""
     missing = []
+    trt = None
     try:
-        import tensorrt
-    except (ImportError, OSError):  # OSError: the package is there but its libraries are not
-        tensorrt = None
-        missing.append(f"TensorRT is not installed ({INSTALL_HINT})")
-    if not torch.cuda.is_available():
-        missing.append(
-            "no NVIDIA GPU is visible to CUDA (check the driver with nvidia-smi; "
-            "engines are built on the GPU they will run on)"
+        trt = import_tensorrt()
+    except BackendError as exc:
+        missing.append(str(exc))
+    try:
+        gpu, capability = cuda_device(import_cudart())
+    except BackendError as exc:
+        missing.append(str(exc))
+    if missing or trt is None:
+        raise ExportError(
+            "cannot build a TensorRT engine (engines are built on the GPU they will run on): "
+            + "; ".join(missing)
+            + "; or export --format onnx"
         )
-    if missing:
-        raise ExportError("cannot build a TensorRT engine: " + "; ".join(missing) + "; or export --format onnx")
-    return tensorrt
+    return BuildTarget(trt, gpu, capability)
 
 
 @dataclass(frozen=True)
@@ -90,99 +111,89 @@ class ProfileShapes:
 
 
 def profile_shapes(max_batch: int, img_size: int) -> ProfileShapes:
+    low, opt, high = profile_batches(max_batch)
     image = (3, img_size, img_size)
-    return ProfileShapes((1, *image), (max(1, max_batch // 2), *image), (max_batch, *image))
+    return ProfileShapes((low, *image), (opt, *image), (high, *image))
 
 
-def engine_info(
-    tensorrt_version: str, gpu: str, capability: tuple[int, int], precision: str, shapes: ProfileShapes
-) -> dict:
+def engine_info(target: BuildTarget, precision: str, shapes: ProfileShapes) -> dict:
     """metadata.engine: what the engine was built with and for (it runs only there)."""
     return {
-        ENGINE_TENSORRT_KEY: tensorrt_version,
-        ENGINE_GPU_KEY: gpu,
-        "compute_capability": f"{capability[0]}.{capability[1]}",
+        ENGINE_TENSORRT_KEY: target.version,
+        ENGINE_TENSORRT_MAJOR_KEY: tensorrt_major(target.version),
+        ENGINE_GPU_KEY: target.gpu,
+        "compute_capability": f"{target.capability[0]}.{target.capability[1]}",
         ENGINE_PRECISION_KEY: precision,
+        ENGINE_HEAD_PRECISION_KEY: HEAD_PRECISION,
+        "network": "strongly typed",
         "profile": shapes.to_json(),
     }
 
 
-def _calibrator(trt, images: torch.Tensor):
-    """IInt8EntropyCalibrator2 fed with full batches of `images` from GPU memory.
+def timing_cache_path(target: BuildTarget) -> Path:
+    """Reused by every build with this TensorRT on this GPU model: tactic timings make rebuilds much
+    faster. A timing cache belongs to one TensorRT version and one device, hence one file each."""
+    key = re.sub(r"[^a-z0-9.]+", "-", f"{target.version} {target.gpu} sm{target.capability[0]}{target.capability[1]}")
+    return cache_dir() / f"trt-timing-{key.lower().strip('-')}.cache"
 
-    Implicit (calibrated) INT8 is deprecated since TensorRT 10.1 in favour of explicit Q/DQ
-    quantisation, but still supported throughout TensorRT 10.
-    """
-    batch_size = min(CALIBRATION_BATCH, len(images))
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            whole = len(images) // batch_size * batch_size  # TensorRT wants equal batches
-            self.batches = list(images[:whole].split(batch_size))
-            self.current = None  # keeps the GPU copy alive while TensorRT reads it
+def network_graph(model: onnx.ModelProto, precision: str, calibration: np.ndarray | None = None) -> onnx.ModelProto:
+    """The ONNX graph TensorRT parses for an engine of `precision`: T as a float initializer (the
+    parser reads INT8 constants only behind DequantizeLinear), the backbone in float16 (fp16) or
+    behind Q/DQ nodes (int8, calibrated on `calibration`), the head in float32 throughout."""
+    if any(init.name == TERNARY_INITIALIZER for init in model.graph.initializer):
+        model = ternary_as_float(model)
+    if precision == "fp16":
+        return backbone_in_half(model)
+    if precision == "int8":
+        if calibration is None:
+            raise ExportError("internal error: an INT8 engine needs calibration images")
+        return quantize_for_tensorrt(model, calibration)
+    return model
 
-        def get_batch_size(self) -> int:
-            return batch_size
 
-        def get_batch(self, names):
-            if not self.batches:
-                return None
-            self.current = self.batches.pop(0).cuda().contiguous()
-            return [self.current.data_ptr()]
-
-        def read_calibration_cache(self):
-            return None  # calibrate on every build: the images may have changed
-
-        def write_calibration_cache(self, cache) -> None:
-            pass
-
-    return EntropyCalibrator(), batch_size
+def _set_timing_cache(config, cache_file: Path, echo: Callable[[str], None]):
+    """Attach the cache of `cache_file` to `config`; one TensorRT rejects (another TensorRT or device,
+    or a damaged file) is replaced by an empty one, which the build fills and saves."""
+    blob = cache_file.read_bytes() if cache_file.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache
+    echo(f"the timing cache {cache_file} belongs to another TensorRT version or GPU; rebuilding it")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise ExportError("TensorRT refused an empty timing cache (its messages above say why)")
+    return cache
 
 
 def build_engine(
-    trt,
-    model: onnx.ModelProto,
+    target: BuildTarget,
+    graph: onnx.ModelProto,
     shapes: ProfileShapes,
-    options: ExportOptions,
-    calibration: torch.Tensor | None,
+    workspace_gib: float,
     echo: Callable[[str], None],
 ) -> bytes:
+    """A serialized plan of `graph` (see network_graph), strongly typed, TF32 off."""
+    trt = target.trt
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    ternary = any(init.name == TERNARY_INITIALIZER for init in model.graph.initializer)
-    onnx_bytes = (ternary_as_float(model) if ternary else model).SerializeToString()
-    if not parser.parse(onnx_bytes):
+    if not parser.parse(graph.SerializeToString()):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ExportError(f"TensorRT cannot parse the exported ONNX model: {errors[0] if errors else 'unknown error'}")
 
     config = builder.create_builder_config()
-    workspace = options.workspace or DEFAULT_WORKSPACE_GIB
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace * (1 << 30)))
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    config.clear_flag(trt.BuilderFlag.TF32)  # float32 stays float32: the head is exact
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, shapes.min, shapes.opt, shapes.max)
     config.add_optimization_profile(profile)
-    if options.half:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if options.int8:
-        if calibration is None:
-            raise ExportError("internal error: INT8 needs calibration images")
-        config.set_flag(trt.BuilderFlag.INT8)
-        calibrator, batch_size = _calibrator(trt, calibration)
-        config.int8_calibrator = calibrator
-        calibration_profile = builder.create_optimization_profile()
-        fixed = (batch_size, *shapes.max[1:])
-        calibration_profile.set_shape(INPUT_NAME, fixed, fixed, fixed)
-        config.set_calibration_profile(calibration_profile)
-
-    cache_file = timing_cache_path()
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache_file = timing_cache_path(target)
+    cache = _set_timing_cache(config, cache_file, echo)
     echo(
-        f"building the {options.precision} engine (profile batch {shapes.min[0]}/{shapes.opt[0]}/"
-        f"{shapes.max[0]}, workspace {workspace:g} GiB, timing cache {cache_file})"
+        f"building a strongly typed engine (profile batch {shapes.min[0]}/{shapes.opt[0]}/{shapes.max[0]}, "
+        f"workspace {workspace_gib:g} GiB, timing cache {cache_file})"
     )
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -190,45 +201,20 @@ def build_engine(
             "TensorRT failed to build the engine (its messages above say why); "
             "try a larger --workspace or a smaller --batch"
         )
-    atomic_write(cache_file, lambda tmp: tmp.write_bytes(bytes(cache.serialize())))
+    timings = bytes(cache.serialize())
+
+    def save(tmp: Path) -> None:
+        tmp.write_bytes(timings)
+
+    atomic_write(cache_file, save)
     return bytes(plan)
 
 
-def engine_outputs(trt, plan: bytes, images: np.ndarray, max_batch: int) -> Outputs:
-    """Run the engine on the GPU (torch tensors as its buffers), at most max_batch at a time."""
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
-    if engine is None:
-        raise ExportError("TensorRT cannot load the engine it just built (TensorRT/driver mismatch?)")
-    context = engine.create_execution_context()
-    # A stream of our own: TensorRT warns about (and synchronises around) the default one.
-    stream = torch.cuda.Stream()
-
-    def run(batch: np.ndarray) -> Outputs:
-        with torch.cuda.stream(stream):
-            inputs = torch.from_numpy(batch).cuda().contiguous()
-            context.set_input_shape(INPUT_NAME, tuple(inputs.shape))
-            context.set_tensor_address(INPUT_NAME, inputs.data_ptr())
-            outputs = {
-                name: torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
-                for name in OUTPUT_NAMES
-            }
-            for name, tensor in outputs.items():
-                context.set_tensor_address(name, tensor.data_ptr())
-            if not context.execute_async_v3(stream.cuda_stream):
-                raise ExportError("TensorRT failed to run the engine")
-            stream.synchronize()
-            return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
-
-    return run_in_batches(run, images, min(CHUNK, max_batch))
-
-
-def verify_engine(
-    trt, path: Path, reference: Outputs, images: torch.Tensor, description: str, tolerance: Tolerance, max_batch: int
-) -> Report:
-    """Read the container back (metadata + plan) and compare the engine with the ONNX model."""
-    metadata, plan = read_engine_file(path)
-    return compare(reference, engine_outputs(trt, plan, images.numpy(), max_batch), metadata, tolerance, description)
+def verify_engine(path: Path, reference: Outputs, images: np.ndarray, description: str, tolerance: Tolerance) -> Report:
+    """Load the written engine as a deployment does (qsenn_runtime.load: its metadata, the TensorRT
+    version and GPU checks, the shapes) and compare what it computes with the ONNX model."""
+    model = load_artifact(path, provider=None)
+    return compare(reference, runtime_outputs(model, images), model.metadata, tolerance, description)
 
 
 def onnx_reference(model: onnx.ModelProto, images: np.ndarray) -> Outputs:
@@ -241,11 +227,14 @@ def onnx_reference(model: onnx.ModelProto, images: np.ndarray) -> Outputs:
 
 def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], None] = print) -> Path:
     validate(options)
-    trt = require_tensorrt()
+    target = require_tensorrt()
     source = load_source(source_path, options.model_type)
     out = options.out or default_output(source, options.export_format.suffix)
     shapes = profile_shapes(options.batch or DEFAULT_TRT_BATCH, source.img_size)
-    echo(f"exporting {source.checkpoint} ({describe(source)}) to a TensorRT {trt.__version__} engine")
+    echo(
+        f"exporting {source.checkpoint} ({describe(source)}) to a TensorRT {target.version} {options.precision} "
+        f"engine for the {target.gpu}"
+    )
     folded = fold_source(source)
     report_macs(source, folded, echo)
     metadata = build_metadata(source, OPSET, options.feature_names)
@@ -253,20 +242,15 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
     calibration = None
     if options.int8:
         assert options.calib is not None  # validate() refuses --int8 without --calib
-        calibration = folder_images(options.calib, source.info, source.img_size, CALIBRATION_LIMIT, spread=True)
-        echo(f"calibrating on {len(calibration)} images of {options.calib}")
-    plan = build_engine(trt, model, shapes, options, calibration, echo)
-    device = torch.cuda.current_device()
-    metadata = metadata.with_engine(
-        engine_info(
-            trt.__version__,
-            torch.cuda.get_device_name(device),
-            torch.cuda.get_device_capability(device),
-            options.precision,
-            shapes,
+        images = folder_images(options.calib, source.info, source.img_size, CALIBRATION_LIMIT, spread=True)
+        calibration = images.numpy()
+        echo(
+            f"quantising the backbone (Q/DQ, {TENSORRT_INT8.describe()}) on {len(calibration)} images of {options.calib}"
         )
-    )
-    data = pack_engine(metadata, plan)
+        metadata = metadata.with_quantization(quantization_record(TENSORRT_INT8, calibration, str(options.calib)))
+    graph = network_graph(model, options.precision, calibration)
+    plan = build_engine(target, graph, shapes, options.workspace or DEFAULT_WORKSPACE_GIB, echo)
+    data = pack_engine(metadata.with_engine(engine_info(target, options.precision, shapes)), plan)
 
     verify = None
     if options.verify:
@@ -276,12 +260,10 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
         reference = onnx_reference(model, images.numpy())
         verify = partial(
             verify_engine,
-            trt,
             reference=reference,
-            images=images,
+            images=images.numpy(),
             description=description,
             tolerance=options.tolerance,
-            max_batch=shapes.max[0],
         )
     write_verified(out, data, verify, echo)
     return out

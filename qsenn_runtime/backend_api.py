@@ -23,6 +23,11 @@ class Backend(Protocol):
         ...
 
     @property
+    def head_precision(self) -> str:
+        """Of the head (features c, logits): what bounds the identity check's tolerance."""
+        ...
+
+    @property
     def batch_range(self) -> tuple[int, int | None]:
         """The smallest and largest batch it accepts (None: any)."""
         ...

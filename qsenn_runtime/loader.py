@@ -13,7 +13,7 @@ from .engine_file import MAGIC, read_engine_file
 from .errors import BackendError
 from .metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
 from .model import Model
-from .onnx_proto import Matrix, NotOnnxError, read_onnx_summary
+from .onnx_proto import Matrix, NotOnnxError, OnnxSummary, read_onnx_summary
 from .preprocess import MAX_IMAGE_PIXELS
 
 DEFAULT_BATCH_SIZE = 16
@@ -30,11 +30,13 @@ def load(
     """Open an exported model (`.onnx`, or an engine from `qsenn export --format trt`).
 
     provider: an onnxruntime execution provider ("cpu", "cuda", "tensorrt" or a full name such as
-    "CUDAExecutionProvider"); default: the best available (TensorRT > CUDA > CPU). Engines run
-    on TensorRT itself and take no provider. threads: onnxruntime's intra-op threads (default:
-    its own choice). max_image_pixels: larger images are refused (decompression-bomb guard).
+    "CUDAExecutionProvider"); default: CUDA where available, else the CPU. TensorRT only on
+    request: its engine is built for batches up to `batch_size` and cached (backends.cache_dir()).
+    INT8 QOperator models run on the CPU provider only. Engines run on TensorRT itself and take
+    no provider. threads: onnxruntime's intra-op threads (default: its own choice).
+    max_image_pixels: larger images are refused (decompression-bomb guard).
     """
-    from .backends import OnnxBackend, TensorRTBackend
+    from .backends import QOPERATOR_CPU_ONLY, InputProfile, OnnxBackend, TensorRTBackend
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, not {batch_size}")
@@ -49,8 +51,16 @@ def load(
         metadata, plan = read_engine_file(path)
         backend = TensorRTBackend(plan, metadata.engine or {}, str(path))
     else:
-        metadata = read_metadata(path)
-        backend = OnnxBackend(path, provider, threads)
+        metadata, summary = _onnx_metadata(path)
+        quantization = metadata.quantization or {}
+        static_batch = summary.input_dims.get(INPUT_NAME, (None,))[0]
+        backend = OnnxBackend(
+            path,
+            provider,
+            threads,
+            profile=InputProfile(metadata.input.size, batch_size, static_batch),
+            cpu_only=QOPERATOR_CPU_ONLY if quantization.get("format") == "QOperator" else None,
+        )
     check_io_shapes(metadata, backend.input_shapes, backend.output_shapes, str(path))
     return Model(metadata, backend, source=str(path), batch_size=batch_size, max_image_pixels=max_image_pixels)
 
@@ -62,6 +72,10 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     path = Path(path)
     if _is_engine(path):
         return read_engine_file(path)[0]
+    return _onnx_metadata(path)[0]
+
+
+def _onnx_metadata(path: Path) -> tuple[ModelMetadata, OnnxSummary]:
     try:
         summary = read_onnx_summary(path)
     except NotOnnxError as exc:
@@ -77,7 +91,7 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     except MetadataError as exc:
         raise MetadataError(f"{path}: {exc}") from None
     check_head_initializer(metadata, summary.matrices, str(path))
-    return metadata
+    return metadata, summary
 
 
 def _is_engine(path: Path) -> bool:

@@ -32,9 +32,12 @@ HEAD_KINDS = (HEAD_TERNARY, HEAD_SPARSE)
 RESIZE_MODES = ("shorter", "square", "imagenet")
 OUTPUT_NAMES = ("logits", "features", "feature_maps")
 INPUT_NAME = "images"
-# Keys of the `engine` section: a TensorRT plan runs only with the TensorRT version and on the GPU
-# model it was built with; `precision` (fp32, fp16, int8) sets the runtime's identity-check tolerance.
+# Keys of the `engine` section: a TensorRT plan runs only with the TensorRT version (and major) and
+# on the GPU model it was built with; `precision` (fp32, fp16, int8) is the backbone's, and
+# `head_precision` the head's, which sets the runtime's identity-check tolerance (engines without
+# it ran their head in `precision`).
 ENGINE_TENSORRT_KEY, ENGINE_GPU_KEY, ENGINE_PRECISION_KEY = "tensorrt", "gpu", "precision"
+ENGINE_TENSORRT_MAJOR_KEY, ENGINE_HEAD_PRECISION_KEY = "tensorrt_major", "head_precision"
 
 
 class MetadataError(QsennRuntimeError, ValueError):

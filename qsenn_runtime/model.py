@@ -21,13 +21,21 @@ from .results import Contribution, ExplainedImage, Explanation, Prediction, Pred
 
 # Identity check |logit − (Σ contributions + bias)| ≤ RTOL·(Σ|contributions| + |bias|) + ATOL.
 # Float32 summation of F terms errs by at most ~F·2⁻²⁴ of that scale (3e-6 for F = 50), so 1e-4
-# leaves room for any summation order yet catches a wrong T or b entry that matters. Engines in
-# reduced precision round c and the logits to ~1e-3 each, hence the looser bound for them.
+# leaves room for any summation order yet catches a wrong T or b entry that matters. The bound
+# follows the precision of the head (c and W·c + b), not the backbone's: an fp16 or INT8 backbone
+# under a float32 head keeps the identity at float32 rounding. A head computed in reduced
+# precision (fp16, or TF32 matrix products) rounds c and the logits to ~1e-3 each, hence the
+# looser bound for it.
 FP32_RTOL = 1e-4
 REDUCED_PRECISION_RTOL = 2e-2
-REDUCED_PRECISIONS = ("fp16", "bf16", "int8", "fp8")
+REDUCED_PRECISIONS = ("fp16", "bf16", "tf32", "int8", "fp8")
 ATOL = 1e-5
 PREDICT_OUTPUTS = ("logits", "features")
+
+
+def identity_rtol(head_precision: str) -> float:
+    """The identity check's relative tolerance for a head computed in `head_precision`."""
+    return REDUCED_PRECISION_RTOL if head_precision in REDUCED_PRECISIONS else FP32_RTOL
 
 
 class Model:
@@ -49,7 +57,7 @@ class Model:
         self._abs_weights = np.abs(self._weights)
         self._bias = metadata.bias.astype(np.float64)
         self._class_features = [np.flatnonzero(row) for row in metadata.weights]
-        self._rtol = REDUCED_PRECISION_RTOL if backend.precision in REDUCED_PRECISIONS else FP32_RTOL
+        self._rtol = identity_rtol(backend.head_precision)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -216,7 +224,7 @@ class Model:
         if not (np.isfinite(logits[i]).all() and np.isfinite(features[i]).all()):
             raise IdentityCheckError(
                 f"{self.source} produced NaN or infinite outputs for {names[i]}; "
-                f"the model is broken (or overflows in {self.backend.precision})"
+                f"the model is broken (or overflows in {self.backend.head_precision})"
             )
         raise IdentityCheckError(
             f"{self.source} is broken: for {names[i]} the logit of class {k} "

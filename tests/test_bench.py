@@ -4,9 +4,11 @@ the GPU script's dry run."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +200,9 @@ def test_bench_of_a_run_with_both_types_measures_the_one_asked_for(tmp_path):
 @pytest.mark.slow
 def test_gpu_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu_bench.py end to end with the GPU machine's setup: no install (PYTHONPATH=.),
-    tiny sizes; the GPU-only eager backend runs on the CPU, the ONNX check runs."""
+    tiny sizes on the CPU: the inference section (the eager fp16 backend on the CPU, its outputs and
+    contributions checked against fp32) and the training section (the tiny recipe's dense training,
+    selection, glm-saga path and fine-tuning), each in its child process under its budget."""
     completed = subprocess.run(
         [
             sys.executable,
@@ -217,11 +221,19 @@ def test_gpu_script_dry_run_on_the_cpu(tmp_path):
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ".", "HOME": str(tmp_path)},
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    (path,) = tmp_path.glob("gpu_bench-dry-run_resnet10-64-random_*.json")
+    (path,) = tmp_path.glob("gpu_bench-dry-run_resnet10-64-random_*_torch*.json")
     data = json.loads(path.read_text())
-    assert data["dry_run"] and data["goals"]["outputs_ok"]
-    assert {r["backend"] for r in data["results"]} == {"torch", "torch-fp16"}
-    assert data["agreement"]["onnx"]["top1"] == 1.0
+    inference, training = data["sections"]["inference"], data["sections"]["training"]
+    assert data["dry_run"] and inference["status"] == "ok" and inference["goals"]["outputs_ok"]
+    assert {r["backend"] for r in data["results"]} == {"torch", "torch-fp16"} and {
+        r["batch"] for r in data["results"]
+    } == {1, 2}
+    agreed = data["agreement"]["torch-fp16"]
+    assert agreed["verdict"] == "OK" and 0 <= agreed["contribution_rel_err"] < 2e-2
+    assert training["status"] == "ok" and training["dense_epochs_done"] == 2
+    steps = {t["step"] for t in training["timings"]}
+    assert {"dense training", "regularisation path", "fine-tuning"} <= steps
+    assert set(data["budgets_s"]) == {"inference", "training"}
 
 
 def test_a_failing_backend_is_skipped_with_its_error_and_the_rest_is_measured(checkpoint, monkeypatch):
@@ -254,3 +266,17 @@ def test_a_failing_backend_is_skipped_with_its_error_and_the_rest_is_measured(ch
     assert data["skipped"]["onnx-int8"] == "failed: RuntimeError: kernel not found"
     assert "onnx-int8: failed: RuntimeError: kernel not found" in lines
     assert [r["backend"] for r in data["results"]] == ["torch", "onnx"] and "onnx-int8" not in data["agreement"]
+
+
+def test_gpu_script_stops_a_section_at_its_budget(monkeypatch):
+    """A section that runs over its budget is stopped and recorded as timed out (the others go on)."""
+    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "benchmarks" / "gpu_bench.py")
+    assert spec is not None and spec.loader is not None
+    gpu_bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_bench", gpu_bench)  # its dataclasses look themselves up there
+    spec.loader.exec_module(gpu_bench)
+    started = time.perf_counter()
+    assert gpu_bench._run([sys.executable, "-c", "import time; time.sleep(30)"], 1) == "timed out after 1 s"
+    assert time.perf_counter() - started < 10
+    failed = gpu_bench._run([sys.executable, "-c", "import sys; sys.exit('no GPU here')"], 10)
+    assert failed == "failed (exit 1): no GPU here"

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 import qsenn_runtime
 from qsenn_bench.testing.toy_onnx import save_toy_model, toy_metadata, toy_model
 from qsenn_runtime import BackendError, MetadataError
-from qsenn_runtime.backends import choose_providers, engine_mismatch
+from qsenn_runtime.backends import engine_mismatch
 from qsenn_runtime.engine_file import pack_engine
 from qsenn_runtime.loader import check_io_shapes
 from qsenn_runtime.onnx_proto import summarise
@@ -147,24 +147,6 @@ def test_int8_initializers_stored_as_int32_data():
     assert summary.metadata_props == {"qsenn": "{}", "other": "x"}
 
 
-def test_provider_choice():
-    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert choose_providers(None, gpu) == gpu
-    assert choose_providers(None, ["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert choose_providers("cuda", gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert choose_providers("CPUExecutionProvider", gpu) == ["CPUExecutionProvider"]
-    assert choose_providers("OpenVINOExecutionProvider", ["OpenVINOExecutionProvider", "CPUExecutionProvider"]) == [
-        "OpenVINOExecutionProvider",
-        "CPUExecutionProvider",
-    ]
-    with pytest.raises(
-        BackendError, match="'tensorrt' is not available; available: CPUExecutionProvider .*onnxruntime-gpu instead"
-    ):
-        choose_providers("tensorrt", ["CPUExecutionProvider"])
-    with pytest.raises(BackendError, match="'warp' is not available; available: A, CPUExecutionProvider"):
-        choose_providers("warp", ["A", "CPUExecutionProvider"])
-
-
 def test_unavailable_provider_names_the_available_ones(tmp_path):
     import onnxruntime
 
@@ -185,6 +167,13 @@ def test_engine_compatibility_rule():
     assert "built on a NVIDIA H100 80GB HBM3 but this GPU is a NVIDIA A100-SXM4-40GB" in other_gpu
     both = engine_mismatch(ENGINE, "8.6.1", "Tesla T4")
     assert "TensorRT 8.6.1" in both and "Tesla T4" in both
+    other_major = engine_mismatch({**ENGINE, "tensorrt_major": 10}, "11.4.0.106", "NVIDIA H100 80GB HBM3")
+    assert "built with TensorRT 10 (10.3.0.26) but TensorRT 11.4.0.106 is installed" in other_major
+    assert "never loads in another TensorRT major" in other_major and "\n" not in other_major
+    # The recorded major decides, not a version string that says otherwise.
+    assert "another TensorRT major" in engine_mismatch(
+        {**ENGINE, "tensorrt_major": 11}, "10.3.0.26", "NVIDIA H100 80GB HBM3"
+    )
     assert "does not record" in engine_mismatch({"precision": "fp16"}, "10.3.0", "x")
 
 
@@ -199,5 +188,8 @@ def test_engines_without_tensorrt_are_refused_clearly(tmp_path):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        with pytest.raises(BackendError, match=r"needs TensorRT: pip install 'qsenn\[trt\]'"):
+        with pytest.raises(
+            BackendError,
+            match=r"cannot run a TensorRT engine here: TensorRT is not installed \(pip install 'qsenn\[trt\]'",
+        ):
             qsenn_runtime.load(tmp_path / "m.engine")

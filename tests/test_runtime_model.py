@@ -171,7 +171,7 @@ def test_a_broken_head_fails_the_identity_check(tmp_path):
 class ScriptedBackend:
     """Returns the given outputs, to test the identity check's tolerance without a graph."""
 
-    name, precision, batch_range = "scripted", "fp32", (1, None)
+    name, precision, head_precision, batch_range = "scripted", "fp32", "fp32", (1, None)
 
     def __init__(self, logits, features):
         self.outputs = {
