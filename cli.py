@@ -256,7 +256,8 @@ _FORMATS_HELP = (
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output file (default: RUN/model.<suffix>, or the checkpoint's name with the suffix).",
+    help="Output file (default: RUN/model.<suffix>, or the checkpoint's name with the suffix); for a Triton "
+    "format the repository folder (default: RUN/triton).",
 )
 @click.option(
     "--batch",
@@ -265,7 +266,8 @@ _FORMATS_HELP = (
     help=export_formats.option_help(
         "batch",
         "ONNX: static batch size (default: dynamic). TensorRT: "
-        f"largest batch of the engine (default {export_formats.DEFAULT_TRT_BATCH}).",
+        f"largest batch of the engine (default {export_formats.DEFAULT_TRT_BATCH}). Triton: "
+        f"max_batch_size (default {export_formats.DEFAULT_TRT_BATCH}).",
     ),
 )
 @click.option("--half", is_flag=True, help=export_formats.option_help("half", "FP16 engine."))
@@ -329,8 +331,14 @@ _FORMATS_HELP = (
     help="JSON file of feature names for the metadata: a list of F names or {index: name} "
     "(`qsenn validate-run` writes RUN/feature_names.json). Default: feature 0..F-1.",
 )
+@click.option(
+    "--name",
+    default=None,
+    metavar="NAME",
+    help=export_formats.option_help("name", "Model name in the Triton repository (default: <arch>_<dataset>)."),
+)
 def export_command(
-    source, fmt, out, batch, half, int8, calib, workspace, verify, verify_count, verify_images, feature_names
+    source, fmt, out, batch, half, int8, calib, workspace, verify, verify_count, verify_images, feature_names, name
 ) -> None:
     """Export a trained Q-SENN model: SOURCE is a run directory (RUN/final.pt), a folder of runs
     (the newest finished one) or a checkpoint file. The graph normalises its input, computes only
@@ -349,6 +357,7 @@ def export_command(
         verify_count=verify_count,
         verify_images=verify_images,
         feature_names=feature_names,
+        name=name,
     )
     export_formats.validate(options)  # before torch loads: a refused option answers at once
     export(source, options, echo=click.echo)

@@ -122,8 +122,8 @@ class InferResponse:
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     """An infer request body (with the header's value, if any); ProtocolError if malformed."""
     header, binary = _split(body, header_length)
-    inputs = _entries(header, "inputs", required=True)
-    outputs = _entries(header, "outputs", required=False)
+    inputs = _entries(header, "inputs")
+    outputs = _entries(header, "outputs") if header.get("outputs") is not None else None
     tensors, used = [], 0
     for index, entry in enumerate(inputs):
         tensor, used = _decode_tensor(entry, binary, used, f"input #{index}")
@@ -133,24 +133,21 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
             f"{len(binary) - used} bytes of binary data follow the JSON header but no input claims them "
             f"(check each input's parameters.{BINARY_SIZE} and the {HEADER_LENGTH} header)"
         )
-    requested = None
-    if outputs is not None:
-        requested = []
-        for index, entry in enumerate(outputs):
-            name = entry.get("name")
-            if not isinstance(name, str) or not name:
-                raise ProtocolError(f'output #{index} of the request has no "name"')
-            parameters = _parameters(entry, f"output {name!r}")
-            binary_flag = parameters.get("binary_data")
-            requested.append(RequestedOutput(name, None if binary_flag is None else bool(binary_flag), parameters))
-        requested = tuple(requested)
+    requested: list[RequestedOutput] = []
+    for index, entry in enumerate(outputs or ()):
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f'output #{index} of the request has no "name"')
+        parameters = _parameters(entry, f"output {name!r}")
+        binary_flag = parameters.get("binary_data")
+        requested.append(RequestedOutput(name, None if binary_flag is None else bool(binary_flag), parameters))
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ProtocolError(f"the request names an input twice ({', '.join(names)})")
     request_id = header.get("id")
     return InferRequest(
         tuple(tensors),
-        requested,
+        None if outputs is None else tuple(requested),
         _parameters(header, "the request"),
         None if request_id is None else str(request_id),
     )
@@ -160,7 +157,7 @@ def parse_infer_response(body: bytes, header_length: str | None) -> InferRespons
     """An infer response body, as a client reads it (a malformed one is a ProtocolError)."""
     header, binary = _split(body, header_length)
     tensors, used = [], 0
-    for index, entry in enumerate(_entries(header, "outputs", required=True)):
+    for index, entry in enumerate(_entries(header, "outputs")):
         tensor, used = _decode_tensor(entry, binary, used, f"output #{index}")
         tensors.append(tensor)
     name = header.get("model_name")
@@ -198,11 +195,9 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
     return header, binary
 
 
-def _entries(header: dict, key: str, *, required: bool) -> list[dict] | None:
+def _entries(header: dict, key: str) -> list[dict]:
     entries = header.get(key)
-    if entries is None and not required:
-        return None
-    if not isinstance(entries, list) or (required and not entries):
+    if not isinstance(entries, list) or not entries:
         raise ProtocolError(f'"{key}" must be a non-empty list of tensors')
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -271,7 +266,8 @@ def _binary_numbers(chunk: memoryview, datatype: str, count: int, what: str) -> 
 
 
 def _binary_bytes(chunk: memoryview, count: int, what: str) -> tuple[bytes, ...]:
-    elements, offset = [], 0
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(chunk):
         if len(elements) == count:
             raise ProtocolError(f"{what}: the binary data holds more than the shape's {count} BYTES elements")

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import QsennRuntimeError
 from ..model import Model
+from ..results import PredictionError
 from .endpoint import ServedModel, ServingLimits
 
 DEFAULT_HOST = "127.0.0.1"
@@ -49,7 +50,7 @@ def warm_up(model: Model) -> None:
     model (its head disagreeing with the metadata) fails now instead of on every request."""
     size = model.metadata.input.size
     (result,) = model.predict_tensor(np.full((1, 3, size, size), 0.5, dtype=np.float32))
-    if not result.ok:
+    if isinstance(result, PredictionError):
         raise QsennRuntimeError(f"{model.source}: the warm-up inference failed: {result.error}")
 
 
@@ -73,7 +74,7 @@ def serve(
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
-    limits: ServingLimits = ServingLimits(),
+    limits: ServingLimits | None = None,
     token: str | None = None,
     access_log: bool = False,
     echo: Callable[[str], None] = print,
@@ -85,6 +86,7 @@ def serve(
 
     from .app import InferenceService
 
+    limits = limits or ServingLimits()
     limits.validate()
     served = {}
     for name, model in models:
