@@ -11,6 +11,7 @@ from qsenn_export.formats import (
     BENCH_BACKENDS,
     FORMATS,
     OPTION_FLAGS,
+    TRITON_MODEL_FORMATS,
     formats_taking,
     help_table,
     make_options,
@@ -24,7 +25,9 @@ from qsenn_train.errors import QsennError
     [
         ("onnx", {"int8": True}, "--int8 needs --calib DIR"),
         ("onnx", {"calib": Path("c")}, "--calib is only used with --int8"),
-        ("onnx", {"half": True}, "--half is not available for ONNX export; formats that take it: trt"),
+        ("onnx", {"half": True}, "--half is not available for ONNX export; formats that take it: trt, triton-trt"),
+        ("triton", {"half": True}, "--half is not available for Triton repo (ONNX) export"),
+        ("onnx", {"name": "x"}, "--name is not available for ONNX export; formats that take it: triton, triton-trt"),
         ("onnx", {"workspace": 2.0}, "--workspace is not available for ONNX"),
         ("trt", {"int8": True}, "--int8 needs --calib DIR"),
         ("trt", {"calib": Path("c")}, "--calib is only used with --int8"),
@@ -50,6 +53,8 @@ def test_refused_options_say_why(fmt, values, message):
         ("trt", {"half": True, "batch": 8, "workspace": 2.0}),
         ("trt", {"int8": True, "calib": Path("c")}),
         ("onnx", {"int8": True, "calib": Path("c"), "batch": 1}),
+        ("triton", {"batch": 8, "name": "birds"}),
+        ("triton-trt", {"half": True, "name": "birds"}),
     ],
 )
 def test_accepted_options(fmt, values):
@@ -75,8 +80,19 @@ def test_table_drives_the_help_text():
     for f in FORMATS.values():
         assert f.suffix in table and f"qsenn[{f.extra}]" in table
     assert "int8 0.25 argmax≥99% top-5 features≥95%" in table
-    assert formats_taking("half") == ["trt"] and formats_taking("batch") == ["onnx", "trt"]
-    assert formats_taking("int8") == formats_taking("calib") == ["onnx", "trt"]
+    assert formats_taking("half") == ["trt", "triton-trt"]
+    assert (
+        formats_taking("batch")
+        == formats_taking("int8")
+        == formats_taking("calib")
+        == [
+            "onnx",
+            "trt",
+            "triton",
+            "triton-trt",
+        ]
+    )
+    assert formats_taking("name") == ["triton", "triton-trt"]
     assert all(option in OPTION_FLAGS for f in FORMATS.values() for option in f.options)
 
 
@@ -90,6 +106,8 @@ def test_bench_backends_come_from_the_table():
             fmt = FORMATS[backend.format]
             assert backend in fmt.bench and backend.precision in fmt.tolerances
             assert set(backend.devices) <= set(fmt.devices)
-    assert all(f.bench for f in FORMATS.values())
+    # A Triton repository holds an onnx or trt artifact: those are benchmarked as such.
+    assert all(f.bench for f in FORMATS.values() if f.name not in TRITON_MODEL_FORMATS)
+    assert set(TRITON_MODEL_FORMATS.values()) <= set(FORMATS) - set(TRITON_MODEL_FORMATS)
     assert {b.name for b in FORMATS["onnx"].bench} == {"onnx", "onnx-int8"}
     assert BENCH_BACKENDS["onnx-int8"].devices == ("CPU",)
