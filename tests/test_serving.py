@@ -348,6 +348,28 @@ def _bad_requests():
     )
     yield "binary size mismatch", "POST", INFER, body[:-4], headers, 400, "runs past the end of the body"
     yield "binary without header", "POST", INFER, body, {}, 400, "Inference-Header-Content-Length"
+    doubles = GOOD.astype(np.float64)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": list(doubles.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": doubles.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    yield (
+        "FP64 bytes sent as FP32",
+        "POST",
+        INFER,
+        header + doubles.tobytes(),
+        {"Inference-Header-Content-Length": str(len(header))},
+        400,
+        "3072 FP32 values of the shape need 12288",
+    )
     yield (
         "two inputs",
         "POST",

@@ -4,6 +4,7 @@ metadata from the config the way it reads it from a Triton server. (No Triton se
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import threading
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from export_models import fake_run, ternary_model
 from google.protobuf import json_format, text_format
@@ -20,6 +22,7 @@ from tritonclient.grpc import model_config_pb2
 
 import cli
 import qsenn_runtime
+from qsenn_runtime.engine_file import MAGIC
 from qsenn_runtime.metadata import MetadataError
 from qsenn_runtime.serving.protocol import (
     HEADER_LENGTH,
@@ -275,3 +278,35 @@ def test_connect_explains_a_triton_served_repository_model_exactly(exported):
     finally:
         server.shutdown()
         server.server_close()
+
+
+HAVE_TRT_GPU = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT and an NVIDIA GPU")
+def test_the_trt_repository_holds_the_raw_plan(exported):
+    run, repository, _ = exported
+    result = CliRunner().invoke(
+        cli.qsenn,
+        [
+            "export",
+            str(run),
+            "--format",
+            "triton-trt",
+            "--half",
+            "--out",
+            str(repository),
+            "--name",
+            "toy_trt",
+            "--verify-count",
+            "4",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = parse_config((repository / "toy_trt" / "config.pbtxt").read_text())
+    assert config.platform == PLATFORM_TENSORRT and config.max_batch_size == 16
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == "KIND_GPU"
+    plan = (repository / "toy_trt" / "1" / "model.plan").read_bytes()
+    assert not plan.startswith(MAGIC)  # Triton reads a bare plan, not the qsenn container
+    assert json.loads(config.parameters["qsenn"].string_value)["engine"]["precision"] == "fp16"

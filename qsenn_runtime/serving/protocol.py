@@ -186,7 +186,9 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
     try:
         header = json.loads(bytes(json_part))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        hint = "" if header_length is not None else f" (binary data needs the {HEADER_LENGTH} header)"
+        # bytes after a complete JSON object: binary data whose header length is missing
+        trailing = isinstance(exc, UnicodeDecodeError) or exc.msg == "Extra data"
+        hint = f" (binary data needs the {HEADER_LENGTH} header)" if header_length is None and trailing else ""
         raise ProtocolError(f"the body is not valid JSON: {exc}{hint}") from None
     except RecursionError:
         raise ProtocolError("the JSON body is nested too deeply") from None
