@@ -33,10 +33,10 @@ from runtime_common import RESULTS, TESTS, cpu_name
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
 
-from serve_process import ServeProcess  # noqa: E402
+from serve_process import ServeProcess
 
-import qsenn_runtime  # noqa: E402
-from qsenn_runtime.serving.protocol import HEADER_LENGTH, Tensor, encode_infer_request, parse_infer_response  # noqa: E402
+import qsenn_runtime
+from qsenn_runtime.serving.protocol import HEADER_LENGTH, Tensor, encode_infer_request, parse_infer_response
 
 MODEL_NAME = "bench"
 
@@ -71,7 +71,9 @@ def statistics(server: ServeProcess) -> dict:
     return {"rows": stats["inference_count"], "calls": stats["execution_count"]}
 
 
-def run_level(server: ServeProcess, clients: int, per_client: int, time_limit: float, images: list[np.ndarray], local) -> dict:
+def run_level(
+    server: ServeProcess, clients: int, per_client: int, time_limit: float, images: list[np.ndarray], local
+) -> dict:
     """`clients` threads with one keep-alive connection each, `per_client` requests each."""
     bodies = [request_body(x) for x in images]
     expected = [np.array([p.logits for p in local.predict_tensor(x)], np.float32) for x in images]
@@ -153,7 +155,9 @@ def main() -> None:
         "--requests", default=None, help="requests per client at each level (default: 200,100,50; ResNet-50: 16,4,2)"
     )
     parser.add_argument("--time-limit", type=float, default=180.0, help="seconds per level at most (default 180)")
-    parser.add_argument("--window-ms", type=float, default=2.0, help="batching window of the batching server (default 2)")
+    parser.add_argument(
+        "--window-ms", type=float, default=2.0, help="batching window of the batching server (default 2)"
+    )
     parser.add_argument("--max-batch", type=int, default=32, help="--max-batch of both servers (default 32)")
     parser.add_argument("--artifacts", type=Path, default=None, help="keep the exported ResNet-50 here")
     args = parser.parse_args()
@@ -168,7 +172,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.artifacts or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        model_path = export_resnet50_448(folder) if args.resnet50_448 else args.model
+        model_path = (
+            export_resnet50_448(folder) if args.resnet50_448 else args.model
+        ).resolve()  # the servers run in the repository
         label = args.label or model_path.stem
         local = qsenn_runtime.load(model_path, "cpu")
         size = local.metadata.input.size
@@ -187,7 +193,12 @@ def main() -> None:
             for clients, n in zip(levels, per_client):
                 for mode, server in servers.items():
                     row = run_level(server, clients, n, args.time_limit, images, local)
-                    row = {"batching": mode, "window_ms": args.window_ms if mode == "on" else 0, **row}
+                    row = {
+                        "batching": mode,
+                        "window_ms": args.window_ms if mode == "on" else 0,
+                        **row,
+                        "server_rss_after_mib": round(server.rss_mib(), 1),
+                    }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             rss_after = {mode: server.rss_mib() for mode, server in servers.items()}
@@ -238,7 +249,7 @@ def main() -> None:
 def table(result: dict) -> str:
     rss = result["server_rss_mib"]
     lines = [
-        "| model | batching | clients | requests | req/s | p50 ms | p99 ms | errors | images/call | server RSS MiB before → after |",
+        "| model | batching | clients | requests | req/s | p50 ms | p99 ms | errors | images/call | server RSS MiB (start → after this level) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
@@ -247,7 +258,7 @@ def table(result: dict) -> str:
             f"| {result['model']['label']} | {'on, ' + format(row['window_ms'], 'g') + ' ms' if mode == 'on' else 'off'} "
             f"| {row['clients']} | {row['completed']}/{row['requests']} | {row['requests_per_s']:.1f} "
             f"| {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | {row['images_per_backend_call']} "
-            f"| {rss[mode]['before']:.0f} → {rss[mode]['after']:.0f} |"
+            f"| {rss[mode]['before']:.0f} → {row['server_rss_after_mib']:.0f} |"
         )
     return "\n".join(lines)
 
