@@ -567,6 +567,14 @@ def test_serve_command_line_errors_are_one_line(files, capsys):
         assert code == 2 and f"cannot listen on 127.0.0.1:{running.port}" in err and err.count("\n") == 1
 
 
+def test_a_model_that_breaks_the_identity_is_refused_at_start(files, capsys):
+    metadata = toy_metadata(num_classes=5, num_features=7, size=SIZE)
+    save_toy_model(files / "broken.onnx", metadata, graph_bias=metadata.bias + 1)
+    code, out, err = run_cli(capsys, "serve", files / "broken.onnx", "--port", 0)
+    assert code == 2 and "contributions plus bias sum to" in err and err.count("\n") == 1
+    assert "listening" not in out
+
+
 def test_serve_without_the_extra_names_it(files):
     code = (
         "import sys; sys.modules['uvicorn'] = None; "
