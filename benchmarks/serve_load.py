@@ -33,7 +33,7 @@ from runtime_common import RESULTS, TESTS, cpu_name
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
 
-from serve_process import ServeProcess
+from serve_process import ServeProcess  # type: ignore[import-not-found]  # tests/, put on sys.path above
 
 import qsenn_runtime
 from qsenn_runtime.serving.protocol import HEADER_LENGTH, Tensor, encode_infer_request, parse_infer_response
@@ -102,7 +102,7 @@ def run_level(
                 else:
                     failure = None
                     logits = parse_infer_response(content, response.getheader(HEADER_LENGTH)).output("logits").data
-                    delta = float(np.abs(logits - expected[index % len(expected)]).max())
+                    delta = float(np.abs(np.asarray(logits) - expected[index % len(expected)]).max())
             except Exception as exc:  # counted, never hidden
                 failure, elapsed = f"{type(exc).__name__}: {exc}", time.perf_counter() - began
                 connection.close()
@@ -206,7 +206,7 @@ def main() -> None:
         finally:
             codes = {mode: server.stop() for mode, server in servers.items()}
 
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]  # it ships no type stubs
 
     result = {
         "kind": "serve_load",
