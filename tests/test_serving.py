@@ -258,6 +258,12 @@ def test_cli_predict_url_matches_the_local_file(server, files, capsys):
     assert json.loads(remote_out) == json.loads(local_out)
     code, _, err = run_cli(capsys, "predict", "--url", server.url, files / "a.png")
     assert code == 2 and "--url needs --model NAME" in err
+    code, out, err = run_cli(
+        capsys, "explain", "--url", server.url, "--model", "toy", files / "a.png", "--out", files / "remote.png"
+    )
+    assert code == 0 and "explained class" in out, err
+    with Image.open(files / "remote.png") as picture:
+        assert picture.format == "PNG" and picture.width > 600
     code, _, err = run_cli(capsys, "predict", "--url", server.url, "--model", "ghost", files / "a.png")
     assert code == 2 and err.startswith("error: ") and "unknown model 'ghost'" in err and err.count("\n") == 1
 
