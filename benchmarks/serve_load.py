@@ -5,8 +5,9 @@ fixed number of infer requests (one image as a binary FP32 `images` tensor, as
 Two servers run side by side on free ports of 127.0.0.1 (one batching, one not) and the levels
 alternate between them, so that both see the same machine load; each level is bounded in
 requests and in time. Reported per level: requests/s, p50/p90/p99 latency, errors (anything but
-200), the mean images per backend call (the server's statistics), the largest |Δlogit| against
-the local runtime on the same images, and each server's RSS before and after.
+200), the mean images per backend call (the server's statistics), the server's CPU time per
+request, the largest |Δlogit| against the local runtime on the same images, and each server's
+RSS before and after.
 
     nice -n 10 python benchmarks/serve_load.py MODEL.onnx --label demo-resnet18-64
     nice -n 10 python benchmarks/serve_load.py --resnet50-448      # random weights, exported here
@@ -71,6 +72,12 @@ def statistics(server: ServeProcess) -> dict:
     return {"rows": stats["inference_count"], "calls": stats["execution_count"]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads): /proc/PID/stat fields 14, 15."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_level(
     server: ServeProcess, clients: int, per_client: int, time_limit: float, images: list[np.ndarray], local
 ) -> dict:
@@ -119,12 +126,14 @@ def run_level(
     for thread in threads:
         thread.start()
     before = statistics(server)
+    cpu_before = cpu_seconds(server.process.pid)
     began = time.perf_counter()
     deadline[0] = began + time_limit
     barrier.wait()
     for thread in threads:
         thread.join(time_limit + 120)
     seconds = time.perf_counter() - began
+    cpu = cpu_seconds(server.process.pid) - cpu_before
     after = statistics(server)
     calls = after["calls"] - before["calls"]
     ms = np.array(latencies) * 1000
@@ -140,6 +149,9 @@ def run_level(
         "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
         "p90_ms": round(float(np.percentile(ms, 90)), 2) if len(ms) else None,
         "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+        # CPU time the server spent per answered request: less sensitive to the machine's other
+        # load than requests/s
+        "server_cpu_ms_per_request": round(1000 * cpu / len(latencies), 2) if latencies else None,
         "images_per_backend_call": round((after["rows"] - before["rows"]) / calls, 2) if calls else None,
         "max_abs_logit_diff_vs_local": max(deltas) if deltas else None,
     }
@@ -249,8 +261,8 @@ def main() -> None:
 def table(result: dict) -> str:
     rss = result["server_rss_mib"]
     lines = [
-        "| model | batching | clients | requests | req/s | p50 ms | p99 ms | errors | images/call | server RSS MiB (start → after this level) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | batching | clients | requests | req/s | p50 ms | p99 ms | errors | images/call | server CPU ms/request | server RSS MiB (start → after) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         mode = row["batching"]
@@ -258,6 +270,7 @@ def table(result: dict) -> str:
             f"| {result['model']['label']} | {'on, ' + format(row['window_ms'], 'g') + ' ms' if mode == 'on' else 'off'} "
             f"| {row['clients']} | {row['completed']}/{row['requests']} | {row['requests_per_s']:.1f} "
             f"| {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | {row['images_per_backend_call']} "
+            f"| {row['server_cpu_ms_per_request']} "
             f"| {rss[mode]['before']:.0f} → {row['server_rss_after_mib']:.0f} |"
         )
     return "\n".join(lines)

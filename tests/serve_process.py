@@ -39,6 +39,7 @@ class ServeProcess:
         )
         self.lines: list[str] = []
         self._port: int | None = None
+        self._terminated = False
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(startup_timeout) or self._port is None:
@@ -81,7 +82,10 @@ class ServeProcess:
         raise RuntimeError("no VmRSS")
 
     def terminate(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
+        """SIGTERM, once: a second one during the drain would kill the server outright."""
+        if not self._terminated:
+            self._terminated = True
+            self.process.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float = 60.0) -> int:
         try:

@@ -22,7 +22,9 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -36,6 +38,9 @@ log = logging.getLogger("qsenn.serve")
 SERVER_NAME = "qsenn"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository"]
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+INLINE_JSON_BYTES = 64 << 10  # JSON parts larger than this are (de)coded in a worker thread
+JSON_BYTES_PER_VALUE = 20  # a float32 written as JSON, roughly
 
 
 def _version() -> str:
@@ -196,12 +201,15 @@ class InferenceService:
 
     async def _infer(self, request: Request, served: ServedModel) -> Response:
         body = await self._body(request)
-        loop = asyncio.get_running_loop()
-        # (de)coding a large JSON tensor takes a while: keep the event loop free meanwhile
-        parsed = await loop.run_in_executor(None, parse_infer_request, body, request.headers.get(HEADER_LENGTH))
+        header = request.headers.get(HEADER_LENGTH)
+        json_bytes = int(header) if header is not None and header.isdigit() else len(body)
+        parsed = await _off_the_loop_if(json_bytes > INLINE_JSON_BYTES, parse_infer_request, body, header)
         del body
         result, binary = await served.infer(parsed)
-        content, header_length = await loop.run_in_executor(None, encode_infer_response, result, binary)
+        json_values = sum(np.size(t.data) for t, b in zip(result.outputs, binary) if not b)
+        content, header_length = await _off_the_loop_if(
+            json_values * JSON_BYTES_PER_VALUE > INLINE_JSON_BYTES, encode_infer_response, result, binary
+        )
         if header_length is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
@@ -228,6 +236,14 @@ class InferenceService:
         if encoding != "identity":
             raise ProtocolError(f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or none", 415)
         return body
+
+
+async def _off_the_loop_if(slow: bool, function: Callable[..., T], *args: Any) -> T:
+    """(De)coding a large JSON tensor takes milliseconds: a worker thread does it then, keeping the
+    event loop free; a small body is quicker inline than a thread hop."""
+    if slow:
+        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+    return function(*args)
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
