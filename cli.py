@@ -886,6 +886,13 @@ def _model_names(paths: tuple[Path, ...], names: tuple[str, ...]) -> list[str]:
     default=None,
     help="Encoded images (image_bytes) with more pixels are refused (default: the runtime's decompression-bomb limit).",
 )
+@click.option(
+    "--spin/--no-spin",
+    default=False,
+    show_default=True,
+    help="Let onnxruntime's idle threads spin-wait for the next call: a little lower latency on cores "
+    "the server has to itself, CPU burnt (and other work slowed) where it shares them.",
+)
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
 def serve(
     model_paths,
@@ -901,6 +908,7 @@ def serve(
     provider,
     threads,
     max_image_pixels,
+    spin,
     access_log,
 ) -> None:
     """Serve exported models (.onnx or TensorRT engines) over the Open Inference Protocol v2 REST API,
@@ -924,7 +932,10 @@ def serve(
     chosen = _model_names(model_paths, names)
     token = _read_token(token_file)
     pixels = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
-    models = [(name, _load_model(path, provider, threads=threads, **pixels)) for name, path in zip(chosen, model_paths)]
+    models = [
+        (name, _load_model(path, provider, threads=threads, spin=spin, **pixels))
+        for name, path in zip(chosen, model_paths)
+    ]
     run_server(models, host=host, port=port, limits=limits, token=token, access_log=access_log, echo=_echo_flushed)
 
 

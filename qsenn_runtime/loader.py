@@ -25,6 +25,7 @@ def load(
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    spin: bool = True,
 ) -> Model:
     """Open an exported model (`.onnx`, or an engine from `qsenn export --format trt`).
 
@@ -32,6 +33,8 @@ def load(
     "CUDAExecutionProvider"); default: the best available (TensorRT > CUDA > CPU). Engines run
     on TensorRT itself and take no provider. threads: onnxruntime's intra-op threads (default:
     its own choice). max_image_pixels: larger images are refused (decompression-bomb guard).
+    spin: onnxruntime's idle worker threads spin-wait for the next call (lowest latency when the
+    cores are free); False lets them sleep, which a server sharing its cores wants.
     """
     from .backends import OnnxBackend, TensorRTBackend
 
@@ -48,7 +51,7 @@ def load(
         backend = TensorRTBackend(plan, metadata.engine, str(path))
     else:
         metadata = read_metadata(path)
-        backend = OnnxBackend(path, provider, threads)
+        backend = OnnxBackend(path, provider, threads, spin)
     check_io_shapes(metadata, backend.input_shapes, backend.output_shapes, str(path))
     return Model(metadata, backend, source=str(path), batch_size=batch_size, max_image_pixels=max_image_pixels)
 

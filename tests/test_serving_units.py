@@ -249,3 +249,19 @@ def test_a_request_that_gave_up_does_not_disturb_the_others():
 
     doubled, _ = run_async(main, batcher)
     assert np.array_equal(doubled, rows(12))
+
+
+def test_load_with_spin_false_lets_idle_threads_sleep(tmp_path):
+    """`qsenn serve` loads its models so (--no-spin, its default): onnxruntime's idle threads sleep
+    instead of burning the cores that the event loop and the other requests need."""
+    from toy_onnx import save_toy_model
+
+    import qsenn_runtime
+
+    save_toy_model(tmp_path / "toy.onnx")
+    key = "session.intra_op.allow_spinning"
+    sleepy = qsenn_runtime.load(tmp_path / "toy.onnx", spin=False).backend.session.get_session_options()
+    assert sleepy.get_session_config_entry(key) == "0"
+    default = qsenn_runtime.load(tmp_path / "toy.onnx").backend.session.get_session_options()
+    with pytest.raises(RuntimeError):  # not set: onnxruntime's default, spinning
+        default.get_session_config_entry(key)
