@@ -893,6 +893,13 @@ def _model_names(paths: tuple[Path, ...], names: tuple[str, ...]) -> list[str]:
     help="Let onnxruntime's idle threads spin-wait for the next call: a little lower latency on cores "
     "the server has to itself, CPU burnt (and other work slowed) where it shares them.",
 )
+@click.option(
+    "--arena/--no-arena",
+    default=False,
+    show_default=True,
+    help="onnxruntime's CPU memory arena: keeps the activations of the largest batch seen, and grows "
+    "further as batch sizes vary; without it memory is returned after each call.",
+)
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
 def serve(
     model_paths,
@@ -909,6 +916,7 @@ def serve(
     threads,
     max_image_pixels,
     spin,
+    arena,
     access_log,
 ) -> None:
     """Serve exported models (.onnx or TensorRT engines) over the Open Inference Protocol v2 REST API,
@@ -933,7 +941,7 @@ def serve(
     token = _read_token(token_file)
     pixels = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
     models = [
-        (name, _load_model(path, provider, threads=threads, spin=spin, **pixels))
+        (name, _load_model(path, provider, threads=threads, spin=spin, arena=arena, **pixels))
         for name, path in zip(chosen, model_paths)
     ]
     run_server(models, host=host, port=port, limits=limits, token=token, access_log=access_log, echo=_echo_flushed)

@@ -2,9 +2,9 @@
 fixed number of infer requests (one image as a binary FP32 `images` tensor, as
 `qsenn_runtime.connect` sends it), with dynamic batching on and off.
 
-Two servers run side by side on free ports of 127.0.0.1 (one batching, one not) and the levels
-alternate between them, so that both see the same machine load; each level is bounded in
-requests and in time. Reported per level: requests/s, p50/p90/p99 latency, errors (anything but
+Two servers run side by side on free ports of 127.0.0.1 (one batching, one not); each level is
+split into rounds that alternate between them, so that both see the same machine load; each
+level is bounded in requests and in time. Reported per level: requests/s, p50/p90/p99 latency, errors (anything but
 200), the mean images per backend call (the server's statistics), the server's CPU time per
 request, the largest |Δlogit| against the local runtime on the same images, and each server's
 RSS before and after.
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,27 +79,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_level(
-    server: ServeProcess, clients: int, per_client: int, time_limit: float, images: list[np.ndarray], local
-) -> dict:
-    """`clients` threads with one keep-alive connection each, `per_client` requests each."""
-    bodies = [request_body(x) for x in images]
-    expected = [np.array([p.logits for p in local.predict_tensor(x)], np.float32) for x in images]
-    latencies: list[float] = []
-    errors: list[str] = []
-    deltas: list[float] = []
+@dataclass
+class Sample:
+    """One burst of requests at one server: what the clients saw and what the server spent."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    deltas: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    rows: int = 0
+    calls: int = 0
+
+
+def measure(
+    server: ServeProcess, clients: int, per_client: int, time_limit: float, requests: list[tuple], sample: Sample
+) -> None:
+    """`clients` threads with one keep-alive connection each, `per_client` requests each (fewer if
+    `time_limit` runs out); adds to `sample`. requests: (body, headers, expected logits)."""
     lock = threading.Lock()
     barrier = threading.Barrier(clients + 1)
     deadline = [0.0]
 
     def client(index: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=max(time_limit, 60))
-        body, headers = bodies[index % len(bodies)]
+        body, headers, expected = requests[index % len(requests)]
         barrier.wait()
         for _ in range(per_client):
             if time.perf_counter() > deadline[0]:
                 break
             began = time.perf_counter()
+            delta = None
             try:
                 connection.request("POST", f"/v2/models/{MODEL_NAME}/infer", body=body, headers=headers)
                 response = connection.getresponse()
@@ -109,17 +120,17 @@ def run_level(
                 else:
                     failure = None
                     logits = parse_infer_response(content, response.getheader(HEADER_LENGTH)).output("logits").data
-                    delta = float(np.abs(np.asarray(logits) - expected[index % len(expected)]).max())
+                    delta = float(np.abs(np.asarray(logits) - expected).max())
             except Exception as exc:  # counted, never hidden
                 failure, elapsed = f"{type(exc).__name__}: {exc}", time.perf_counter() - began
                 connection.close()
                 connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=max(time_limit, 60))
             with lock:
-                if failure is None:
-                    latencies.append(elapsed)
-                    deltas.append(delta)
+                if failure is None and delta is not None:
+                    sample.latencies.append(elapsed)
+                    sample.deltas.append(delta)
                 else:
-                    errors.append(failure)
+                    sample.errors.append(str(failure))
         connection.close()
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
@@ -132,28 +143,36 @@ def run_level(
     barrier.wait()
     for thread in threads:
         thread.join(time_limit + 120)
-    seconds = time.perf_counter() - began
-    cpu = cpu_seconds(server.process.pid) - cpu_before
+    sample.seconds += time.perf_counter() - began
+    sample.cpu_seconds += cpu_seconds(server.process.pid) - cpu_before
     after = statistics(server)
-    calls = after["calls"] - before["calls"]
-    ms = np.array(latencies) * 1000
+    sample.rows += after["rows"] - before["rows"]
+    sample.calls += after["calls"] - before["calls"]
+
+
+def summary(sample: Sample, clients: int, requests: int) -> dict:
+    ms = np.array(sample.latencies) * 1000
+    done = len(sample.latencies)
+
+    def percentile(q: int) -> float | None:
+        return round(float(np.percentile(ms, q)), 2) if done else None
+
     return {
         "clients": clients,
-        "requests": clients * per_client,
-        "completed": len(latencies),
-        "errors": len(errors),
-        "first_errors": errors[:3],
-        "time_limited": len(latencies) + len(errors) < clients * per_client,
-        "seconds": round(seconds, 3),
-        "requests_per_s": round(len(latencies) / seconds, 2),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
-        "p90_ms": round(float(np.percentile(ms, 90)), 2) if len(ms) else None,
-        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
-        # CPU time the server spent per answered request: less sensitive to the machine's other
-        # load than requests/s
-        "server_cpu_ms_per_request": round(1000 * cpu / len(latencies), 2) if latencies else None,
-        "images_per_backend_call": round((after["rows"] - before["rows"]) / calls, 2) if calls else None,
-        "max_abs_logit_diff_vs_local": max(deltas) if deltas else None,
+        "requests": requests,
+        "completed": done,
+        "errors": len(sample.errors),
+        "first_errors": sample.errors[:3],
+        "time_limited": done + len(sample.errors) < requests,
+        "seconds": round(sample.seconds, 3),
+        "requests_per_s": round(done / sample.seconds, 2),
+        "p50_ms": percentile(50),
+        "p90_ms": percentile(90),
+        "p99_ms": percentile(99),
+        # CPU time the server spent per answered request: steadier than requests/s on a shared machine
+        "server_cpu_ms_per_request": round(1000 * sample.cpu_seconds / done, 2) if done else None,
+        "images_per_backend_call": round(sample.rows / sample.calls, 2) if sample.calls else None,
+        "max_abs_logit_diff_vs_local": max(sample.deltas) if sample.deltas else None,
     }
 
 
@@ -171,6 +190,9 @@ def main() -> None:
         "--window-ms", type=float, default=2.0, help="batching window of the batching server (default 2)"
     )
     parser.add_argument("--max-batch", type=int, default=32, help="--max-batch of both servers (default 32)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="rounds per level, alternating between the servers (default 4)"
+    )
     parser.add_argument("--artifacts", type=Path, default=None, help="keep the exported ResNet-50 here")
     args = parser.parse_args()
     if (args.model is None) == (not args.resnet50_448):
@@ -191,6 +213,9 @@ def main() -> None:
         local = qsenn_runtime.load(model_path, "cpu")
         size = local.metadata.input.size
         images = [np.random.default_rng(i).random((1, 3, size, size), dtype=np.float32) for i in range(8)]
+        requests = [
+            (*request_body(x), np.array([p.logits for p in local.predict_tensor(x)], np.float32)) for x in images
+        ]
         common = [model_path, "--name", MODEL_NAME, "--max-batch", args.max_batch, "--timeout", args.time_limit + 60]
         servers = {
             "on": ServeProcess(*common, "--batch-window-ms", args.window_ms),
@@ -198,7 +223,7 @@ def main() -> None:
         }
         try:
             for server in servers.values():  # warm-up, then the RSS baseline
-                run_level(server, 2, 3, 60, images, local)
+                measure(server, 2, 3, 60, requests, Sample())
             rss_before = {mode: server.rss_mib() for mode, server in servers.items()}
             load_before = os.getloadavg()
             rows = []
@@ -206,13 +231,20 @@ def main() -> None:
             # one that only grew with the batch size holds onnxruntime's arena for that batch.
             schedule = [*zip(levels, per_client, [False] * len(levels)), (levels[-1], per_client[-1], True)]
             for clients, n, again in schedule:
+                # Each level is split into rounds that alternate between the servers.
+                rounds = max(1, min(args.rounds, n))
+                samples = {mode: Sample() for mode in servers}
+                for r in range(rounds):
+                    share = n // rounds + (1 if r < n % rounds else 0)
+                    for mode, server in servers.items():
+                        measure(server, clients, share, args.time_limit / rounds, requests, samples[mode])
                 for mode, server in servers.items():
-                    row = run_level(server, clients, n, args.time_limit, images, local)
                     row = {
                         "batching": mode,
                         "window_ms": args.window_ms if mode == "on" else 0,
                         "again": again,
-                        **row,
+                        "rounds": rounds,
+                        **summary(samples[mode], clients, clients * n),
                         "server_rss_after_mib": round(server.rss_mib(), 1),
                     }
                     rows.append(row)

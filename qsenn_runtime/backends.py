@@ -61,7 +61,14 @@ def choose_providers(requested: str | None, available: Sequence[str]) -> list[st
 class OnnxBackend:
     """onnxruntime session; `InferenceSession.run` is thread-safe, so threads share it."""
 
-    def __init__(self, path: str | Path, provider: str | None = None, threads: int | None = None, spin: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        provider: str | None = None,
+        threads: int | None = None,
+        spin: bool = True,
+        arena: bool = True,
+    ):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -76,6 +83,7 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
         if not spin:  # idle workers sleep instead of spinning: a server sharing its cores wants that
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_cpu_mem_arena = arena
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime's own exception types live in a private module

@@ -26,6 +26,7 @@ def load(
     threads: int | None = None,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     spin: bool = True,
+    arena: bool = True,
 ) -> Model:
     """Open an exported model (`.onnx`, or an engine from `qsenn export --format trt`).
 
@@ -34,7 +35,9 @@ def load(
     on TensorRT itself and take no provider. threads: onnxruntime's intra-op threads (default:
     its own choice). max_image_pixels: larger images are refused (decompression-bomb guard).
     spin: onnxruntime's idle worker threads spin-wait for the next call (lowest latency when the
-    cores are free); False lets them sleep, which a server sharing its cores wants.
+    cores are free); False lets them sleep, which a server sharing its cores wants. arena:
+    onnxruntime's CPU memory arena, which keeps the largest activations seen (and grows further
+    with varied batch sizes); False returns them after each call.
     """
     from .backends import OnnxBackend, TensorRTBackend
 
@@ -51,7 +54,7 @@ def load(
         backend = TensorRTBackend(plan, metadata.engine, str(path))
     else:
         metadata = read_metadata(path)
-        backend = OnnxBackend(path, provider, threads, spin)
+        backend = OnnxBackend(path, provider, threads, spin, arena)
     check_io_shapes(metadata, backend.input_shapes, backend.output_shapes, str(path))
     return Model(metadata, backend, source=str(path), batch_size=batch_size, max_image_pixels=max_image_pixels)
 

@@ -251,9 +251,10 @@ def test_a_request_that_gave_up_does_not_disturb_the_others():
     assert np.array_equal(doubled, rows(12))
 
 
-def test_load_with_spin_false_lets_idle_threads_sleep(tmp_path):
-    """`qsenn serve` loads its models so (--no-spin, its default): onnxruntime's idle threads sleep
-    instead of burning the cores that the event loop and the other requests need."""
+def test_load_for_serving_lets_idle_threads_sleep_and_returns_memory(tmp_path):
+    """`qsenn serve` loads its models so (--no-spin --no-arena, its defaults): onnxruntime's idle
+    threads sleep instead of burning the cores that the event loop and the other requests need,
+    and activations are freed after each call instead of kept in an arena."""
     from toy_onnx import save_toy_model
 
     import qsenn_runtime
@@ -265,3 +266,9 @@ def test_load_with_spin_false_lets_idle_threads_sleep(tmp_path):
     default = qsenn_runtime.load(tmp_path / "toy.onnx").backend.session.get_session_options()
     with pytest.raises(RuntimeError):  # not set: onnxruntime's default, spinning
         default.get_session_config_entry(key)
+    assert default.enable_cpu_mem_arena
+    assert (
+        not qsenn_runtime.load(tmp_path / "toy.onnx", arena=False)
+        .backend.session.get_session_options()
+        .enable_cpu_mem_arena
+    )
