@@ -194,6 +194,9 @@ def main() -> None:
         "--rounds", type=int, default=4, help="rounds per level, alternating between the servers (default 4)"
     )
     parser.add_argument("--artifacts", type=Path, default=None, help="keep the exported ResNet-50 here")
+    parser.add_argument(
+        "--server-args", default="", help='more `qsenn serve` options for both servers, e.g. --server-args="--spin --arena"'
+    )
     args = parser.parse_args()
     if (args.model is None) == (not args.resnet50_448):
         parser.error("give MODEL or --resnet50-448")
@@ -216,7 +219,16 @@ def main() -> None:
         requests = [
             (*request_body(x), np.array([p.logits for p in local.predict_tensor(x)], np.float32)) for x in images
         ]
-        common = [model_path, "--name", MODEL_NAME, "--max-batch", args.max_batch, "--timeout", args.time_limit + 60]
+        common = [
+            model_path,
+            "--name",
+            MODEL_NAME,
+            "--max-batch",
+            args.max_batch,
+            "--timeout",
+            args.time_limit + 60,
+            *args.server_args.split(),
+        ]
         servers = {
             "on": ServeProcess(*common, "--batch-window-ms", args.window_ms),
             "off": ServeProcess(*common, "--batch-window-ms", 0),
@@ -276,6 +288,7 @@ def main() -> None:
         "settings": {
             "request": "one image, binary FP32 images tensor; outputs logits, features, class_index, class_name, probability",
             "max_batch": args.max_batch,
+            "server_args": args.server_args,
             "time_limit_s": args.time_limit,
             "clients": levels,
             "requests_per_client": per_client,
