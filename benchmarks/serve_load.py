@@ -195,7 +195,9 @@ def main() -> None:
     )
     parser.add_argument("--artifacts", type=Path, default=None, help="keep the exported ResNet-50 here")
     parser.add_argument(
-        "--server-args", default="", help='more `qsenn serve` options for both servers, e.g. --server-args="--spin --arena"'
+        "--server-args",
+        default="",
+        help='more `qsenn serve` options for both servers, e.g. --server-args="--spin --arena"',
     )
     args = parser.parse_args()
     if (args.model is None) == (not args.resnet50_448):

@@ -99,7 +99,7 @@ def test_table_drives_the_help_text():
 def test_bench_backends_come_from_the_table():
     """Every artifact backend of `qsenn bench` names a format and precision of the table, every
     format is benchmarked, and the PyTorch baseline comes first."""
-    assert list(BENCH_BACKENDS)[0] == BASELINE_BACKEND == "torch"
+    assert next(iter(BENCH_BACKENDS)) == BASELINE_BACKEND == "torch"
     for backend in BENCH_BACKENDS.values():
         assert backend.devices and set(backend.devices) <= {"CPU", "GPU"}
         if backend.format is not None:
