@@ -28,7 +28,7 @@ VALIDATE_TRAIN := $(QSENN) train --dataset fashion-mnist --seed $(VALIDATE_SEED)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,export,dev]'
+	$(PY) -m pip install --quiet -e '.[train,export,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -284,7 +284,8 @@ _FORMATS_HELP = (
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output file (default: RUN/model.<suffix>, or the checkpoint's name with the suffix).",
+    help="Output file (default: RUN/model.<suffix>, or the checkpoint's name with the suffix); for a Triton "
+    "format the repository folder (default: RUN/triton).",
 )
 @click.option(
     "--batch",
@@ -293,7 +294,8 @@ _FORMATS_HELP = (
     help=export_formats.option_help(
         "batch",
         "ONNX: static batch size (default: dynamic). TensorRT: "
-        f"largest batch of the engine (default {export_formats.DEFAULT_TRT_BATCH}).",
+        f"largest batch of the engine (default {export_formats.DEFAULT_TRT_BATCH}). Triton: "
+        f"max_batch_size (default {export_formats.DEFAULT_TRT_BATCH}).",
     ),
 )
 @click.option("--half", is_flag=True, help=export_formats.option_help("half", "FP16 engine."))
@@ -363,6 +365,12 @@ _FORMATS_HELP = (
     default=None,
     help="Which finished model of the run: qsenn or sldd (default: the only one).",
 )
+@click.option(
+    "--name",
+    default=None,
+    metavar="NAME",
+    help=export_formats.option_help("name", "Model name in the Triton repository (default: <arch>_<dataset>)."),
+)
 def export_command(
     source,
     fmt,
@@ -377,6 +385,7 @@ def export_command(
     verify_images,
     feature_names,
     model_type,
+    name,
 ) -> None:
     """Export a trained Q-SENN or SLDD model: SOURCE is a run directory (its finished model;
     --model-type when it holds both), a folder of runs (the most recently finished one) or a
@@ -398,6 +407,7 @@ def export_command(
         verify_images=verify_images,
         feature_names=feature_names,
         model_type=model_type,
+        name=name,
     )
     export_formats.validate(options)  # before torch loads: a refused option answers at once
     export(source, options, echo=click.echo)
@@ -663,7 +673,7 @@ _PROVIDER_HELP = (
 )
 
 
-def _load_model(model_path: Path, provider: str | None, batch_size: int = 16):
+def _load_model(model_path: Path, provider: str | None, batch_size: int = 16, **options):
     import warnings
 
     from PIL import Image
@@ -672,12 +682,76 @@ def _load_model(model_path: Path, provider: str | None, batch_size: int = 16):
 
     # The runtime refuses oversized images with its own message; Pillow's warning would only repeat it.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-    return qsenn_runtime.load(model_path, provider, batch_size=batch_size)
+    return qsenn_runtime.load(model_path, provider, batch_size=batch_size, **options)
+
+
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read the token from {path} ({exc})", param_hint="--token-file") from None
+    if not token or any(c.isspace() for c in token):
+        raise click.BadParameter(f"{path} must hold one token without spaces", param_hint="--token-file")
+    return token
+
+
+def _open_model(paths, url, model_name, token_file, metadata, provider, batch_size: int = 16):
+    """(model, image paths): a local MODEL followed by images, or with --url the served model
+    --model and only images."""
+    if url is None:
+        for flag, value in (("--model", model_name), ("--token-file", token_file), ("--metadata", metadata)):
+            if value is not None:
+                raise click.UsageError(f"{flag} goes with --url (a served model)")
+        if len(paths) < 2:
+            raise click.UsageError("give the MODEL file and at least one IMAGE (or --url URL --model NAME IMAGE...)")
+        return _load_model(paths[0], provider, batch_size), [str(p) for p in paths[1:]]
+    if model_name is None:
+        raise click.UsageError("--url needs --model NAME (the server lists its models: POST /v2/repository/index)")
+    if provider is not None:
+        raise click.UsageError("--provider applies to local models; the server chose its own")
+    import qsenn_runtime
+
+    model = qsenn_runtime.connect(
+        url, model_name, token=_read_token(token_file), batch_size=batch_size, metadata=metadata
+    )
+    return model, [str(p) for p in paths]
+
+
+_REMOTE_OPTIONS = (
+    click.option(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="Use a served model instead of a file: an Open Inference Protocol server (qsenn serve, Triton, "
+        "KServe), e.g. http://127.0.0.1:8000; then give only images.",
+    ),
+    click.option("--model", "model_name", default=None, metavar="NAME", help="With --url: the served model's name."),
+    click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="With --url: send the token in this file as `Authorization: Bearer`.",
+    ),
+    click.option(
+        "--metadata",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        metavar="MODEL_FILE",
+        help="With --url: read the qsenn metadata from this exported model when the server does not publish it.",
+    ),
+)
+
+
+def _remote_options(command):
+    for option in reversed(_REMOTE_OPTIONS):
+        command = option(command)
+    return command
 
 
 @qsenn.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
-@click.argument("images", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", metavar="[MODEL] IMAGE...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (one object per image) for machines.")
 @click.option(
     "--top-k",
@@ -693,16 +767,17 @@ def _load_model(model_path: Path, provider: str | None, batch_size: int = 16):
 @click.option(
     "--class", "classes", multiple=True, metavar="CLASS", help="Also explain this class (name or index); repeatable."
 )
-def predict(model_path, images, as_json, top_k, batch_size, provider, classes) -> None:
-    """Classify images with an exported model (.onnx or TensorRT engine) and show why: the class,
-    its probability and the signed feature contributions that sum, with the bias, to its logit.
-    Exits with 1 when any image could not be read (the others are still predicted)."""
+@_remote_options
+def predict(paths, as_json, top_k, batch_size, provider, classes, url, model_name, token_file, metadata) -> None:
+    """Classify images with an exported model (.onnx or TensorRT engine), or a served one (--url), and
+    show why: the class, its probability and the signed feature contributions that sum, with the
+    bias, to its logit. Exits with 1 when any image could not be read (the others are still predicted)."""
     import json
 
     from qsenn_runtime.report import prediction_table
 
-    model = _load_model(model_path, provider, batch_size)
-    results = model.predict([str(image) for image in images], classes=classes)
+    model, images = _open_model(paths, url, model_name, token_file, metadata, provider, batch_size)
+    results = model.predict(images, classes=classes)
     if as_json:
         click.echo(json.dumps([result.to_dict(top_k) for result in results], indent=2))
     else:
@@ -714,8 +789,7 @@ def predict(model_path, images, as_json, top_k, batch_size, provider, classes) -
 
 
 @qsenn.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("paths", metavar="[MODEL] IMAGE", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
 @click.option(
     "--top-k",
@@ -732,12 +806,17 @@ def predict(model_path, images, as_json, top_k, batch_size, provider, classes) -
     help="Explain this class (name or index) instead of the predicted one.",
 )
 @click.option("--provider", default=None, help=_PROVIDER_HELP)
-def explain(model_path, image, out, top_k, class_, provider) -> None:
-    """Draw why the model classified IMAGE as it did: the image, heat maps of the top contributing
-    features, and the signed contributions plus the bias adding up to the logit (needs qsenn[plot])."""
+@_remote_options
+def explain(paths, out, top_k, class_, provider, url, model_name, token_file, metadata) -> None:
+    """Draw why the model (a file, or a served one with --url) classified IMAGE as it did: the image,
+    heat maps of the top contributing features, and the signed contributions plus the bias adding up
+    to the logit (needs qsenn[plot])."""
     from qsenn_runtime.explain_plot import save_explanation  # first: a missing matplotlib fails fast
 
-    explained = _load_model(model_path, provider).explain(str(image), class_)
+    if len(paths) != (1 if url else 2):
+        raise click.UsageError("give one IMAGE" + ("" if url else " after the MODEL file"))
+    model, (image,) = _open_model(paths, url, model_name, token_file, metadata, provider)
+    explained = model.explain(image, class_)
     save_explanation(explained, out, top_k)
     explanation = explained.explanation
     click.echo(
@@ -768,6 +847,173 @@ def inspect_model(model_path, fmt, out) -> None:
     else:
         out.write_text(text)
         click.echo(f"wrote {out}")
+
+
+# ---- serve (qsenn_runtime.serving; never imports torch) -----------------------------------
+_SERVE_HELP = """\b
+Endpoints (Open Inference Protocol v2 REST, as Triton and KServe speak it):
+  GET  /v2/health/live, /v2/health/ready   (no token needed)
+  GET  /v2                                 server metadata
+  GET  /v2/models/NAME                     model metadata; parameters.qsenn: the qsenn metadata
+  GET  /v2/models/NAME/config              the Triton model config (qsenn export --format triton)
+  GET  /v2/models/NAME/stats               backend calls by batch size
+  POST /v2/models/NAME/infer               input images (FP32 N×3×S×S) or image_bytes (BYTES N)
+  POST /v2/repository/index                the served models
+\b
+Infer request parameters: explain (true: the sorted signed contributions of the predicted
+class in the output `explanations`), explain_classes ("cardinal,3": those classes too)."""
+
+_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+def _model_names(paths: tuple[Path, ...], names: tuple[str, ...]) -> list[str]:
+    import re
+
+    if len(names) > len(paths):
+        raise click.UsageError(f"{len(names)} --name for {len(paths)} MODEL files; give at most one per model")
+    chosen = list(names) + [path.stem for path in paths[len(names) :]]
+    for name in chosen:
+        if not re.fullmatch(_MODEL_NAME, name):
+            raise click.UsageError(f"model name {name!r}: use letters, digits, '_', '.' and '-' (it goes in URLs)")
+    duplicates = sorted({name for name in chosen if chosen.count(name) > 1})
+    if duplicates:
+        raise click.UsageError(f"two models are named {duplicates[0]!r}; tell them apart with --name")
+    return chosen
+
+
+@qsenn.command(epilog=_SERVE_HELP)
+@click.argument("model_paths", metavar="MODEL...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Name of a model at /v2/models/NAME, one per MODEL in order (default: the file's stem).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 opens the server to the network (add --token-file).",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: a free one, printed)."
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Require `Authorization: Bearer TOKEN`, TOKEN being this file's content (the health endpoints stay open).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Most images per request and per backend call (capped by the model's own largest batch).",
+)
+@click.option(
+    "--batch-window-ms",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Dynamic batching: how long a request waits for others to share its backend call (0: off).",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024),
+    default=128 << 20,
+    show_default=True,
+    help="Larger request bodies (also once decompressed) get 413.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds a request may take from arrival to response; slower ones get 503.",
+)
+@click.option(
+    "--instances",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Backend calls running at once per model (Triton's instance count).",
+)
+@click.option("--provider", default=None, help=_PROVIDER_HELP)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads per model (default: all)."
+)
+@click.option(
+    "--max-image-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Encoded images (image_bytes) with more pixels are refused (default: the runtime's decompression-bomb limit).",
+)
+@click.option(
+    "--spin/--no-spin",
+    default=False,
+    show_default=True,
+    help="Let onnxruntime's idle threads spin-wait for the next call: a little lower latency on cores "
+    "the server has to itself, CPU burnt (and other work slowed) where it shares them.",
+)
+@click.option(
+    "--arena/--no-arena",
+    default=False,
+    show_default=True,
+    help="onnxruntime's CPU memory arena: keeps the activations of the largest batch seen, and grows "
+    "further as batch sizes vary; without it memory is returned after each call.",
+)
+@click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
+def serve(
+    model_paths,
+    names,
+    host,
+    port,
+    token_file,
+    max_batch,
+    batch_window_ms,
+    max_body_bytes,
+    timeout,
+    instances,
+    provider,
+    threads,
+    max_image_pixels,
+    spin,
+    arena,
+    access_log,
+) -> None:
+    """Serve exported models (.onnx or TensorRT engines) over the Open Inference Protocol v2 REST API,
+    with the explanations: `tritonclient.http`, KServe clients, curl and `qsenn_runtime.connect` work
+    against it. Concurrent requests are batched dynamically; SIGINT or SIGTERM stops the server after
+    the requests in flight are answered (needs qsenn[serve])."""
+    from qsenn_runtime.serving.server import require_serving_stack
+    from qsenn_runtime.serving.server import serve as run_server
+
+    require_serving_stack()  # before minutes of loading: a missing extra answers at once
+    from qsenn_runtime.serving.endpoint import ServingLimits
+
+    limits = ServingLimits(
+        max_batch=max_batch,
+        batch_window_ms=batch_window_ms,
+        max_body_bytes=max_body_bytes,
+        timeout_s=timeout,
+        instances=instances,
+    )
+    limits.validate()
+    chosen = _model_names(model_paths, names)
+    token = _read_token(token_file)
+    pixels = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
+    models = [
+        (name, _load_model(path, provider, threads=threads, spin=spin, arena=arena, **pixels))
+        for name, path in zip(chosen, model_paths)
+    ]
+    run_server(models, host=host, port=port, limits=limits, token=token, access_log=access_log, echo=_echo_flushed)
+
+
+def _echo_flushed(message: str) -> None:
+    click.echo(message)
+    sys.stdout.flush()  # a supervisor or test reading the pipe sees each line at once
 
 
 # ---- entry point ------------------------------------------------------------------------

@@ -64,6 +64,12 @@ INT8_TOLERANCE = Tolerance(rel=0.25, argmax=0.99, top_features=0.95, identity=1e
 # Every engine computes its head in float32 (trt_build): whatever the backbone's precision, the
 # identity residual keeps the float32 bound of the ONNX model.
 FP32_HEAD_IDENTITY = 1e-4
+ONNX_TOLERANCES = {"fp32": Tolerance(rel=1e-4, argmax=1.0), "int8": INT8_TOLERANCE}
+TRT_TOLERANCES = {
+    "fp32": Tolerance(rel=1e-3, argmax=1.0, identity=FP32_HEAD_IDENTITY),
+    "fp16": Tolerance(rel=2e-2, argmax=1.0, identity=FP32_HEAD_IDENTITY),
+    "int8": INT8_TOLERANCE,
+}
 FORMATS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
@@ -74,10 +80,7 @@ FORMATS: dict[str, ExportFormat] = {
             ("CPU", "GPU"),
             frozenset({"batch", "int8", "calib"}),
             "export",
-            {
-                "fp32": Tolerance(rel=1e-4, argmax=1.0),
-                "int8": INT8_TOLERANCE,
-            },
+            ONNX_TOLERANCES,
         ),
         ExportFormat(
             "trt",
@@ -86,16 +89,41 @@ FORMATS: dict[str, ExportFormat] = {
             ("GPU",),
             frozenset({"batch", "half", "int8", "calib", "workspace"}),
             "trt",
-            {
-                "fp32": Tolerance(rel=1e-3, argmax=1.0, identity=FP32_HEAD_IDENTITY),
-                "fp16": Tolerance(rel=2e-2, argmax=1.0, identity=FP32_HEAD_IDENTITY),
-                "int8": INT8_TOLERANCE,
-            },
+            TRT_TOLERANCES,
+        ),
+        # Triton model repositories: REPO/<name>/{config.pbtxt, labels.txt, 1/model.onnx or 1/model.plan};
+        # the model inside is the onnx or trt export above, verified the same way.
+        ExportFormat(
+            "triton",
+            "Triton repo (ONNX)",
+            "REPO/",
+            ("CPU", "GPU"),
+            frozenset({"batch", "int8", "calib", "name"}),
+            "export",
+            ONNX_TOLERANCES,
+        ),
+        ExportFormat(
+            "triton-trt",
+            "Triton repo (TRT)",
+            "REPO/",
+            ("GPU",),
+            frozenset({"batch", "half", "int8", "calib", "workspace", "name"}),
+            "trt",
+            TRT_TOLERANCES,
         ),
     )
 }
+# The artifact inside a Triton repository of each format.
+TRITON_MODEL_FORMATS = {"triton": "onnx", "triton-trt": "trt"}
 
-OPTION_FLAGS = {"batch": "--batch", "half": "--half", "int8": "--int8", "calib": "--calib", "workspace": "--workspace"}
+OPTION_FLAGS = {
+    "batch": "--batch",
+    "half": "--half",
+    "int8": "--int8",
+    "calib": "--calib",
+    "workspace": "--workspace",
+    "name": "--name",
+}
 DEFAULT_TRT_BATCH = 16  # largest batch of an engine's profile unless --batch says
 DEFAULT_WORKSPACE_GIB = 4.0
 DEFAULT_VERIFY_COUNT = 64
@@ -117,6 +145,7 @@ class ExportOptions:
     verify_images: Path | None = None
     feature_names: Path | None = None  # JSON: a list of F names or {index: name}
     model_type: str | None = None  # of a run that holds both; None: the only one
+    name: str | None = None  # Triton: the model's name in the repository
     given: frozenset[str] = field(default_factory=frozenset)  # format options the user set
 
     @property
@@ -184,10 +213,12 @@ def _precisions(f: ExportFormat) -> str:
 def help_table() -> str:
     """The formats as `qsenn export --help` lists them."""
     lines = []
+    name_width = max(len(f.name) for f in FORMATS.values())
+    title_width = max(len(f.title) for f in FORMATS.values())
     for f in FORMATS.values():
         flags = ", ".join(OPTION_FLAGS[o] for o in OPTION_FLAGS if o in f.options)
         lines.append(
-            f"{f.name:<5} {f.title:<16} {f.suffix:<8} {'+'.join(f.devices):<8} "
+            f"{f.name:<{name_width}} {f.title:<{title_width}} {f.suffix:<8} {'+'.join(f.devices):<8} "
             f"{_precisions(f)}; {flags}; pip install 'qsenn[{f.extra}]'"
         )
     return "\n".join(lines)

@@ -6,6 +6,8 @@ with exact per-feature explanations, and read the global explanation.
     prediction = model.predict("bird.jpg")
     prediction.class_name, prediction.probability, prediction.explanation.contributions
 
+    remote = qsenn_runtime.connect("http://127.0.0.1:8000", model="birds")  # same API, served elsewhere
+
 Names are resolved on first use, so `import qsenn_runtime` (and its errors) costs nothing
 until a model is loaded; onnxruntime and tensorrt are imported by the backend that needs them.
 """
@@ -16,6 +18,7 @@ import importlib
 
 _EXPORTS = {
     "load": "loader",
+    "connect": "remote",
     "read_metadata": "loader",
     "Model": "model",
     "Prediction": "results",

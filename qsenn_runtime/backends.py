@@ -156,6 +156,8 @@ class OnnxBackend:
         *,
         profile: InputProfile,
         cpu_only: str | None = None,
+        spin: bool = True,
+        arena: bool = True,
     ):
         try:
             import onnxruntime as ort
@@ -173,6 +175,9 @@ class OnnxBackend:
         options.log_severity_level = SESSION_LOG_ERRORS_ONLY  # provider fallbacks are no user's concern
         if threads is not None:
             options.intra_op_num_threads = threads
+        if not spin:  # idle workers sleep instead of spinning: a server sharing its cores wants that
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_cpu_mem_arena = arena
         try:
             with stdout_to_stderr():
                 self.session = ort.InferenceSession(

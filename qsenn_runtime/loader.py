@@ -26,6 +26,8 @@ def load(
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    spin: bool = True,
+    arena: bool = True,
 ) -> Model:
     """Open an exported model (`.onnx`, or an engine from `qsenn export --format trt`).
 
@@ -35,6 +37,10 @@ def load(
     INT8 QOperator models run on the CPU provider only. Engines run on TensorRT itself and take
     no provider. threads: onnxruntime's intra-op threads (default: its own choice).
     max_image_pixels: larger images are refused (decompression-bomb guard).
+    spin: onnxruntime's idle worker threads spin-wait for the next call (lowest latency when the
+    cores are free); False lets them sleep, which a server sharing its cores wants. arena:
+    onnxruntime's CPU memory arena, which keeps the largest activations seen (and grows further
+    with varied batch sizes); False returns them after each call.
     """
     from .backends import QOPERATOR_CPU_ONLY, InputProfile, OnnxBackend, TensorRTBackend
 
@@ -60,6 +66,8 @@ def load(
             threads,
             profile=InputProfile(metadata.input.size, batch_size, static_batch),
             cpu_only=QOPERATOR_CPU_ONLY if quantization.get("format") == "QOperator" else None,
+            spin=spin,
+            arena=arena,
         )
     check_io_shapes(metadata, backend.input_shapes, backend.output_shapes, str(path))
     return Model(metadata, backend, source=str(path), batch_size=batch_size, max_image_pixels=max_image_pixels)

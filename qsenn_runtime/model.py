@@ -171,6 +171,36 @@ class Model:
         """Every class with the features that raise (T = +1) and lower (T = −1) its logit."""
         return class_rules(self.metadata)
 
+    # -- building blocks for servers that batch requests themselves ------------------------
+    def preprocess(self, image: ImageSource, name: str | None = None) -> np.ndarray:
+        """One image -> the float32 3×size×size tensor the model takes (InputError if unusable)."""
+        name = describe(image, 0) if name is None else name
+        return to_chw(self._crop(image, name))
+
+    def run_backend(self, batch: np.ndarray, outputs: Sequence[str] = PREDICT_OUTPUTS) -> list[np.ndarray]:
+        """The backend's raw outputs for a float32 N×3×size×size batch of at most the backend's
+        largest batch; nothing is checked (`predictions` checks the identity)."""
+        return self._run(batch, outputs)
+
+    def predictions(
+        self,
+        logits: np.ndarray,
+        features: np.ndarray,
+        sources: Sequence[str] | None = None,
+        classes: Iterable[int | str] = (),
+    ) -> list[Prediction]:
+        """Predictions with their explanations from outputs computed elsewhere (a server's
+        batch, a remote model); raises IdentityCheckError unless every logit is its
+        contributions plus bias."""
+        names = list(sources) if sources is not None else [f"<row #{i}>" for i in range(len(logits))]
+        class_ids = self._class_ids(classes)
+        self._check_identity(logits, features, names)
+        return [self._prediction(name, logits[i], features[i], class_ids) for i, name in enumerate(names)]
+
+    def class_ids(self, classes: Iterable[int | str]) -> list[int]:
+        """Class indices of names or indices (QsennRuntimeError for an unknown one)."""
+        return self._class_ids(classes)
+
     # -- internals ------------------------------------------------------------------------
     def _crop(self, source: ImageSource, name: str) -> Image.Image:
         return resize_and_crop(load_rgb(source, name, self.max_image_pixels), self.metadata.input)
@@ -207,8 +237,7 @@ class Model:
 
     def _predict_batch(self, batch: np.ndarray, names: Sequence[str], class_ids: list[int]) -> list[Prediction]:
         logits, features = self._run(batch, PREDICT_OUTPUTS)
-        self._check_identity(logits, features, names)
-        return [self._prediction(name, logits[i], features[i], class_ids) for i, name in enumerate(names)]
+        return self.predictions(logits, features, names, class_ids)
 
     def _check_identity(self, logits: np.ndarray, features: np.ndarray, names: Sequence[str]) -> None:
         """Every logit must equal its contributions plus bias (all classes, every image)."""

@@ -39,7 +39,7 @@ def test_export_a_checkpoint_file_verifies_on_its_test_images(synth_checkpoint):
 def test_refused_option_exits_2_with_one_line(synth_checkpoint, monkeypatch, capsys):
     code, out, err = run_cli(capsys, "export", str(synth_checkpoint), "--half")
     assert code == 2 and out == ""
-    assert err == "error: --half is not available for ONNX export; formats that take it: trt\n"
+    assert err == "error: --half is not available for ONNX export; formats that take it: trt, triton-trt\n"
 
 
 def test_int8_without_calibration_images_is_refused(synth_checkpoint, monkeypatch, capsys):

@@ -11,6 +11,7 @@ from qsenn_export.errors import ExportError
 from qsenn_export.formats import (
     FORMATS,
     OPTION_FLAGS,
+    TRITON_MODEL_FORMATS,
     formats_taking,
     help_table,
     make_options,
@@ -23,7 +24,9 @@ from qsenn_export.formats import (
     [
         ("onnx", {"int8": True}, "--int8 needs --calib DIR"),
         ("onnx", {"calib": Path("c")}, "--calib is only used with --int8"),
-        ("onnx", {"half": True}, "--half is not available for ONNX export; formats that take it: trt"),
+        ("onnx", {"half": True}, "--half is not available for ONNX export; formats that take it: trt, triton-trt"),
+        ("triton", {"half": True}, "--half is not available for Triton repo (ONNX) export"),
+        ("onnx", {"name": "x"}, "--name is not available for ONNX export; formats that take it: triton, triton-trt"),
         ("onnx", {"workspace": 2.0}, "--workspace is not available for ONNX"),
         ("trt", {"int8": True}, "--int8 needs --calib DIR"),
         ("trt", {"calib": Path("c")}, "--calib is only used with --int8"),
@@ -49,6 +52,8 @@ def test_refused_options_say_why(fmt, values, message):
         ("trt", {"half": True, "batch": 8, "workspace": 2.0}),
         ("trt", {"int8": True, "calib": Path("c")}),
         ("onnx", {"int8": True, "calib": Path("c"), "batch": 1}),
+        ("triton", {"batch": 8, "name": "birds"}),
+        ("triton-trt", {"half": True, "name": "birds"}),
     ],
 )
 def test_accepted_options(fmt, values):
@@ -74,8 +79,19 @@ def test_table_drives_the_help_text():
     for f in FORMATS.values():
         assert f.suffix in table and f"qsenn[{f.extra}]" in table
     assert "int8 0.25 argmax≥99% top-5 features≥95%" in table
-    assert formats_taking("half") == ["trt"] and formats_taking("batch") == ["onnx", "trt"]
-    assert formats_taking("int8") == formats_taking("calib") == ["onnx", "trt"]
+    assert formats_taking("half") == ["trt", "triton-trt"]
+    assert (
+        formats_taking("batch")
+        == formats_taking("int8")
+        == formats_taking("calib")
+        == [
+            "onnx",
+            "trt",
+            "triton",
+            "triton-trt",
+        ]
+    )
+    assert formats_taking("name") == ["triton", "triton-trt"]
     assert all(option in OPTION_FLAGS for f in FORMATS.values() for option in f.options)
 
 
@@ -89,6 +105,9 @@ def test_bench_backends_come_from_the_table():
             fmt = FORMATS[backend.format]
             assert backend.precision in fmt.tolerances
             assert set(backend.devices) <= set(fmt.devices)
-    assert {b.format for b in BENCH_BACKENDS.values() if b.format} == set(FORMATS)
+    # A Triton repository holds an onnx or trt artifact: those are benchmarked as such.
+    benchmarked = {b.format for b in BENCH_BACKENDS.values() if b.format}
+    assert benchmarked == set(FORMATS) - set(TRITON_MODEL_FORMATS)
+    assert set(TRITON_MODEL_FORMATS.values()) <= benchmarked
     assert {b.name for b in BENCH_BACKENDS.values() if b.format == "onnx"} == {"onnx", "onnx-int8"}
     assert BENCH_BACKENDS["onnx-int8"].devices == ("CPU",)
