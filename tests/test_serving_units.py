@@ -255,9 +255,8 @@ def test_load_for_serving_lets_idle_threads_sleep_and_returns_memory(tmp_path):
     """`qsenn serve` loads its models so (--no-spin --no-arena, its defaults): onnxruntime's idle
     threads sleep instead of burning the cores that the event loop and the other requests need,
     and activations are freed after each call instead of kept in an arena."""
-    from qsenn_bench.testing.toy_onnx import save_toy_model
-
     import qsenn_runtime
+    from qsenn_bench.testing.toy_onnx import save_toy_model
 
     save_toy_model(tmp_path / "toy.onnx")
     key = "session.intra_op.allow_spinning"
