@@ -785,8 +785,16 @@ def user_errors() -> tuple[type[Exception], ...]:
 def main() -> None:
     try:
         qsenn.main(standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        _fail("interrupted; finished epochs and stages are saved, rerun with --resume to continue")
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        if isinstance(exc.__cause__, EOFError):  # click turns an EOFError from any depth into Abort
+            from qsenn_runtime.errors import first_line
+
+            _fail(
+                f"a file ended unexpectedly ({first_line(exc.__cause__)}): one this command read is empty or truncated"
+            )
+        if sys.argv[1:2] == ["train"]:
+            _fail("interrupted; finished epochs and stages are saved, rerun with --resume to continue")
+        _fail("interrupted")
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendError
+from .errors import BackendError, first_line
 from .metadata import ENGINE_GPU_KEY, ENGINE_PRECISION_KEY, ENGINE_TENSORRT_KEY, INPUT_NAME
 
 Shape = tuple  # of int, or None for a dynamic dimension
@@ -77,8 +77,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime's own exception types live in a private module
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"onnxruntime cannot load {path}: {first_line}") from None
+            raise BackendError(f"onnxruntime cannot load {path}: {first_line(exc)}") from None
         self.name = f"onnxruntime {ort.__version__} ({self.session.get_providers()[0]})"
         inputs = {node.name: node for node in self.session.get_inputs()}
         outputs = {node.name: node for node in self.session.get_outputs()}

@@ -183,9 +183,11 @@ FEATURE_FILES = (
 def load_feature_set(run: RunDir, folder: str) -> FeatureSet | None:
     """The cached features of a step, or None unless every file is intact."""
     record = run.load_torch(f"{folder}/feature_stats.pt")
-    if record is None or not all(run.intact(f"{folder}/{name}") for name in FEATURE_FILES):
+    if record is None:
         return None
-    arrays = [np.load(run.file(f"{folder}/{name}"), mmap_mode="r") for name in FEATURE_FILES]
+    arrays = [run.load_array(f"{folder}/{name}") for name in FEATURE_FILES]
+    if any(array is None for array in arrays):
+        return None
     return FeatureSet(*arrays, stats=FeatureStats.from_record(record))
 
 
