@@ -662,7 +662,28 @@ _PROVIDER_HELP = (
 )
 
 
-def _load_model(model_path: Path, provider: str | None, batch_size: int = 16):
+def image_budget_options(command):
+    """--max-image-pixels and --max-image-bytes: the runtime's per-image decoding budget."""
+    from qsenn_runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS  # imports nothing
+
+    command = click.option(
+        "--max-image-bytes",
+        type=click.IntRange(min=0),
+        default=MAX_IMAGE_BYTES,
+        show_default=True,
+        help="Most bytes one image may decode to (0: no limit).",
+    )(command)
+    return click.option(
+        "--max-image-pixels",
+        type=click.IntRange(min=0),
+        default=MAX_IMAGE_PIXELS,
+        show_default=True,
+        help="Most pixels one image may have (0: no limit); larger JPEGs are decoded at a reduced "
+        "scale where the model's input size allows, other images are refused.",
+    )(command)
+
+
+def _load_model(model_path: Path, provider: str | None, batch_size: int, max_image_pixels: int, max_image_bytes: int):
     import warnings
 
     from PIL import Image
@@ -671,7 +692,13 @@ def _load_model(model_path: Path, provider: str | None, batch_size: int = 16):
 
     # The runtime refuses oversized images with its own message; Pillow's warning would only repeat it.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-    return qsenn_runtime.load(model_path, provider, batch_size=batch_size)
+    return qsenn_runtime.load(
+        model_path,
+        provider,
+        batch_size=batch_size,
+        max_image_pixels=max_image_pixels or None,
+        max_image_bytes=max_image_bytes or None,
+    )
 
 
 @qsenn.command()
@@ -692,7 +719,10 @@ def _load_model(model_path: Path, provider: str | None, batch_size: int = 16):
 @click.option(
     "--class", "classes", multiple=True, metavar="CLASS", help="Also explain this class (name or index); repeatable."
 )
-def predict(model_path, images, as_json, top_k, batch_size, provider, classes) -> None:
+@image_budget_options
+def predict(
+    model_path, images, as_json, top_k, batch_size, provider, classes, max_image_pixels, max_image_bytes
+) -> None:
     """Classify images with an exported model (.onnx or TensorRT engine) and show why: the class,
     its probability and the signed feature contributions that sum, with the bias, to its logit.
     Exits with 1 when any image could not be read (the others are still predicted)."""
@@ -700,7 +730,7 @@ def predict(model_path, images, as_json, top_k, batch_size, provider, classes) -
 
     from qsenn_runtime.report import prediction_table
 
-    model = _load_model(model_path, provider, batch_size)
+    model = _load_model(model_path, provider, batch_size, max_image_pixels, max_image_bytes)
     results = model.predict([str(image) for image in images], classes=classes)
     if as_json:
         click.echo(json.dumps([result.to_dict(top_k) for result in results], indent=2))
@@ -731,12 +761,13 @@ def predict(model_path, images, as_json, top_k, batch_size, provider, classes) -
     help="Explain this class (name or index) instead of the predicted one.",
 )
 @click.option("--provider", default=None, help=_PROVIDER_HELP)
-def explain(model_path, image, out, top_k, class_, provider) -> None:
+@image_budget_options
+def explain(model_path, image, out, top_k, class_, provider, max_image_pixels, max_image_bytes) -> None:
     """Draw why the model classified IMAGE as it did: the image, heat maps of the top contributing
     features, and the signed contributions plus the bias adding up to the logit (needs qsenn[plot])."""
     from qsenn_runtime.explain_plot import save_explanation  # first: a missing matplotlib fails fast
 
-    explained = _load_model(model_path, provider).explain(str(image), class_)
+    explained = _load_model(model_path, provider, 1, max_image_pixels, max_image_bytes).explain(str(image), class_)
     save_explanation(explained, out, top_k)
     explanation = explained.explanation
     click.echo(

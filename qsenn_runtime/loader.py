@@ -3,17 +3,18 @@ against the graph, and build the backend."""
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .engine_file import MAGIC, read_engine_file
-from .errors import BackendError
+from .errors import BackendError, path_problem
 from .metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
 from .model import Model
 from .onnx_proto import Matrix, NotOnnxError, read_onnx_summary
-from .preprocess import MAX_IMAGE_PIXELS
+from .preprocess import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageBudget
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -25,18 +26,23 @@ def load(
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    max_image_bytes: int | None = MAX_IMAGE_BYTES,
 ) -> Model:
     """Open an exported model (`.onnx`, or an engine from `qsenn export --format trt`).
 
     provider: an onnxruntime execution provider ("cpu", "cuda", "tensorrt" or a full name such as
     "CUDAExecutionProvider"); default: the best available (TensorRT > CUDA > CPU). Engines run
     on TensorRT itself and take no provider. threads: onnxruntime's intra-op threads (default:
-    its own choice). max_image_pixels: larger images are refused (decompression-bomb guard).
+    its own choice). max_image_pixels, max_image_bytes: the most one encoded image (a file or
+    bytes) may decode to, in pixels and in bytes (None: no limit); a JPEG over them is decoded at a
+    reduced scale where the model's input size allows, any other image is refused with an
+    InputError (decompression-bomb guard and memory budget: a server sets them per model).
     """
     from .backends import OnnxBackend, TensorRTBackend
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, not {batch_size}")
+    budget = ImageBudget(max_image_pixels, max_image_bytes)  # a bad limit fails before the model loads
     path = Path(path)
     if _is_engine(path):
         if provider not in (None, "tensorrt", "trt"):
@@ -50,19 +56,36 @@ def load(
         metadata = read_metadata(path)
         backend = OnnxBackend(path, provider, threads)
     check_io_shapes(metadata, backend.input_shapes, backend.output_shapes, str(path))
-    return Model(metadata, backend, source=str(path), batch_size=batch_size, max_image_pixels=max_image_pixels)
+    return Model(
+        metadata,
+        backend,
+        source=str(path),
+        batch_size=batch_size,
+        max_image_pixels=budget.max_pixels,
+        max_image_bytes=budget.max_bytes,
+    )
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
-    """The model's qsenn metadata, without building a backend (no onnxruntime, no TensorRT).
+    """The model's qsenn metadata, checked as `load` checks it but without building a backend (no
+    onnxruntime, no TensorRT), so `qsenn inspect` refuses what `qsenn predict` refuses.
 
-    For ONNX it is also checked against the head matrix the graph holds (see check_head_initializer)."""
+    ONNX: the metadata against the head matrix the graph holds (check_head_initializer) and against
+    the graph's input and output names and shapes (check_io_shapes). Engines: the container, and
+    the plan against the size and sha256 recorded when it was packed. Not checked here: whether
+    onnxruntime knows every operator, and whether TensorRT can deserialize the plan (only a backend
+    can tell; `load` does)."""
     path = Path(path)
     if _is_engine(path):
         return read_engine_file(path)[0]
     try:
         summary = read_onnx_summary(path)
     except NotOnnxError as exc:
+        if is_torch_save_file(path):
+            raise MetadataError(
+                f"{path} is neither an ONNX model nor a qsenn engine: it is a torch.save file (a training "
+                f"checkpoint); export it with `qsenn export {path}` and use the .onnx that writes"
+            ) from None
         raise MetadataError(f"{path} is neither an ONNX model nor a qsenn engine ({exc})") from None
     text = summary.metadata_props.get(METADATA_KEY)
     if text is None:
@@ -75,14 +98,39 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     except MetadataError as exc:
         raise MetadataError(f"{path}: {exc}") from None
     check_head_initializer(metadata, summary.matrices, str(path))
+    check_io_shapes(metadata, summary.inputs, summary.outputs, str(path))
     return metadata
 
 
 def _is_engine(path: Path) -> bool:
-    if not path.is_file():
-        raise MetadataError(f"model file not found: {path}" if not path.exists() else f"{path} is not a file")
+    problem = path_problem(path)
+    if problem == "no such file":
+        raise MetadataError(f"model file not found: {path}")
+    if problem is not None:
+        raise MetadataError(
+            f"model file {path} is {problem}" if problem.startswith(("a ", "not ")) else f"{path}: {problem}"
+        )
     with open(path, "rb") as file:
         return file.read(len(MAGIC)) == MAGIC
+
+
+# How torch.save files begin: a zip archive holding <name>/data.pkl (since torch 1.6), or the
+# legacy format's pickled magic number 0x1950a86a20f9469cfc6c. Recognised without unpickling.
+_LEGACY_TORCH_SAVE = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
+
+
+def is_torch_save_file(path: Path) -> bool:
+    with open(path, "rb") as file:
+        head = file.read(len(_LEGACY_TORCH_SAVE))
+    if head.startswith(_LEGACY_TORCH_SAVE):
+        return True
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def check_head_initializer(metadata: ModelMetadata, matrices: Mapping[str, Matrix], source: str) -> None:
@@ -130,9 +178,13 @@ def _equals(matrix: Matrix, weights: np.ndarray) -> bool:
 
 
 def check_io_shapes(
-    metadata: ModelMetadata, inputs: Mapping[str, tuple], outputs: Mapping[str, tuple], source: str
+    metadata: ModelMetadata,
+    inputs: Mapping[str, tuple | None],
+    outputs: Mapping[str, tuple | None],
+    source: str,
 ) -> None:
-    """Input and output names and static dimensions must agree with the metadata (None = dynamic)."""
+    """Input and output names and static dimensions must agree with the metadata (a dimension of
+    None is dynamic; a shape of None, one the file does not record, is not compared)."""
     K, F, size = metadata.num_classes, metadata.num_features, metadata.input.size
     expected = {
         INPUT_NAME: (None, 3, size, size),
@@ -150,6 +202,8 @@ def check_io_shapes(
         )
     for name, want in expected.items():
         have = actual[name]
+        if have is None:
+            continue
         if len(have) != len(want) or any(w is not None and h is not None and h != w for h, w in zip(have, want)):
             raise MetadataError(
                 f"{source}: {name} has shape {_dims_text(have)} in the graph but the "
@@ -158,5 +212,5 @@ def check_io_shapes(
             )
 
 
-def _dims_text(dims: tuple) -> str:
+def _dims_text(dims: tuple | None) -> str:
     return "×".join("?" if d is None else str(d) for d in dims)

@@ -3,6 +3,7 @@ float-T graph), and a real build that runs only with TensorRT and an NVIDIA GPU.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 import types
@@ -89,10 +90,16 @@ def test_engine_metadata_round_trips_through_the_container(source):
         "compute_capability": "9.0",
         "precision": "fp16",
         "profile": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [16, 3, 32, 32]},
+        "plan_bytes": 10,
+        "plan_sha256": hashlib.sha256(b"plan-bytes").hexdigest(),
     }
     np.testing.assert_array_equal(read.weights, metadata.weights)
     with pytest.raises(MetadataError, match="truncated"):
         unpack_engine(packed[:40])
+    with pytest.raises(MetadataError, match="plan has 9 bytes but 10 were packed"):
+        unpack_engine(packed[:-1])
+    with pytest.raises(MetadataError, match="plan is not the one packed"):
+        unpack_engine(packed[:-10] + b"garbage!!!")
 
 
 def test_parser_graph_has_float_T_and_the_same_outputs(graph):
