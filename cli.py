@@ -800,6 +800,74 @@ def inspect_model(model_path, fmt, out) -> None:
         click.echo(f"wrote {out}")
 
 
+# ---- extras: a runtime-only install (`pip install 'qsenn[cpu]'`) has no torch and no onnx -------
+
+# The extras each command needs beyond the base install (numpy, Pillow, click); `qsenn --help`
+# shows them, and running a command without them prints the pip line instead of a traceback.
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "evaluate": ("train",),
+    "data examples": ("train",),
+    "export": ("train", "export"),
+    "import-reference": ("train",),
+    "validate-run": ("train", "export", "plot"),
+    "bench": ("train", "export"),
+    "predict": ("cpu",),
+    "explain": ("cpu", "plot"),
+}
+# The extra that brings each optional top-level module.
+MODULE_EXTRAS = {
+    "torch": "train",
+    "torchvision": "train",
+    "glm_saga": "train",
+    "tqdm": "train",
+    "scipy": "train",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "cpu",
+    "matplotlib": "plot",
+    "tensorrt": "trt",
+    "cuda": "trt",
+    "transformers": "concepts",
+}
+
+
+def _extras_tag(extras: tuple[str, ...]) -> str:
+    return f"[{','.join(extras)}]"
+
+
+def _mark_commands_that_need_extras() -> None:
+    for name, extras in COMMAND_EXTRAS.items():
+        group: click.Group = qsenn
+        *parents, leaf = name.split()
+        for parent in parents:
+            group = group.commands[parent]  # type: ignore[assignment]  (the data group)
+        command = group.commands[leaf]
+        tag = _extras_tag(extras)
+        command.short_help = f"{tag} {command.get_short_help_str(limit=57 - len(tag))}"
+
+
+_mark_commands_that_need_extras()
+qsenn.help = (
+    f"{qsenn.help}\n\nA command marked [train], [export], … needs that extra: pip install 'qsenn[train,export]' "
+    "(the runtime alone, pip install 'qsenn[cpu]', runs predict and inspect)."
+)
+
+
+def missing_extra_line(exc: ModuleNotFoundError, argv: list[str]) -> str:
+    """One line for a command run without the extra that brings `exc.name`."""
+    module = (exc.name or "").split(".")[0]
+    extra = MODULE_EXTRAS.get(module)
+    if extra is None:  # not an optional dependency: a broken install
+        return f"{exc} (a dependency of qsenn is missing; reinstall qsenn)"
+    words = [word for word in argv if not word.startswith("-")][:2]
+    command = next((" ".join(words[:n]) for n in (2, 1) if " ".join(words[:n]) in COMMAND_EXTRAS), None)
+    extras = COMMAND_EXTRAS.get(command or "", ())
+    extras = extras if extra in extras else (extra,)
+    what = f"`qsenn {command}`" if command else "this command"
+    return f"{what} needs {module}, which is not installed: pip install 'qsenn[{','.join(extras)}]'"
+
+
 # ---- entry point ------------------------------------------------------------------------
 
 
@@ -829,6 +897,8 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:  # before user_errors(): it imports torch-side packages
+        _fail(missing_extra_line(exc, sys.argv[1:]))
     except user_errors() as exc:
         _fail(str(exc))
 
