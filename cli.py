@@ -358,6 +358,21 @@ _FORMATS_HELP = (
     "(`qsenn validate-run` writes RUN/feature_names_<type>.json). Default: feature 0..F-1.",
 )
 @click.option(
+    "--evidence-count",
+    type=int,
+    default=export_formats.DEFAULT_EVIDENCE_COUNT,
+    show_default=True,
+    help="Training images (spread over the split) the evidence score of every prediction is calibrated "
+    "on; 0: no calibration (predictions then carry no evidence or weak-evidence flag).",
+)
+@click.option(
+    "--evidence-images",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Calibrate the evidence on these images (training images) instead of the dataset's.",
+)
+@click.option(
     "--model-type",
     type=click.Choice(MODEL_TYPES),
     default=None,
@@ -376,6 +391,8 @@ def export_command(
     verify_count,
     verify_images,
     feature_names,
+    evidence_count,
+    evidence_images,
     model_type,
 ) -> None:
     """Export a trained Q-SENN or SLDD model: SOURCE is a run directory (its finished model;
@@ -397,6 +414,8 @@ def export_command(
         verify_count=verify_count,
         verify_images=verify_images,
         feature_names=feature_names,
+        evidence_count=evidence_count,
+        evidence_images=evidence_images,
         model_type=model_type,
     )
     export_formats.validate(options)  # before torch loads: a refused option answers at once

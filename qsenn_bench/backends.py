@@ -288,7 +288,7 @@ def _trt_model(artifacts: Artifacts, backend: BenchBackend, max_batch: int):
 
     trt = require_tensorrt()
     shapes = profile_shapes(max_batch, artifacts.source.img_size)
-    options = make_options("trt", half=backend.precision == "fp16", batch=max_batch)
+    options = make_options("trt", half=backend.precision == "fp16", batch=max_batch, evidence_count=0)
     plan = build_engine(trt, artifacts.fp32_model(), shapes, options, None, artifacts.echo)
     gpu = torch.cuda.current_device()
     info = engine_info(

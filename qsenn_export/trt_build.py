@@ -23,6 +23,7 @@ from qsenn_train.rundir import atomic_write
 
 from ._common import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
 from .errors import ExportError
+from .evidence import with_evidence
 from .formats import (
     CALIBRATION_BATCH,
     CALIBRATION_LIMIT,
@@ -247,6 +248,7 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
     folded = fold_source(source)
     report_macs(source, folded, echo)
     metadata = build_metadata(source, OPSET, options.feature_names)
+    metadata = with_evidence(metadata, source, options.evidence_count, options.evidence_images, echo)
     model = to_onnx(folded, metadata, batch=None)
     calibration = None
     if options.int8:

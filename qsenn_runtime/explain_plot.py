@@ -42,6 +42,22 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
         probability = 1 / np.exp(logits - logits[explanation.class_index]).sum()
         title += f"; explained: {explanation.class_name} ({probability:.1%})"
     figure.suptitle(title, fontsize=13, fontweight="bold")
+    evidence = prediction.evidence
+    if evidence is not None:
+        # The note sits above the panels, red when the prediction rests on weak evidence.
+        note = (
+            f"WEAK EVIDENCE: positive evidence {evidence.score:.3f}, the {evidence.rank} "
+            f"of training images predicted as {prediction.class_name}; the image may be unlike the training data"
+            if evidence.weak
+            else f"evidence: positive evidence {evidence.score:.3f}, the {evidence.rank} of training images "
+            f"predicted as {prediction.class_name}"
+        )
+        figure.supxlabel(
+            note,
+            fontsize=11 if evidence.weak else 9,
+            color=NEGATIVE if evidence.weak else BIAS,
+            fontweight="bold" if evidence.weak else "normal",
+        )
 
     image_axes = figure.add_subplot(grid[0, 0])
     image_axes.imshow(explained.image)

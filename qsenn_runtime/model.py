@@ -217,6 +217,7 @@ class Model:
         shifted = np.exp(logits.astype(np.float64) - logits.max())
         predicted = int(np.argmax(logits))
         explained = [predicted] + [k for k in dict.fromkeys(class_ids) if k != predicted]
+        calibration = self.metadata.evidence
         return Prediction(
             source=name,
             class_index=predicted,
@@ -225,6 +226,7 @@ class Model:
             logits=tuple(logits.tolist()),
             features=tuple(features.tolist()),
             explanations=tuple(self._explanation(k, float(logits[k]), features) for k in explained),
+            evidence=None if calibration is None else calibration.assess(self._weights, features, predicted),
         )
 
     def _explanation(self, k: int, logit: float, features: np.ndarray) -> Explanation:

@@ -123,26 +123,46 @@ def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
     return _html_page(header, [(class_head, class_rows), (feature_head, feature_rows)])
 
 
+WEAK_EVIDENCE_NOTE = (
+    "weak evidence: the predicted class's positive evidence (the sum of its positive contributions) is "
+    "lower than for {share} of the training images predicted as it; the image may be unlike the training data"
+)
+
+
+def weak_evidence_note(weak_below: float) -> str:
+    return WEAK_EVIDENCE_NOTE.format(share=f"{100 * (1 - weak_below):.0f}%")
+
+
 def prediction_table(results: Sequence[Prediction | PredictionError], top_k: int | None) -> str:
-    """One row per explained class of each image: image, class, probability, top contributions."""
+    """One row per explained class of each image: image, class, probability, evidence (when the
+    model is calibrated), top contributions; a note below when any evidence is weak."""
+    with_evidence = any(result.ok and result.evidence is not None for result in results)
     rows = []
     for result in results:
         if not result.ok:
-            rows.append((result.source, "ERROR", "", result.error.removeprefix(f"{result.source}: ")))
+            message = result.error.removeprefix(f"{result.source}: ")
+            rows.append((result.source, "ERROR", *([""] if with_evidence else []), "", message))
             continue
         for n, explanation in enumerate(result.explanations):
             terms = [f"{c.value:+.3f} {c.name}" for c in explanation.top(top_k)]
             hidden = len(explanation.contributions) - len(terms)
             terms += [f"… {hidden} more"] if hidden else []
+            evidence = result.evidence.text if n == 0 and result.evidence is not None else ""
             rows.append(
                 (
                     result.source if n == 0 else "",
                     explanation.class_name if n == 0 else f"  {explanation.class_name} (asked)",
                     f"{result.probability:.3f}" if n == 0 else "",
+                    *([evidence] if with_evidence else []),
                     f"logit {explanation.logit:.3f} = " + ", ".join(terms + [f"bias {explanation.bias:+.3f}"]),
                 )
             )
-    return _text_table(("image", "class", "probability", "contributions"), rows)
+    head = ("image", "class", "probability", *(["evidence"] if with_evidence else []), "contributions")
+    table = _text_table(head, rows)
+    weak = [r for r in results if r.ok and r.evidence is not None and r.evidence.weak]
+    if weak:
+        table += "\n\n" + weak_evidence_note(weak[0].evidence.weak_below)
+    return table
 
 
 def _summary(metadata: ModelMetadata, source: str) -> dict:
