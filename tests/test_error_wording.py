@@ -12,8 +12,8 @@ import pytest
 from cli_runner import run_cli
 from PIL import Image
 
-from qsenn_bench.testing.toy_onnx import save_toy_model, toy_metadata
 from qsenn_bench.testing.toy_models import save_checkpoint, ternary_model
+from qsenn_bench.testing.toy_onnx import save_toy_model, toy_metadata
 from qsenn_runtime.engine_file import MAGIC, pack_engine
 from qsenn_runtime.limits import MAX_IMAGE_PIXELS
 

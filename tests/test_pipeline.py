@@ -278,8 +278,9 @@ def test_a_result_saved_damaged_is_named_and_recomputed_on_resume(qsenn_run, dat
 
 def test_an_end_of_file_deep_in_a_command_is_not_called_an_interruption(monkeypatch, capsys, tmp_path):
     """click turns any EOFError into Abort; the CLI must not answer "interrupted … --resume"."""
-    import qsenn_train.pipeline as pipeline
     from cli_runner import run_cli
+
+    import qsenn_train.pipeline as pipeline
 
     def read_empty_file(*args, **kwargs):
         raise EOFError
