@@ -859,8 +859,10 @@ def _mark_commands_that_need_extras() -> None:
     for name, extras in COMMAND_EXTRAS.items():
         group: click.Group = qsenn
         *parents, leaf = name.split()
-        for parent in parents:
-            group = group.commands[parent]  # type: ignore[assignment]  (the data group)
+        for parent in parents:  # the data group
+            subgroup = group.commands[parent]
+            assert isinstance(subgroup, click.Group)
+            group = subgroup
         command = group.commands[leaf]
         tag = _extras_tag(extras)
         command.short_help = f"{tag} {command.get_short_help_str(limit=57 - len(tag))}"

@@ -129,7 +129,7 @@ class EvidenceCalibration:
         levels = _increasing(d.get("levels"), "levels")
         if levels[0] != 0 or levels[-1] != 1:
             raise EvidenceCalibrationError("the evidence levels must run from 0 to 1")
-        weak_below = float(d.get("weak_below"))
+        weak_below = float(d["weak_below"])
         if weak_below not in levels:
             raise EvidenceCalibrationError(f"the evidence flag's level {weak_below} is not one of its levels")
         per_class = {}

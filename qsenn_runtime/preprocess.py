@@ -140,7 +140,7 @@ def _draft(img: Image.Image, budget: ImageBudget, spec: InputSpec) -> str | None
         if budget.problem(width, height, img.mode) is None:
             img.draft(img.mode, (width, height))
             return None
-    return budget.problem(img.width, img.height, img.mode) + " even at the largest reduced JPEG scale the model allows"
+    return f"{budget.problem(img.width, img.height, img.mode)} even at the largest reduced JPEG scale the model allows"
 
 
 @contextmanager

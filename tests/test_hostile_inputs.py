@@ -10,6 +10,7 @@ import json
 import os
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,9 +56,7 @@ def test_the_committed_corpus_is_what_the_generator_writes(tmp_path):
     def walk(cmp, prefix=""):
         differing.extend(prefix + name for name in cmp.left_only + cmp.right_only + cmp.diff_files)
         differing.extend(
-            prefix + name
-            for name in cmp.funny_files
-            if not same_link(Path(cmp.left, name), Path(cmp.right, name))
+            prefix + name for name in cmp.funny_files if not same_link(Path(cmp.left, name), Path(cmp.right, name))
         )
         for name, sub in cmp.subdirs.items():
             walk(sub, f"{prefix}{name}/")

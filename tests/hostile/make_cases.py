@@ -697,9 +697,7 @@ CHECKPOINT_COMMANDS = ("export", "import-reference", "bench")
 RUN_COMMANDS = ("export RUN", "export RUN/final.pt", "evaluate", "validate-run", "bench RUN")
 
 for _how, (_bytes, _said, _about) in DAMAGES.items():
-    case(f"checkpoints/{_how}.pt", "checkpoint", _said, _about)(
-        lambda path, make=_bytes: path.write_bytes(make())
-    )
+    case(f"checkpoints/{_how}.pt", "checkpoint", _said, _about)(lambda path, make=_bytes: path.write_bytes(make()))
 
 
 @case(
@@ -724,6 +722,13 @@ def _(path):
     (path / "weights.pth").write_bytes(b"")
 
 
+def writer(data: bytes) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    return write
+
+
 def damaged_run(path: Path, damage: bytes, manifest_matches: bool) -> None:
     """A finished run as `qsenn train` registers it (config, registry, metrics, the dense model,
     final.pt) whose Q-SENN checkpoint is `damage`; with `manifest_matches` the manifest records
@@ -731,11 +736,17 @@ def damaged_run(path: Path, damage: bytes, manifest_matches: bool) -> None:
     run = RunDir(path)
     recipe = resolve_recipe("tiny").replace(model_type="qsenn")
     info = DatasetInfo("synth", "absent", ("a", "b"), None, None, RESIZE_SHORTER).to_json()
-    config = {"seed": 7, "dataset": info, "data_root": "absent", "device": "cpu", "recipes": {"qsenn": recipe.to_json()}}
+    config = {
+        "seed": 7,
+        "dataset": info,
+        "data_root": "absent",
+        "device": "cpu",
+        "recipes": {"qsenn": recipe.to_json()},
+    }
     run.save_json(CONFIG, config)
-    run.save_with("dense-0000000000.pt", lambda tmp: tmp.write_bytes(torch_save_bytes()))  # intact
+    run.save_with("dense-0000000000.pt", writer(torch_save_bytes()))  # intact
     checkpoint = "qsenn_6_2-0000000000/model.pt"
-    run.save_with(checkpoint, lambda tmp: tmp.write_bytes(damage if manifest_matches else torch_save_bytes()))
+    run.save_with(checkpoint, writer(damage if manifest_matches else torch_save_bytes()))
     if not manifest_matches:
         run.file(checkpoint).write_bytes(damage)
     run.save_json("metrics_dense.json", {"Accuracy": 0.4, "model": "dense-0000000000"})
