@@ -1,12 +1,14 @@
 """What one prediction costs for the worst images the runtime's decoding budget lets in (and for
-those it refuses): wall time and peak resident memory, each in a fresh process.
+those it refuses): wall time and peak resident memory (VmHWM, reset after the model is loaded;
+Linux), each in a fresh process.
 
     OMP_NUM_THREADS=1 python benchmarks/image_budget.py [--compare-with OTHER_SOURCE_TREE] [--repeats N]
 
 Images (written to a temporary folder): the 1×80,000,000 px RGB PNG of 311 KB (over the default
-limit: refused), a 1×24,999,999 px RGB PNG and a 5000×5000 RGB PNG (just under the 25 Mpx limit:
-decoded in full), a 5000×5000 16-bit grey PNG, a 6400×4800 JPEG (over the limit: decoded at 1/2
-scale), and a 500×375 JPEG (a normal photo). The model is a toy ONNX model of 448 px input. With
+pixel limit: refused), a 1×24,999,999 px RGB PNG (under the pixel limit, over the byte limit with
+its row pointers: refused), a 1×11,184,810 px RGB PNG (the tallest sliver within the byte limit) and
+a 5000×5000 RGB PNG (at the pixel limit), a 5000×5000 16-bit grey PNG, a 6400×4800 JPEG (over
+the limit: decoded at 1/2 scale), and a 500×375 JPEG (a normal photo). The model is a toy ONNX model of 448 px input. With
 --compare-with, the same images go through another checkout of the runtime too, interleaved
 (e.g. the tree before the budget), so the ratios hold on a busy machine.
 Prints a table and writes benchmarks/results/image_budget_<model>_….json.
@@ -36,12 +38,19 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_SIZE = 448
 # One prediction in a fresh process: its wall time and the process's peak RSS (ru_maxrss, KiB).
 PROBE = """
-import json, resource, sys, time, warnings
+import json, sys, time, warnings
+from pathlib import Path
 from PIL import Image
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 import qsenn_runtime
+
+def status(key):  # MiB; VmHWM is this process's peak, reset below (ru_maxrss would include the parent's)
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":"))
+    return int(line.split()[1]) / 1024
+
 model = qsenn_runtime.load(sys.argv[1], "cpu")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = status("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak to the current RSS
 start = time.perf_counter()
 try:
     model.predict(sys.argv[2])
@@ -49,8 +58,7 @@ try:
 except qsenn_runtime.InputError as exc:
     outcome = "refused: " + str(exc).split(": ", 1)[1][:90]
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "peak_mib": peak / 1024, "loaded_mib": before / 1024, "outcome": outcome}))
+print(json.dumps({"seconds": seconds, "peak_mib": status("VmHWM"), "loaded_mib": loaded, "outcome": outcome}))
 """
 
 
@@ -68,6 +76,7 @@ def write_images(folder: Path) -> dict[str, Path]:
     images = {
         "1×80,000,000 RGB PNG (the issue's)": ("sliver80m.png", lambda p: p.write_bytes(sliver_png(80_000_000))),
         "1×24,999,999 RGB PNG": ("sliver25m.png", lambda p: p.write_bytes(sliver_png(24_999_999))),
+        "1×11,184,810 RGB PNG": ("sliver11m.png", lambda p: p.write_bytes(sliver_png(11_184_810))),
         "5000×5000 RGB PNG": ("square25m.png", lambda p: Image.new("RGB", (5000, 5000), (90, 140, 200)).save(p)),
         "5000×5000 16-bit grey PNG": (
             "grey16.png",
@@ -96,6 +105,7 @@ def probe(tree: Path, model: Path, image: Path) -> dict:
         [sys.executable, "-c", PROBE, str(model), str(image)],
         capture_output=True,
         text=True,
+        cwd=tree,  # `python -c` puts the working directory first on sys.path
         env={**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"},
         timeout=600,
     )
@@ -125,12 +135,16 @@ def main() -> None:
         "trees": {k: str(v) for k, v in trees.items()},
         "images": {},
     }
-    print(f"{'image':<34} {'file':>8}  " + "  ".join(f"{name + ': s, peak MiB, outcome':<60}" for name in trees))
+    print(
+        f"{'image':<34} {'file':>8}  "
+        + "  ".join(f"{name + ': s, peak MiB (+ over the loaded model), outcome':<60}" for name in trees)
+    )
     for label, by_tree in rows.items():
         best = {name: min(runs, key=lambda r: r.get("seconds", 1e9)) for name, runs in by_tree.items()}
         figures["images"][label] = {"file_bytes": sizes[label], **best}
         cells = [
-            f"{r.get('seconds', float('nan')):6.2f} {r.get('peak_mib', float('nan')):7.0f}  {r['outcome'][:43]:<43}"
+            f"{r.get('seconds', float('nan')):6.2f} {r.get('peak_mib', float('nan')):7.0f} "
+            f"(+{r.get('peak_mib', float('nan')) - r.get('loaded_mib', float('nan')):5.0f})  {r['outcome'][:35]:<35}"
             for r in best.values()
         ]
         print(f"{label:<34} {sizes[label] / 1024:7.0f}K  " + "  ".join(cells))

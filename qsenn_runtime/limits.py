@@ -6,4 +6,6 @@ so that `qsenn --help` shows them at once)."""
 # PNG) does not change what the runtime accepts. 25 Mpx holds a 24-megapixel photo (6000×4000);
 # a larger JPEG is decoded at 1/2, 1/4 or 1/8 scale instead (never below what the model needs).
 MAX_IMAGE_PIXELS = 25_000_000
-MAX_IMAGE_BYTES = 100_000_000  # Pillow holds RGB, RGBA, CMYK, I and F at 4 bytes a pixel, L and P at 1
+# Pillow holds RGB, RGBA, CMYK, I and F at 4 bytes a pixel, L and P at 1, plus 8 bytes of row
+# pointer per row: 128 MiB holds a 25 Mpx RGB image (100 MB) but not a 1×25 Mpx sliver (300 MB).
+MAX_IMAGE_BYTES = 128 << 20

@@ -50,8 +50,9 @@ def describe(source: ImageSource, index: int) -> str:
 
 @dataclass(frozen=True)
 class ImageBudget:
-    """The most one encoded image may decode to: pixels and bytes (in the mode Pillow decodes it
-    to). None: no limit. Images given as arrays or PIL images are already decoded: not limited."""
+    """The most one encoded image may decode to: pixels, and bytes (in the mode Pillow decodes it
+    to, with its row pointers). None: no limit. Images given as arrays or PIL images are already
+    decoded: not limited."""
 
     max_pixels: int | None = MAX_IMAGE_PIXELS
     max_bytes: int | None = MAX_IMAGE_BYTES
@@ -66,7 +67,7 @@ class ImageBudget:
         pixels = width * height
         if self.max_pixels is not None and pixels > self.max_pixels:
             return f"{width}×{height} = {pixels:,} pixels exceed the limit of {self.max_pixels:,} pixels"
-        size = pixels * _bytes_per_pixel(mode)
+        size = pixels * _bytes_per_pixel(mode) + height * _ROW_POINTER_BYTES
         if self.max_bytes is not None and size > self.max_bytes:
             return (
                 f"{width}×{height} in mode {mode} decodes to {size:,} bytes, over the limit of {self.max_bytes:,} bytes"
@@ -76,6 +77,8 @@ class ImageBudget:
 
 DEFAULT_BUDGET = ImageBudget()
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "BGR;24": 3}
+# Pillow keeps a pointer per row beside the pixels: a 1×25 Mpx sliver costs 200 MB in pointers alone.
+_ROW_POINTER_BYTES = 8
 _JPEG_DRAFT_SCALES = (2, 4, 8)
 _PILLOW_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 

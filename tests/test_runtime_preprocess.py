@@ -184,9 +184,12 @@ def test_decompression_bombs(monkeypatch):
 
 def test_the_decoded_bytes_are_budgeted_by_mode():
     grey, rgb = (encoded(Image.fromarray(noise(100, 100, 3, channels=c))) for c in (1, 3))
-    budget = ImageBudget(max_pixels=None, max_bytes=20_000)  # 100×100 grey: 10 kB; RGB: 40 kB (4 B/px)
+    budget = ImageBudget(max_pixels=None, max_bytes=20_000)  # 100×100 grey: 10.8 kB; RGB: 40.8 kB (4 B/px)
     assert load_rgb(grey, "g", budget).size == (100, 100)
-    assert "100×100 in mode RGB decodes to 40,000 bytes, over the limit of 20,000 bytes" in _error(rgb, budget=budget)
+    assert "100×100 in mode RGB decodes to 40,800 bytes, over the limit of 20,000 bytes" in _error(rgb, budget=budget)
+    # a sliver pays 8 bytes of row pointer per pixel row: 1×2000 grey is 18 kB, not 2 kB
+    sliver = encoded(Image.fromarray(noise(1, 2000, 5, channels=1)))
+    assert "1×2000 in mode L decodes to 18,000 bytes" in _error(sliver, budget=ImageBudget(None, 10_000))
     assert load_rgb(rgb, "x", ImageBudget(max_pixels=None, max_bytes=None)).size == (100, 100)
     with pytest.raises(ValueError, match="max_image_pixels must be ≥ 1"):
         ImageBudget(max_pixels=0)

@@ -41,7 +41,7 @@ from PIL import Image
 from qsenn_bench.testing.fake_datasets import make_class_folders, make_cub, make_fashion_mnist, write_lines
 from qsenn_bench.testing.toy_onnx import toy_metadata, toy_model
 from qsenn_runtime.engine_file import MAGIC, pack_engine
-from qsenn_runtime.limits import MAX_IMAGE_PIXELS
+from qsenn_runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from qsenn_train.data.base import RESIZE_SHORTER, DatasetInfo
 from qsenn_train.recipes import resolve_recipe
 from qsenn_train.run import ModelEntry
@@ -182,6 +182,17 @@ def _(path):
 )
 def _(path):
     path.write_bytes(png(1, MAX_IMAGE_PIXELS + 1, 8, 0, lambda: b"\0\0", 1))
+
+
+@case(
+    "images/sliver_over_bytes.png",
+    "image",
+    f"over the limit of {MAX_IMAGE_BYTES:,} bytes",
+    f"a PNG header declaring 1×{MAX_IMAGE_PIXELS - 1:,} RGB pixels: under the pixel limit, over the byte "
+    f"limit with Pillow's 8-byte row pointers",
+)
+def _(path):
+    path.write_bytes(png(1, MAX_IMAGE_PIXELS - 1, 8, 2, lambda: b"\0" * 4, 1))
 
 
 @case("images/symlink_loop.png", "image", "a symbolic link loop", "a symbolic link to itself")
