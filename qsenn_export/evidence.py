@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from qsenn_runtime.evidence import EvidenceCalibration
+from qsenn_runtime.evidence import MIN_PER_CLASS, EvidenceCalibration
 from qsenn_runtime.metadata import ModelMetadata
 from qsenn_train.errors import QsennError
 
@@ -46,7 +46,8 @@ def with_evidence(
     calibration = EvidenceCalibration.fit(metadata.weights, outputs["features"], outputs["logits"], description)
     classes = len(calibration.per_class)
     echo(
-        f"evidence calibrated on {description}: quantiles for {classes} of {metadata.num_classes} classes "
-        f"(≥ the images each needs), pooled for the rest; weak below the {100 * calibration.weak_below:.0f}th percentile"
+        f"evidence calibrated on {description}: quantiles of its own for {classes} of {metadata.num_classes} "
+        f"classes (those predicted for ≥ {MIN_PER_CLASS} of the images), pooled for the rest; a prediction "
+        f"below the {100 * calibration.weak_below:.0f}th percentile of its class is flagged as weak evidence"
     )
     return dataclasses.replace(metadata, evidence=calibration)

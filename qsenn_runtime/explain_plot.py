@@ -7,6 +7,7 @@ draws on a figure of its own (Agg canvas), never touching pyplot's global state.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +42,23 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
         logits = np.asarray(prediction.logits)
         probability = 1 / np.exp(logits - logits[explanation.class_index]).sum()
         title += f"; explained: {explanation.class_name} ({probability:.1%})"
-    figure.suptitle(title, fontsize=13, fontweight="bold")
     evidence = prediction.evidence
+    if evidence is not None and evidence.weak:
+        title += " — weak evidence"
+    figure.suptitle(title, fontsize=13, fontweight="bold", color=NEGATIVE if evidence and evidence.weak else "black")
     if evidence is not None:
-        # The note sits above the panels, red when the prediction rests on weak evidence.
+        # Below the bars, red when the prediction rests on weak evidence; wrapped to the figure.
         note = (
-            f"WEAK EVIDENCE: positive evidence {evidence.score:.3f}, the {evidence.rank} "
-            f"of training images predicted as {prediction.class_name}; the image may be unlike the training data"
+            f"WEAK EVIDENCE: the positive evidence for {prediction.class_name} is {evidence.score:.3f}, the "
+            f"{evidence.rank} of the training images predicted as it; the image may be unlike the training data"
             if evidence.weak
-            else f"evidence: positive evidence {evidence.score:.3f}, the {evidence.rank} of training images "
-            f"predicted as {prediction.class_name}"
+            else f"evidence: the positive evidence for {prediction.class_name} is {evidence.score:.3f}, the "
+            f"{evidence.rank} of the training images predicted as it"
         )
+        size = 11 if evidence.weak else 9
         figure.supxlabel(
-            note,
-            fontsize=11 if evidence.weak else 9,
+            textwrap.fill(note, int(figure.get_figwidth() * 72 / (0.62 * size))),
+            fontsize=size,
             color=NEGATIVE if evidence.weak else BIAS,
             fontweight="bold" if evidence.weak else "normal",
         )
