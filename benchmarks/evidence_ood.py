@@ -93,8 +93,8 @@ def main() -> None:
             row = {
                 "model": f"{own_name} ({run.path})",
                 "calibration": calibration.source,
-                "classes_with_own_quantiles": len(calibration.per_class),
-                "weak_below_percentile": 100 * calibration.weak_below,
+                "weak_below_percentile": calibration.weak_below,
+                "threshold": calibration.threshold,
                 "in_distribution": f"{len(inside)} test images of {own_name}",
                 "out_of_distribution": f"{len(outside)} test images of {other_name}",
                 "test_accuracy": float(np.mean([p.class_index for p in inside] == own_labels)),

@@ -1,5 +1,5 @@
-"""The evidence calibration an export stores in the metadata (qsenn_runtime.evidence): the scores
-of the PyTorch model's predictions on training images, per predicted class."""
+"""The evidence calibration an export stores in the metadata (qsenn_runtime.evidence): the
+percentiles of the scores of the PyTorch model's predictions on training images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from qsenn_runtime.evidence import MIN_PER_CLASS, EvidenceCalibration
+from qsenn_runtime.evidence import EvidenceCalibration
 from qsenn_runtime.metadata import ModelMetadata
 from qsenn_train.errors import QsennError
 
@@ -44,10 +44,8 @@ def with_evidence(
         description = f"{len(images)} training images of {info.name}"
     outputs = torch_outputs(source.model, source.head.scale, source.info, images)
     calibration = EvidenceCalibration.fit(metadata.weights, outputs["features"], outputs["logits"], description)
-    classes = len(calibration.per_class)
     echo(
-        f"evidence calibrated on {description}: quantiles of its own for {classes} of {metadata.num_classes} "
-        f"classes (those predicted for ≥ {MIN_PER_CLASS} of the images), pooled for the rest; a prediction "
-        f"below the {100 * calibration.weak_below:.0f}th percentile of its class is flagged as weak evidence"
+        f"evidence calibrated on {description}: a prediction whose positive evidence is below "
+        f"{calibration.threshold:.3f} (the {calibration.weak_below:g}th percentile there) is flagged as weak evidence"
     )
     return dataclasses.replace(metadata, evidence=calibration)

@@ -6,28 +6,25 @@ contributions that raise its logit. A class can win with almost none — every o
 more negative — which is what an image unlike anything in training tends to produce.
 
 The export calibrates the score on training images (`qsenn export`, the metadata's `evidence`
-section): the quantiles of the positive evidence among the images predicted as each class (all
-of them pooled for classes with few such images). The runtime places every prediction's score
-among them (its percentile) and flags it as weak evidence below the calibrated level (5 %: by
-construction about one training image in twenty is flagged; docs/reliability.md measures the rate
-on test images and how well the score separates another dataset's images).
+section): the percentiles of the positive evidence of the model's predictions on them. The
+runtime places every prediction's score among them and flags it as weak evidence below the 5th
+percentile (so about one training image in twenty is flagged). One distribution for all classes:
+per-class ones, from the few dozen images a class gets, flagged more test images and fewer images
+of another dataset (docs/reliability.md has both measurements).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 SCORE = "positive_evidence"  # Σ_j max(0, W[k, j]·c_j) of the predicted class k
-# Quantile levels stored per class: dense in the low tail, where the flag is decided.
-LEVELS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
-WEAK_BELOW = 0.05  # the flag's level: one of LEVELS
-MIN_PER_CLASS = 20  # fewer calibration predictions of a class: it uses the pooled quantiles
+LEVELS = 101  # the calibration stores the 0th, 1st, …, 100th percentiles
+WEAK_BELOW = 5  # percentile under which a prediction is flagged
 
 
 class EvidenceCalibrationError(ValueError):
@@ -42,22 +39,20 @@ def positive_evidence(weights: np.ndarray, features: np.ndarray, classes: np.nda
 
 @dataclass(frozen=True)
 class Evidence:
-    """One prediction's evidence: its score, where it falls among the calibration images
-    predicted as the same class (percentile 0–100), and whether that is below the flag's level."""
+    """One prediction's evidence: its score, where it falls among the calibration images'
+    (percentile 0–100), and whether that is below the flag's percentile."""
 
     score: float
     percentile: float
     weak: bool
-    basis: str  # "class": that class's quantiles; "pooled": all classes' (the class had few images)
-    weak_below: float  # the flag's level (a fraction of the calibration images)
+    weak_below: float  # the flag's percentile
 
     def to_dict(self) -> dict:
         return {
             "score": self.score,
             "percentile": self.percentile,
             "weak": self.weak,
-            "basis": self.basis,
-            "weak_below_percentile": 100 * self.weak_below,
+            "weak_below_percentile": self.weak_below,
         }
 
     @property
@@ -73,14 +68,12 @@ class Evidence:
 
 @dataclass(frozen=True)
 class EvidenceCalibration:
-    """Quantiles (at LEVELS) of the score on calibration images, per predicted class and pooled."""
+    """The 0th…100th percentiles of the score on the calibration images."""
 
-    pooled: tuple[float, ...]
-    per_class: Mapping[int, tuple[float, ...]]  # only classes with ≥ MIN_PER_CLASS predictions
+    percentiles: tuple[float, ...]
     images: int
     source: str  # what the calibration images were, e.g. "1000 training images of synth"
     score: str = SCORE
-    levels: tuple[float, ...] = LEVELS
     weak_below: float = WEAK_BELOW
 
     @classmethod
@@ -88,80 +81,54 @@ class EvidenceCalibration:
         """From a model's head (K×F W) and its features c and logits on calibration images."""
         if len(features) == 0:
             raise ValueError("calibrating the evidence needs at least one image")
-        predicted = np.argmax(logits, axis=1)
-        scores = positive_evidence(weights, features, predicted)
-        per_class = {
-            int(k): _quantiles(scores[predicted == k])
-            for k in np.unique(predicted)
-            if (predicted == k).sum() >= MIN_PER_CLASS
-        }
-        return cls(_quantiles(scores), per_class, len(features), source)
+        scores = positive_evidence(weights, features, np.argmax(logits, axis=1))
+        percentiles = np.percentile(scores, np.linspace(0, 100, LEVELS))
+        return cls(tuple(float(q) for q in percentiles), len(features), source)
+
+    @property
+    def threshold(self) -> float:
+        """The score below which a prediction is weak evidence."""
+        return float(np.interp(self.weak_below, np.linspace(0, 100, LEVELS), self.percentiles))
 
     def assess(self, weights: np.ndarray, features: np.ndarray, class_index: int) -> Evidence:
         """The evidence of one prediction of `class_index` with features c."""
         score = float(positive_evidence(weights, features[None], np.array([class_index]))[0])
-        basis = "class" if class_index in self.per_class else "pooled"
-        quantiles = self.per_class.get(class_index, self.pooled)
-        percentile = 100 * float(np.interp(score, quantiles, self.levels))
-        weak = score < quantiles[self.levels.index(self.weak_below)]
-        return Evidence(score, percentile, bool(weak), basis, self.weak_below)
+        percentile = float(np.interp(score, self.percentiles, np.linspace(0, 100, LEVELS)))
+        return Evidence(score, percentile, score < self.threshold, self.weak_below)
 
     # -- (de)serialisation: the metadata's "evidence" section ----------------------------------
     def to_json(self) -> dict:
         return {
             "score": self.score,
-            "levels": list(self.levels),
-            "weak_below": self.weak_below,
-            "pooled": list(self.pooled),
-            "per_class": {str(k): list(q) for k, q in sorted(self.per_class.items())},
+            "percentiles": list(self.percentiles),
+            "weak_below_percentile": self.weak_below,
             "images": self.images,
             "source": self.source,
         }
 
     @classmethod
-    def from_json(cls, d: Any, num_classes: int) -> EvidenceCalibration:
+    def from_json(cls, d: Any) -> EvidenceCalibration:
         if not isinstance(d, dict):
             raise EvidenceCalibrationError("the evidence section must be an object")
         if d.get("score") != SCORE:
             raise EvidenceCalibrationError(
                 f"unknown evidence score {d.get('score')!r} (this runtime computes {SCORE!r}); export the model again"
             )
-        levels = _increasing(d.get("levels"), "levels")
-        if levels[0] != 0 or levels[-1] != 1:
-            raise EvidenceCalibrationError("the evidence levels must run from 0 to 1")
-        weak_below = float(d["weak_below"])
-        if weak_below not in levels:
-            raise EvidenceCalibrationError(f"the evidence flag's level {weak_below} is not one of its levels")
-        per_class = {}
-        for key, values in dict(d.get("per_class", {})).items():
-            k = int(key)
-            if not 0 <= k < num_classes:
-                raise EvidenceCalibrationError(f"evidence quantiles for class {k}, outside 0..{num_classes - 1}")
-            per_class[k] = _increasing(values, f"class {k}'s quantiles", len(levels))
-        return cls(
-            pooled=_increasing(d.get("pooled"), "pooled quantiles", len(levels)),
-            per_class=per_class,
-            images=int(d["images"]),
-            source=str(d.get("source", "")),
-            score=SCORE,
-            levels=levels,
-            weak_below=weak_below,
-        )
+        weak_below = float(d["weak_below_percentile"])
+        if not 0 <= weak_below <= 100:
+            raise EvidenceCalibrationError(f"the evidence flag's percentile {weak_below} is not in 0..100")
+        return cls(_percentiles(d.get("percentiles")), int(d["images"]), str(d.get("source", "")), SCORE, weak_below)
 
 
-def _quantiles(scores: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(q) for q in np.quantile(scores, LEVELS))
-
-
-def _increasing(values: Any, what: str, length: int | None = None) -> tuple[float, ...]:
-    """A non-decreasing tuple of finite floats (of `length` entries where given)."""
-    if not isinstance(values, list) or not values:
-        raise EvidenceCalibrationError(f"the evidence {what} must be a list of numbers")
+def _percentiles(values: Any) -> tuple[float, ...]:
+    """LEVELS finite, non-decreasing floats."""
+    if not isinstance(values, list):
+        raise EvidenceCalibrationError("the evidence percentiles must be a list of numbers")
     out = tuple(float(v) for v in values)
-    if length is not None and len(out) != length:
-        raise EvidenceCalibrationError(f"the evidence {what} hold {len(out)} values, not {length}")
+    if len(out) != LEVELS:
+        raise EvidenceCalibrationError(f"the evidence percentiles hold {len(out)} values, not {LEVELS}")
     if not all(math.isfinite(v) for v in out) or any(b < a for a, b in itertools.pairwise(out)):
-        raise EvidenceCalibrationError(f"the evidence {what} must be finite and non-decreasing")
+        raise EvidenceCalibrationError("the evidence percentiles must be finite and non-decreasing")
     return out
 
 

@@ -50,10 +50,10 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
         # Below the bars, red when the prediction rests on weak evidence; wrapped to the figure.
         note = (
             f"WEAK EVIDENCE: the positive evidence for {prediction.class_name} is {evidence.score:.3f}, the "
-            f"{evidence.rank} of the training images predicted as it; the image may be unlike the training data"
+            f"{evidence.rank} of the training images' predictions; the image may be unlike the training data"
             if evidence.weak
             else f"evidence: the positive evidence for {prediction.class_name} is {evidence.score:.3f}, the "
-            f"{evidence.rank} of the training images predicted as it"
+            f"{evidence.rank} of the training images' predictions"
         )
         size = 11 if evidence.weak else 9
         figure.supxlabel(

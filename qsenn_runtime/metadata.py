@@ -143,9 +143,7 @@ class ModelMetadata:
                 exporter=dict(d.get("exporter", {})),
                 engine=None if d.get("engine") is None else dict(d["engine"]),
                 quantization=None if d.get("quantization") is None else dict(d["quantization"]),
-                evidence=None
-                if d.get("evidence") is None
-                else EvidenceCalibration.from_json(d["evidence"], len(d["class_names"])),
+                evidence=None if d.get("evidence") is None else EvidenceCalibration.from_json(d["evidence"]),
                 format_version=version,
             )
         except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:  # int(Infinity)…

@@ -125,12 +125,13 @@ def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
 
 WEAK_EVIDENCE_NOTE = (
     "weak evidence: the predicted class's positive evidence (the sum of its positive contributions) is "
-    "lower than for {share} of the training images predicted as it; the image may be unlike the training data"
+    "lower than that of {share} of the training images' predictions; the image may be unlike the training data"
 )
 
 
 def weak_evidence_note(weak_below: float) -> str:
-    return WEAK_EVIDENCE_NOTE.format(share=f"{100 * (1 - weak_below):.0f}%")
+    """`weak_below`: the flag's percentile."""
+    return WEAK_EVIDENCE_NOTE.format(share=f"{100 - weak_below:g}%")
 
 
 def prediction_table(results: Sequence[Prediction | PredictionError], top_k: int | None) -> str:

@@ -14,7 +14,7 @@ from PIL import Image
 
 import qsenn_runtime
 from qsenn_bench.testing.toy_onnx import save_toy_model, toy_metadata
-from qsenn_runtime.evidence import LEVELS, MIN_PER_CLASS, EvidenceCalibration, positive_evidence
+from qsenn_runtime.evidence import LEVELS, EvidenceCalibration, positive_evidence
 from qsenn_runtime.metadata import HEAD_SPARSE, HEAD_TERNARY, MetadataError, ModelMetadata
 
 
@@ -25,38 +25,32 @@ def test_positive_evidence_sums_only_the_raising_contributions():
     np.testing.assert_allclose(positive_evidence(weights, features, np.array([0, 1])), [2.0, 0.5])
 
 
-def _calibration(scores_by_class: dict[int, np.ndarray]) -> EvidenceCalibration:
-    """A calibration whose class k images have exactly these positive evidences (one feature per
-    class, weight +1, so the score is that feature's value)."""
-    classes = len(scores_by_class)
-    weights = np.eye(classes)
-    features = np.concatenate([np.eye(classes)[[k] * len(s)] * s[:, None] for k, s in scores_by_class.items()])
-    logits = features @ weights.T  # each image predicted as its own class
-    return EvidenceCalibration.fit(weights, features, logits, "test images")
+def _calibration(scores: np.ndarray) -> EvidenceCalibration:
+    """A calibration whose images have exactly these positive evidences (one feature, weight +1)."""
+    features = np.stack([scores, np.zeros_like(scores)], axis=1)
+    return EvidenceCalibration.fit(np.eye(2), features, features, "test images")
 
 
-def test_the_percentile_is_the_share_of_the_class_calibration_images_below():
-    many, few = np.linspace(1, 2, 101), np.array([10.0, 20.0])
-    calibration = _calibration({0: many, 1: few})
-    assert set(calibration.per_class) == {0}  # class 1 has fewer than MIN_PER_CLASS images
+def test_the_percentile_is_the_share_of_calibration_images_below():
+    calibration = _calibration(np.linspace(1, 2, 1001))
     weights = np.eye(2)
     middle = calibration.assess(weights, np.array([1.5, 0.0]), 0)
-    assert middle.basis == "class" and middle.percentile == pytest.approx(50) and not middle.weak
+    assert middle.percentile == pytest.approx(50) and not middle.weak and middle.rank == "50th percentile"
     low = calibration.assess(weights, np.array([1.02, 0.0]), 0)
     assert low.percentile == pytest.approx(2) and low.weak and low.text == "weak (2nd percentile)"
+    assert calibration.threshold == pytest.approx(1.05)
+    assert not calibration.assess(weights, np.array([1.051, 0.0]), 0).weak
     assert calibration.assess(weights, np.array([0.1, 0.0]), 0).percentile == 0
     assert calibration.assess(weights, np.array([3.0, 0.0]), 0).percentile == 100
-    # class 1 is placed among all images pooled: 15 lies above every image of class 0
-    pooled = calibration.assess(weights, np.array([0.0, 15.0]), 1)
-    assert pooled.basis == "pooled" and pooled.percentile > 98 and not pooled.weak
+    # the score is the predicted class's: class 1 reads feature 1 only, which is 0 here
+    assert calibration.assess(weights, np.array([1.5, 0.0]), 1).score == 0
 
 
 def test_about_the_flag_level_of_the_calibration_images_is_flagged():
-    rng = np.random.default_rng(0)
-    scores = rng.gamma(2.0, 1.0, 2000)
-    calibration = _calibration({0: scores, 1: rng.gamma(5.0, 1.0, 500)})
+    scores = np.random.default_rng(0).gamma(2.0, 1.0, 2000)
+    calibration = _calibration(scores)
     flagged = [calibration.assess(np.eye(2), np.array([s, 0.0]), 0).weak for s in scores]
-    assert np.mean(flagged) == pytest.approx(calibration.weak_below, abs=0.002)
+    assert np.mean(flagged) == pytest.approx(calibration.weak_below / 100, abs=0.002)
 
 
 @pytest.mark.parametrize("head_kind", [HEAD_TERNARY, HEAD_SPARSE])
@@ -69,9 +63,10 @@ def test_the_calibration_travels_in_the_metadata(head_kind):
         metadata, evidence=EvidenceCalibration.fit(metadata.weights, features, logits, "x")
     )
     back = ModelMetadata.from_json(calibrated.to_json())
-    assert back.evidence == calibrated.evidence and len(back.evidence.levels) == len(LEVELS)
-    assert all(len(q) == len(LEVELS) for q in back.evidence.per_class.values())
-    assert min(np.bincount(np.argmax(logits, 1))[list(back.evidence.per_class)]) >= MIN_PER_CLASS
+    assert back.evidence == calibrated.evidence and len(back.evidence.percentiles) == LEVELS
+    expected = positive_evidence(metadata.weights, features, np.argmax(logits, 1))
+    assert back.evidence.percentiles[0] == pytest.approx(expected.min())
+    assert back.evidence.percentiles[50] == pytest.approx(np.median(expected))
     # absent unless set: older readers see the same JSON as before
     assert (
         "evidence" not in json.loads(metadata.to_json())
@@ -83,16 +78,16 @@ def test_the_calibration_travels_in_the_metadata(head_kind):
     ("change", "message"),
     [
         ({"score": "logit"}, "unknown evidence score 'logit'"),
-        ({"pooled": [3, 2, 1]}, "hold 3 values"),
-        ({"levels": [0.5, 1]}, "must run from 0 to 1"),
-        ({"weak_below": 0.07}, "is not one of its levels"),
-        ({"per_class": {"9": [0] * len(LEVELS)}}, "class 9, outside 0..3"),
-        ({"pooled": [float("nan")] * len(LEVELS)}, "finite and non-decreasing"),
+        ({"percentiles": [3, 2, 1]}, "hold 3 values"),
+        ({"percentiles": list(range(LEVELS))[::-1]}, "finite and non-decreasing"),
+        ({"percentiles": [float("nan")] * LEVELS}, "finite and non-decreasing"),
+        ({"weak_below_percentile": 140}, "not in 0..100"),
+        ({"images": "many"}, "malformed"),
     ],
 )
 def test_a_malformed_evidence_section_is_one_metadata_error(change, message):
     metadata = toy_metadata()
-    evidence = EvidenceCalibration(tuple(float(v) for v in range(len(LEVELS))), {}, 10, "x")
+    evidence = EvidenceCalibration(tuple(float(v) for v in range(LEVELS)), 10, "x")
     d = json.loads(dataclasses.replace(metadata, evidence=evidence).to_json())
     d["evidence"].update(change)
     with pytest.raises(MetadataError, match=message) as info:
