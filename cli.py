@@ -360,6 +360,21 @@ _FORMATS_HELP = (
     "(`qsenn validate-run` writes RUN/feature_names_<type>.json). Default: feature 0..F-1.",
 )
 @click.option(
+    "--evidence-count",
+    type=int,
+    default=export_formats.DEFAULT_EVIDENCE_COUNT,
+    show_default=True,
+    help="Training images (spread over the split) the evidence score of every prediction is calibrated "
+    "on; 0: no calibration (predictions then carry no evidence or weak-evidence flag).",
+)
+@click.option(
+    "--evidence-images",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Calibrate the evidence on these images (training images) instead of the dataset's.",
+)
+@click.option(
     "--model-type",
     type=click.Choice(MODEL_TYPES),
     default=None,
@@ -384,6 +399,8 @@ def export_command(
     verify_count,
     verify_images,
     feature_names,
+    evidence_count,
+    evidence_images,
     model_type,
     name,
 ) -> None:
@@ -406,6 +423,8 @@ def export_command(
         verify_count=verify_count,
         verify_images=verify_images,
         feature_names=feature_names,
+        evidence_count=evidence_count,
+        evidence_images=evidence_images,
         model_type=model_type,
         name=name,
     )
@@ -673,6 +692,27 @@ _PROVIDER_HELP = (
 )
 
 
+def image_budget_options(command):
+    """--max-image-pixels and --max-image-bytes: the runtime's per-image decoding budget."""
+    from qsenn_runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS  # imports nothing
+
+    command = click.option(
+        "--max-image-bytes",
+        type=click.IntRange(min=0),
+        default=MAX_IMAGE_BYTES,
+        show_default=True,
+        help="Most bytes one image may decode to (0: no limit).",
+    )(command)
+    return click.option(
+        "--max-image-pixels",
+        type=click.IntRange(min=0),
+        default=MAX_IMAGE_PIXELS,
+        show_default=True,
+        help="Most pixels one image may have (0: no limit); larger JPEGs are decoded at a reduced "
+        "scale where the model's input size allows, other images are refused.",
+    )(command)
+
+
 def _load_model(model_path: Path, provider: str | None, batch_size: int = 16, **options):
     import warnings
 
@@ -697,7 +737,7 @@ def _read_token(path: Path | None) -> str | None:
     return token
 
 
-def _open_model(paths, url, model_name, token_file, metadata, provider, batch_size: int = 16):
+def _open_model(paths, url, model_name, token_file, metadata, provider, budget: dict, batch_size: int = 16):
     """(model, image paths): a local MODEL followed by images, or with --url the served model
     --model and only images."""
     if url is None:
@@ -706,7 +746,7 @@ def _open_model(paths, url, model_name, token_file, metadata, provider, batch_si
                 raise click.UsageError(f"{flag} goes with --url (a served model)")
         if len(paths) < 2:
             raise click.UsageError("give the MODEL file and at least one IMAGE (or --url URL --model NAME IMAGE...)")
-        return _load_model(paths[0], provider, batch_size), [str(p) for p in paths[1:]]
+        return _load_model(paths[0], provider, batch_size, **budget), [str(p) for p in paths[1:]]
     if model_name is None:
         raise click.UsageError("--url needs --model NAME (the server lists its models: POST /v2/repository/index)")
     if provider is not None:
@@ -714,7 +754,12 @@ def _open_model(paths, url, model_name, token_file, metadata, provider, batch_si
     import qsenn_runtime
 
     model = qsenn_runtime.connect(
-        url, model_name, token=_read_token(token_file), batch_size=batch_size, metadata=metadata
+        url,
+        model_name,
+        token=_read_token(token_file),
+        batch_size=batch_size,
+        metadata=metadata,
+        max_image_pixels=budget["max_image_pixels"],
     )
     return model, [str(p) for p in paths]
 
@@ -744,6 +789,11 @@ _REMOTE_OPTIONS = (
 )
 
 
+def _image_budget(max_image_pixels: int, max_image_bytes: int) -> dict:
+    """The runtime's keyword arguments for the --max-image-* options (0: no limit)."""
+    return {"max_image_pixels": max_image_pixels or None, "max_image_bytes": max_image_bytes or None}
+
+
 def _remote_options(command):
     for option in reversed(_REMOTE_OPTIONS):
         command = option(command)
@@ -768,7 +818,21 @@ def _remote_options(command):
     "--class", "classes", multiple=True, metavar="CLASS", help="Also explain this class (name or index); repeatable."
 )
 @_remote_options
-def predict(paths, as_json, top_k, batch_size, provider, classes, url, model_name, token_file, metadata) -> None:
+@image_budget_options
+def predict(
+    paths,
+    as_json,
+    top_k,
+    batch_size,
+    provider,
+    classes,
+    url,
+    model_name,
+    token_file,
+    metadata,
+    max_image_pixels,
+    max_image_bytes,
+) -> None:
     """Classify images with an exported model (.onnx or TensorRT engine), or a served one (--url), and
     show why: the class, its probability and the signed feature contributions that sum, with the
     bias, to its logit. Exits with 1 when any image could not be read (the others are still predicted)."""
@@ -776,7 +840,16 @@ def predict(paths, as_json, top_k, batch_size, provider, classes, url, model_nam
 
     from qsenn_runtime.report import prediction_table
 
-    model, images = _open_model(paths, url, model_name, token_file, metadata, provider, batch_size)
+    model, images = _open_model(
+        paths,
+        url,
+        model_name,
+        token_file,
+        metadata,
+        provider,
+        _image_budget(max_image_pixels, max_image_bytes),
+        batch_size,
+    )
     results = model.predict(images, classes=classes)
     if as_json:
         click.echo(json.dumps([result.to_dict(top_k) for result in results], indent=2))
@@ -807,7 +880,10 @@ def predict(paths, as_json, top_k, batch_size, provider, classes, url, model_nam
 )
 @click.option("--provider", default=None, help=_PROVIDER_HELP)
 @_remote_options
-def explain(paths, out, top_k, class_, provider, url, model_name, token_file, metadata) -> None:
+@image_budget_options
+def explain(
+    paths, out, top_k, class_, provider, url, model_name, token_file, metadata, max_image_pixels, max_image_bytes
+) -> None:
     """Draw why the model (a file, or a served one with --url) classified IMAGE as it did: the image,
     heat maps of the top contributing features, and the signed contributions plus the bias adding up
     to the logit (needs qsenn[plot])."""
@@ -815,7 +891,8 @@ def explain(paths, out, top_k, class_, provider, url, model_name, token_file, me
 
     if len(paths) != (1 if url else 2):
         raise click.UsageError("give one IMAGE" + ("" if url else " after the MODEL file"))
-    model, (image,) = _open_model(paths, url, model_name, token_file, metadata, provider)
+    budget = _image_budget(max_image_pixels, max_image_bytes)
+    model, (image,) = _open_model(paths, url, model_name, token_file, metadata, provider, budget)
     explained = model.explain(image, class_)
     save_explanation(explained, out, top_k)
     explanation = explained.explanation
@@ -944,12 +1021,7 @@ def _model_names(paths: tuple[Path, ...], names: tuple[str, ...]) -> list[str]:
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads per model (default: all)."
 )
-@click.option(
-    "--max-image-pixels",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Encoded images (image_bytes) with more pixels are refused (default: the runtime's decompression-bomb limit).",
-)
+@image_budget_options
 @click.option(
     "--spin/--no-spin",
     default=False,
@@ -979,6 +1051,7 @@ def serve(
     provider,
     threads,
     max_image_pixels,
+    max_image_bytes,
     spin,
     arena,
     access_log,
@@ -1003,9 +1076,9 @@ def serve(
     limits.validate()
     chosen = _model_names(model_paths, names)
     token = _read_token(token_file)
-    pixels = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
+    budget = _image_budget(max_image_pixels, max_image_bytes)
     models = [
-        (name, _load_model(path, provider, threads=threads, spin=spin, arena=arena, **pixels))
+        (name, _load_model(path, provider, threads=threads, spin=spin, arena=arena, **budget))
         for name, path in zip(chosen, model_paths)
     ]
     run_server(models, host=host, port=port, limits=limits, token=token, access_log=access_log, echo=_echo_flushed)
@@ -1014,6 +1087,79 @@ def serve(
 def _echo_flushed(message: str) -> None:
     click.echo(message)
     sys.stdout.flush()  # a supervisor or test reading the pipe sees each line at once
+
+
+# ---- extras: a runtime-only install (`pip install 'qsenn[cpu]'`) has no torch and no onnx -------
+
+# The extras each command needs beyond the base install (numpy, Pillow, click); `qsenn --help`
+# shows them, and running a command without them prints the pip line instead of a traceback.
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "evaluate": ("train",),
+    "data examples": ("train",),
+    "export": ("train", "export"),
+    "import-reference": ("train",),
+    "validate-run": ("train", "export", "plot"),
+    "bench": ("train", "export"),
+    "predict": ("cpu",),
+    "explain": ("cpu", "plot"),
+    "serve": ("cpu", "serve"),
+}
+# The extra that brings each optional top-level module.
+MODULE_EXTRAS = {
+    "torch": "train",
+    "torchvision": "train",
+    "glm_saga": "train",
+    "tqdm": "train",
+    "scipy": "train",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "cpu",
+    "matplotlib": "plot",
+    "tensorrt": "trt",
+    "cuda": "trt",
+    "transformers": "concepts",
+    "starlette": "serve",
+    "uvicorn": "serve",
+}
+
+
+def _extras_tag(extras: tuple[str, ...]) -> str:
+    return f"[{','.join(extras)}]"
+
+
+def _mark_commands_that_need_extras() -> None:
+    for name, extras in COMMAND_EXTRAS.items():
+        group: click.Group = qsenn
+        *parents, leaf = name.split()
+        for parent in parents:  # the data group
+            subgroup = group.commands[parent]
+            assert isinstance(subgroup, click.Group)
+            group = subgroup
+        command = group.commands[leaf]
+        tag = _extras_tag(extras)
+        command.short_help = f"{tag} {command.get_short_help_str(limit=57 - len(tag))}"
+
+
+_mark_commands_that_need_extras()
+qsenn.help = (
+    f"{qsenn.help}\n\nA command marked [train], [export], … needs that extra: pip install 'qsenn[train,export]' "
+    "(the runtime alone, pip install 'qsenn[cpu]', runs predict and inspect)."
+)
+
+
+def missing_extra_line(exc: ModuleNotFoundError, argv: list[str]) -> str:
+    """One line for a command run without the extra that brings `exc.name`."""
+    module = (exc.name or "").split(".")[0]
+    extra = MODULE_EXTRAS.get(module)
+    if extra is None:  # not an optional dependency: a broken install
+        return f"{exc} (a dependency of qsenn is missing; reinstall qsenn)"
+    words = [word for word in argv if not word.startswith("-")][:2]
+    command = next((" ".join(words[:n]) for n in (2, 1) if " ".join(words[:n]) in COMMAND_EXTRAS), None)
+    extras = COMMAND_EXTRAS.get(command or "", ())
+    extras = extras if extra in extras else (extra,)
+    what = f"`qsenn {command}`" if command else "this command"
+    return f"{what} needs {module}, which is not installed: pip install 'qsenn[{','.join(extras)}]'"
 
 
 # ---- entry point ------------------------------------------------------------------------
@@ -1032,11 +1178,21 @@ def user_errors() -> tuple[type[Exception], ...]:
 def main() -> None:
     try:
         qsenn.main(standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        _fail("interrupted; finished epochs and stages are saved, rerun with --resume to continue")
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        if isinstance(exc.__cause__, EOFError):  # click turns an EOFError from any depth into Abort
+            from qsenn_runtime.errors import first_line
+
+            _fail(
+                f"a file ended unexpectedly ({first_line(exc.__cause__)}): one this command read is empty or truncated"
+            )
+        if sys.argv[1:2] == ["train"]:
+            _fail("interrupted; finished epochs and stages are saved, rerun with --resume to continue")
+        _fail("interrupted")
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:  # before user_errors(): it imports torch-side packages
+        _fail(missing_extra_line(exc, sys.argv[1:]))
     except user_errors() as exc:
         _fail(str(exc))
 

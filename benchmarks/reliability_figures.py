@@ -2,8 +2,10 @@
 
   1. kill/resume: `qsenn train --recipe tiny` killed with SIGKILL inside every stage (one chain,
      qsenn_bench/testing/kill_chain.py), resumed, and compared with the uninterrupted run;
-  2. hostile inputs: the corpus of tests/hostile/cases through the runtime library, `qsenn predict`
-     and `qsenn train`; how many runs ended in a traceback;
+  2. hostile inputs: the corpus of tests/hostile/cases through the runtime library, `qsenn predict`,
+     `qsenn inspect`, `qsenn train` and the commands that read checkpoints (export, import-reference,
+     evaluate, validate-run, bench); how many runs ended in a traceback, with a wrong exit code or
+     with files left behind;
   3. concurrency: one loaded toy model, 8 threads × 500 calls of mixed good and bad inputs.
 
     OMP_NUM_THREADS=1 python benchmarks/reliability_figures.py [--only kill|hostile|concurrency]
@@ -104,30 +106,42 @@ def hostile_figures(work: Path) -> dict:
             if case["kind"] in ("image", "array", "tensor", "model")
         ]
     outcomes += hi.cli_predict_images(hi.load_cases(kind="image"))
-    outcomes += [hi.cli_predict_model(case) for case in hi.load_cases(kind="model")]
+    outcomes += [
+        hi.cli_model(case, command) for case in hi.load_cases(kind="model") for command in ("predict", "inspect")
+    ]
     outcomes += [
         hi.cli_train_dataset(case, work / "hostile-runs" / str(i))
         for i, case in enumerate(hi.load_cases(kind="dataset"))
     ]
+    damaged = [(c, command) for c in hi.load_cases(kind="checkpoint") for command in hi.CHECKPOINT_ARGS]
+    damaged += [(c, command) for c in hi.load_cases(kind="run") for command in hi.RUN_ARGS]
+    for i, (case, command) in enumerate(damaged):
+        (work / "damaged" / str(i)).mkdir(parents=True)
+        outcomes.append(hi.cli_checkpoint(case, command, work / "damaged" / str(i)))
     rows = Counter((o.runner, o.case["kind"]) for o in outcomes)
     tracebacks = [f"{o.runner}: {o.case['file']}" for o in outcomes if o.traceback]
     wrong = [f"{o.runner}: {o.case['file']}: {o.error}" for o in outcomes if not o.as_expected]
+    exits = [f"{o.runner}: {o.case['file']}: exit {o.exit_code}" for o in outcomes if o.wrong_exit_code]
+    left = [f"{o.runner}: {o.case['file']}: {', '.join(o.left_behind)}" for o in outcomes if o.left_behind]
     print()
     print("hostile inputs (runner, kind: runs):")
     for (runner, kind), count in sorted(rows.items()):
-        print(f"  {runner:<14} {kind:<8} {count}")
+        print(f"  {runner:<28} {kind:<10} {count}")
     cases = hi.load_cases()
     print(
         f"{len(cases)} cases ({sum(c['expect'] is not None for c in cases)} must fail, the rest must "
-        f"work), {len(outcomes)} runs: {len(tracebacks)} tracebacks, {len(wrong)} not as expected"
+        f"work), {len(outcomes)} runs: {len(tracebacks)} tracebacks, {len(wrong)} not as expected, "
+        f"{len(exits)} wrong exit codes, {len(left)} with files left behind"
     )
-    for line in tracebacks + wrong:
+    for line in tracebacks + wrong + exits + left:
         print("  " + line)
     return {
         "cases": len(cases),
         "runs": len(outcomes),
         "tracebacks": tracebacks,
         "not_as_expected": wrong,
+        "wrong_exit_codes": exits,
+        "files_left_behind": left,
         "runs_per_runner": {f"{r} / {k}": n for (r, k), n in sorted(rows.items())},
     }
 

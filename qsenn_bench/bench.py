@@ -48,6 +48,7 @@ from qsenn_export.verify import (
     training_images,
     verification_images,
 )
+from qsenn_runtime.errors import first_line
 from qsenn_runtime.metadata import ModelMetadata
 from qsenn_train.device import resolve_torch_device
 from qsenn_train.errors import QsennError
@@ -277,7 +278,7 @@ def attempt(
     try:
         return call(*args)
     except Exception as exc:  # any library's error: report it and go on without this backend
-        reason = f"failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+        reason = f"failed: {type(exc).__name__}: {first_line(exc)}"
         skipped[name] = reason
         echo(f"{name}: {reason}")
         return None

@@ -38,7 +38,7 @@ from qsenn_train.data.layouts import load_splits
 from qsenn_train.metrics import METRIC_KEYS
 from qsenn_train.model import QResNet
 from qsenn_train.recipes import Recipe
-from qsenn_train.run import DENSE, Run
+from qsenn_train.run import DENSE, ModelEntry, Run
 from qsenn_train.rundir import write_json_atomic
 
 from .environment import environment
@@ -246,9 +246,12 @@ def _timed(times: dict, label: str, work: Callable[[], Any]) -> Any:
     return result
 
 
-def check_model(run: Run, model_type: str, test, times: dict, echo: Callable[[str], None]) -> Checked:
+def check_model(
+    run: Run, loaded: tuple[QResNet, dict, ModelEntry], test, times: dict, echo: Callable[[str], None]
+) -> Checked:
     """Export one finished model with class-based feature names and run it over the test set."""
-    model, _, entry = run.load_model(model_type)
+    model, _, entry = loaded
+    model_type = entry.model_type
     recipe = entry.load_recipe()
     head = read_head(model, entry.checkpoint, model_type)
     names_file = run.path / feature_names_file(model_type)
@@ -287,9 +290,12 @@ def validate_run(
     if "qsenn" not in run.model_types:
         run.entry("qsenn")  # raises the line that says what to finish
     recipe = run.entry("qsenn").load_recipe()
+    # Every model is read first: a damaged checkpoint is refused before the dataset is opened or
+    # anything is written.
+    loaded = {model_type: run.load_model(model_type) for model_type in run.model_types}
     test = test_split(recipe, run)
     times: dict[str, float] = {}
-    checked = {model_type: check_model(run, model_type, test, times, echo) for model_type in run.model_types}
+    checked = {model_type: check_model(run, loaded[model_type], test, times, echo) for model_type in loaded}
 
     qsenn = checked["qsenn"]
     runtime = qsenn_runtime.load(qsenn.onnx_path, "cpu", batch_size=BATCH)

@@ -129,6 +129,7 @@ DEFAULT_WORKSPACE_GIB = 4.0
 DEFAULT_VERIFY_COUNT = 64
 CALIBRATION_LIMIT = 512  # images; INT8 calibration gains little beyond a few hundred
 CALIBRATION_BATCH = 8  # images per calibration batch (onnxruntime and TensorRT alike)
+DEFAULT_EVIDENCE_COUNT = 1000  # training images the evidence score is calibrated on (a forward pass each)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ class ExportOptions:
     verify_count: int = DEFAULT_VERIFY_COUNT
     verify_images: Path | None = None
     feature_names: Path | None = None  # JSON: a list of F names or {index: name}
+    evidence_count: int = DEFAULT_EVIDENCE_COUNT  # 0: no evidence calibration
+    evidence_images: Path | None = None  # calibrate on these instead of the dataset's training images
     model_type: str | None = None  # of a run that holds both; None: the only one
     name: str | None = None  # Triton: the model's name in the repository
     given: frozenset[str] = field(default_factory=frozenset)  # format options the user set
@@ -199,6 +202,10 @@ def validate(options: ExportOptions) -> None:
         raise ExportError(f"--verify-count must be at least 1, got {options.verify_count}")
     if not options.verify and options.verify_images is not None:
         raise ExportError("--verify-images has no effect with --no-verify; drop one of them")
+    if options.evidence_count < 0:
+        raise ExportError(f"--evidence-count must be 0 (no calibration) or more, got {options.evidence_count}")
+    if options.evidence_count == 0 and options.evidence_images is not None:
+        raise ExportError("--evidence-images has no effect with --evidence-count 0; drop one of them")
 
 
 def _precisions(f: ExportFormat) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from qsenn_runtime.errors import first_line
 from qsenn_runtime.metadata import METADATA_KEY, ModelMetadata
 
 from .errors import ExportError
@@ -85,7 +86,7 @@ def attach_metadata(model: onnx.ModelProto, metadata: ModelMetadata, what: str) 
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"internal error: {what} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"internal error: {what} fails the ONNX checker: {first_line(exc)}") from None
     return model
 
 

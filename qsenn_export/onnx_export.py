@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from ._common import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
+from .evidence import with_evidence
 from .formats import CALIBRATION_LIMIT, ExportOptions, validate
 from .int8 import Int8Settings, quantize_backbone
 from .metadata import build_metadata
@@ -28,6 +29,7 @@ def export_onnx(source_path: Path, options: ExportOptions, echo: Callable[[str],
     folded = fold_source(source)
     report_macs(source, folded, echo)
     metadata = build_metadata(source, OPSET, options.feature_names)
+    metadata = with_evidence(metadata, source, options.evidence_count, options.evidence_images, echo)
     model = to_onnx(folded, metadata, options.batch)
     if options.int8:
         assert options.calib is not None  # validate() refuses --int8 without --calib

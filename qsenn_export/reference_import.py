@@ -9,14 +9,13 @@ input size, normalisation), which comes from the command line and the dataset co
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
 import torch
 
 from qsenn_runtime.metadata import HEAD_TERNARY
-from qsenn_train.checkpoint import SPARSE_KEYS, install_sparse_head_from, model_record, refused_global
+from qsenn_train.checkpoint import SPARSE_KEYS, install_sparse_head_from, model_record
 from qsenn_train.data.base import RESIZE_IMAGENET, RESIZE_SHORTER, RESIZE_SQUARE, DatasetInfo
 from qsenn_train.data.layouts import (
     CUB_MEAN,
@@ -26,9 +25,11 @@ from qsenn_train.data.layouts import (
     TRAVELING_BIRDS_MEAN,
     TRAVELING_BIRDS_STD,
 )
+from qsenn_train.errors import QsennError
 from qsenn_train.model import ARCHS, build_model
 from qsenn_train.names import CROP_GT_DATASETS
 from qsenn_train.rundir import atomic_write
+from qsenn_train.torchfile import CodeCarryingFile, read_torch_file
 
 from .errors import ExportError
 from .fold import read_head
@@ -47,20 +48,22 @@ _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a reference checkpoint: a state dict, or one wrapped as {"state_dict": …}."""
-    if not path.is_file():
-        raise ExportError(f"reference checkpoint not found: {path}")
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pth", ".pt", ".ckpt"))[:5]
+        raise ExportError(
+            f"{path} is a directory; pass the checkpoint file the original code saved"
+            + (f" (it holds {', '.join(inside)})" if inside else " (it holds no .pth, .pt or .ckpt file)")
+        )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not refused_global(exc):
-            raise ExportError(f"cannot read {path}: it is not a torch.save file, or a corrupt one") from None
+        state = read_torch_file(path, "pass the state dict the original code saved (copy it again if damaged)")
+    except CodeCarryingFile:
         raise ExportError(
             f"{path} holds a pickled model object, which qsenn does not load (loading "
             f"it would run code from the file); in the original code run "
             f"torch.save(model.state_dict(), 'weights.pth') and import that"
         ) from None
-    except Exception as exc:
-        raise ExportError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    except QsennError as exc:
+        raise ExportError(str(exc)) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -129,7 +132,7 @@ def import_reference(
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing/unexpected keys or shape mismatches, listed by torch
-        detail = str(exc).splitlines()[-1].strip()
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()  # the specific line
         raise ExportError(f"{path} does not match {model.arch}: {detail}") from None
     # A ternary head is a Q-SENN model, a sparse real-valued one an SLDD model (the same layout).
     model_type = "qsenn" if read_head(model, str(path)).kind == HEAD_TERNARY else "sldd"

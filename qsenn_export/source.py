@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qsenn_train.checkpoint import load_checkpoint, model_from_record
 from qsenn_train.data.base import DatasetInfo
-from qsenn_train.errors import QsennError
+from qsenn_train.errors import QsennError, path_problem
 from qsenn_train.model import QResNet
 from qsenn_train.names import MODEL_TYPES
 from qsenn_train.run import ModelEntry, Run, find_runs
@@ -56,9 +56,10 @@ def load_source(path: Path, model_type: str | None = None) -> ExportSource:
         raise ExportError(f"unknown model type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
     if path.is_dir():
         return _from_run(_run_of_folder(path, model_type), model_type)
-    if not path.exists():
+    problem = path_problem(path)
+    if problem == "no such file":
         raise ExportError(f"{path} does not exist; pass a run directory or a checkpoint file")
-    if (path.parent / CONFIG).is_file():
+    if problem is None and (path.parent / CONFIG).is_file():  # else load_checkpoint names the problem
         run = Run(path.parent)
         for entry in (run.entry(t) for t in run.model_types):
             if run.files.file(entry.checkpoint).resolve() == path.resolve():

@@ -53,6 +53,7 @@ from qsenn_train.rundir import atomic_write
 
 from ._common import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
 from .errors import ExportError
+from .evidence import with_evidence
 from .formats import CALIBRATION_LIMIT, DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB, ExportOptions, Tolerance, validate
 from .graph import TERNARY_INITIALIZER, backbone_in_half, ternary_as_float
 from .int8 import TENSORRT_INT8, quantization_record, quantize_for_tensorrt
@@ -238,6 +239,7 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
     folded = fold_source(source)
     report_macs(source, folded, echo)
     metadata = build_metadata(source, OPSET, options.feature_names)
+    metadata = with_evidence(metadata, source, options.evidence_count, options.evidence_images, echo)
     model = to_onnx(folded, metadata, batch=None)
     calibration = None
     if options.int8:

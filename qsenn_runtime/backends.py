@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend_api import Shape
-from .errors import BackendError
+from .errors import BackendError, first_line
 from .metadata import (
     ENGINE_GPU_KEY,
     ENGINE_HEAD_PRECISION_KEY,
@@ -187,8 +187,7 @@ class OnnxBackend:
                     provider_options=provider_options(providers, profile, cache_dir() / "onnxruntime-tensorrt"),
                 )
         except Exception as exc:  # onnxruntime's own exception types live in a private module
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"onnxruntime cannot load {path}: {first_line}") from None
+            raise BackendError(f"onnxruntime cannot load {path}: {first_line(exc)}") from None
         active = self.session.get_providers()[0]
         self.name = f"onnxruntime {ort.__version__} ({active})"
         inputs = {node.name: node for node in self.session.get_inputs()}

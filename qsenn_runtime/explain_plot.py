@@ -7,6 +7,7 @@ draws on a figure of its own (Agg canvas), never touching pyplot's global state.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,26 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
         logits = np.asarray(prediction.logits)
         probability = 1 / np.exp(logits - logits[explanation.class_index]).sum()
         title += f"; explained: {explanation.class_name} ({probability:.1%})"
-    figure.suptitle(title, fontsize=13, fontweight="bold")
+    evidence = prediction.evidence
+    if evidence is not None and evidence.weak:
+        title += " — weak evidence"
+    figure.suptitle(title, fontsize=13, fontweight="bold", color=NEGATIVE if evidence and evidence.weak else "black")
+    if evidence is not None:
+        # Below the bars, red when the prediction rests on weak evidence; wrapped to the figure.
+        note = (
+            f"WEAK EVIDENCE: the positive evidence for {prediction.class_name} is {evidence.score:.3f}, the "
+            f"{evidence.rank} of the training images' predictions; the image may be unlike the training data"
+            if evidence.weak
+            else f"evidence: the positive evidence for {prediction.class_name} is {evidence.score:.3f}, the "
+            f"{evidence.rank} of the training images' predictions"
+        )
+        size = 11 if evidence.weak else 9
+        figure.supxlabel(
+            textwrap.fill(note, int(figure.get_figwidth() * 72 / (0.62 * size))),
+            fontsize=size,
+            color=NEGATIVE if evidence.weak else BIAS,
+            fontweight="bold" if evidence.weak else "normal",
+        )
 
     image_axes = figure.add_subplot(grid[0, 0])
     image_axes.imshow(explained.image)

@@ -3,6 +3,7 @@ against the graph, and build the backend."""
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,11 +11,11 @@ import numpy as np
 
 from .backend_api import Backend
 from .engine_file import MAGIC, read_engine_file
-from .errors import BackendError
+from .errors import BackendError, path_problem
 from .metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
 from .model import Model
 from .onnx_proto import Matrix, NotOnnxError, OnnxSummary, read_onnx_summary
-from .preprocess import MAX_IMAGE_PIXELS
+from .preprocess import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageBudget
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -28,6 +29,7 @@ def load(
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     spin: bool = True,
     arena: bool = True,
+    max_image_bytes: int | None = MAX_IMAGE_BYTES,
 ) -> Model:
     """Open an exported model (`.onnx`, or an engine from `qsenn export --format trt`).
 
@@ -36,7 +38,10 @@ def load(
     request: its engine is built for batches up to `batch_size` and cached (backends.cache_dir()).
     INT8 QOperator models run on the CPU provider only. Engines run on TensorRT itself and take
     no provider. threads: onnxruntime's intra-op threads (default: its own choice).
-    max_image_pixels: larger images are refused (decompression-bomb guard).
+    max_image_pixels, max_image_bytes: the most one encoded image (a file or
+    bytes) may decode to, in pixels and in bytes (None: no limit); a JPEG over them is decoded at a
+    reduced scale where the model's input size allows, any other image is refused with an
+    InputError (decompression-bomb guard and memory budget: a server sets them per model).
     spin: onnxruntime's idle worker threads spin-wait for the next call (lowest latency when the
     cores are free); False lets them sleep, which a server sharing its cores wants. arena:
     onnxruntime's CPU memory arena, which keeps the largest activations seen (and grows further
@@ -46,6 +51,7 @@ def load(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, not {batch_size}")
+    budget = ImageBudget(max_image_pixels, max_image_bytes)  # a bad limit fails before the model loads
     path = Path(path)
     backend: Backend
     if _is_engine(path):
@@ -59,7 +65,7 @@ def load(
     else:
         metadata, summary = _onnx_metadata(path)
         quantization = metadata.quantization or {}
-        static_batch = summary.input_dims.get(INPUT_NAME, (None,))[0]
+        static_batch = (summary.inputs.get(INPUT_NAME) or (None,))[0]
         backend = OnnxBackend(
             path,
             provider,
@@ -70,13 +76,25 @@ def load(
             arena=arena,
         )
     check_io_shapes(metadata, backend.input_shapes, backend.output_shapes, str(path))
-    return Model(metadata, backend, source=str(path), batch_size=batch_size, max_image_pixels=max_image_pixels)
+    return Model(
+        metadata,
+        backend,
+        source=str(path),
+        batch_size=batch_size,
+        max_image_pixels=budget.max_pixels,
+        max_image_bytes=budget.max_bytes,
+    )
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
-    """The model's qsenn metadata, without building a backend (no onnxruntime, no TensorRT).
+    """The model's qsenn metadata, checked as `load` checks it but without building a backend (no
+    onnxruntime, no TensorRT), so `qsenn inspect` refuses what `qsenn predict` refuses.
 
-    For ONNX it is also checked against the head matrix the graph holds (see check_head_initializer)."""
+    ONNX: the metadata against the head matrix the graph holds (check_head_initializer) and against
+    the graph's input and output names and shapes (check_io_shapes). Engines: the container, and
+    the plan against the size and sha256 recorded when it was packed. Not checked here: whether
+    onnxruntime knows every operator, and whether TensorRT can deserialize the plan (only a backend
+    can tell; `load` does)."""
     path = Path(path)
     if _is_engine(path):
         return read_engine_file(path)[0]
@@ -87,6 +105,11 @@ def _onnx_metadata(path: Path) -> tuple[ModelMetadata, OnnxSummary]:
     try:
         summary = read_onnx_summary(path)
     except NotOnnxError as exc:
+        if is_torch_save_file(path):
+            raise MetadataError(
+                f"{path} is neither an ONNX model nor a qsenn engine: it is a torch.save file (a training "
+                f"checkpoint); export it with `qsenn export {path}` and use the .onnx that writes"
+            ) from None
         raise MetadataError(f"{path} is neither an ONNX model nor a qsenn engine ({exc})") from None
     text = summary.metadata_props.get(METADATA_KEY)
     if text is None:
@@ -99,14 +122,39 @@ def _onnx_metadata(path: Path) -> tuple[ModelMetadata, OnnxSummary]:
     except MetadataError as exc:
         raise MetadataError(f"{path}: {exc}") from None
     check_head_initializer(metadata, summary.matrices, str(path))
+    check_io_shapes(metadata, summary.inputs, summary.outputs, str(path))
     return metadata, summary
 
 
 def _is_engine(path: Path) -> bool:
-    if not path.is_file():
-        raise MetadataError(f"model file not found: {path}" if not path.exists() else f"{path} is not a file")
+    problem = path_problem(path)
+    if problem == "no such file":
+        raise MetadataError(f"model file not found: {path}")
+    if problem is not None:
+        raise MetadataError(
+            f"model file {path} is {problem}" if problem.startswith(("a ", "not ")) else f"{path}: {problem}"
+        )
     with open(path, "rb") as file:
         return file.read(len(MAGIC)) == MAGIC
+
+
+# How torch.save files begin: a zip archive holding <name>/data.pkl (since torch 1.6), or the
+# legacy format's pickled magic number 0x1950a86a20f9469cfc6c. Recognised without unpickling.
+_LEGACY_TORCH_SAVE = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
+
+
+def is_torch_save_file(path: Path) -> bool:
+    with open(path, "rb") as file:
+        head = file.read(len(_LEGACY_TORCH_SAVE))
+    if head.startswith(_LEGACY_TORCH_SAVE):
+        return True
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def check_head_initializer(metadata: ModelMetadata, matrices: Mapping[str, Matrix], source: str) -> None:
@@ -154,9 +202,13 @@ def _equals(matrix: Matrix, weights: np.ndarray) -> bool:
 
 
 def check_io_shapes(
-    metadata: ModelMetadata, inputs: Mapping[str, tuple], outputs: Mapping[str, tuple], source: str
+    metadata: ModelMetadata,
+    inputs: Mapping[str, tuple | None],
+    outputs: Mapping[str, tuple | None],
+    source: str,
 ) -> None:
-    """Input and output names and static dimensions must agree with the metadata (None = dynamic)."""
+    """Input and output names and static dimensions must agree with the metadata (a dimension of
+    None is dynamic; a shape of None, one the file does not record, is not compared)."""
     K, F, size = metadata.num_classes, metadata.num_features, metadata.input.size
     expected = {
         INPUT_NAME: (None, 3, size, size),
@@ -174,6 +226,8 @@ def check_io_shapes(
         )
     for name, want in expected.items():
         have = actual[name]
+        if have is None:
+            continue
         if len(have) != len(want) or any(w is not None and h is not None and h != w for h, w in zip(have, want)):
             raise MetadataError(
                 f"{source}: {name} has shape {_dims_text(have)} in the graph but the "
@@ -182,5 +236,5 @@ def check_io_shapes(
             )
 
 
-def _dims_text(dims: tuple) -> str:
+def _dims_text(dims: tuple | None) -> str:
     return "×".join("?" if d is None else str(d) for d in dims)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import QsennRuntimeError
+from .evidence import EvidenceCalibration
 
 METADATA_KEY = "qsenn"
 FORMAT_VERSION = 2
@@ -75,6 +76,9 @@ class ModelMetadata:
     # INT8 ONNX only: how the backbone was quantised (precision, format, calibration); the head
     # (c, T, b) stays float, so contributions and the identity keep fp32 exactness.
     quantization: dict | None = None
+    # How strong a prediction's evidence is, calibrated on training images (see evidence.py);
+    # None where the export had no images to calibrate on. Written only when set.
+    evidence: EvidenceCalibration | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -95,6 +99,10 @@ class ModelMetadata:
         del d["head_kind"], d["weights"]
         d["head"] = _head_to_json(self.head_kind, self.weights)
         d["bias"] = [float(x) for x in self.bias]
+        if self.evidence is None:
+            del d["evidence"]
+        else:
+            d["evidence"] = self.evidence.to_json()
         d["format"] = METADATA_KEY
         d["format_version"] = FORMAT_VERSION
         return json.dumps(d, sort_keys=True)
@@ -138,6 +146,7 @@ class ModelMetadata:
                 exporter=dict(d.get("exporter", {})),
                 engine=None if d.get("engine") is None else dict(d["engine"]),
                 quantization=None if d.get("quantization") is None else dict(d["quantization"]),
+                evidence=None if d.get("evidence") is None else EvidenceCalibration.from_json(d["evidence"]),
                 format_version=version,
             )
         except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:  # int(Infinity)…

@@ -15,7 +15,16 @@ from PIL import Image
 from .backend_api import Backend
 from .errors import IdentityCheckError, InputError, QsennRuntimeError
 from .metadata import ModelMetadata
-from .preprocess import MAX_IMAGE_PIXELS, ImageSource, describe, load_rgb, resize_and_crop, to_chw
+from .preprocess import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    ImageBudget,
+    ImageSource,
+    describe,
+    load_rgb,
+    resize_and_crop,
+    to_chw,
+)
 from .report import ClassRule, class_rules
 from .results import Contribution, ExplainedImage, Explanation, Prediction, PredictionError
 
@@ -47,12 +56,13 @@ class Model:
         source: str,
         batch_size: int,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        max_image_bytes: int | None = MAX_IMAGE_BYTES,
     ):
         self.metadata = metadata
         self.backend = backend
         self.source = source
         self.batch_size = batch_size
-        self.max_image_pixels = max_image_pixels
+        self.image_budget = ImageBudget(max_image_pixels, max_image_bytes)
         self._weights = metadata.weights.astype(np.float64)  # T or W, exact in float64
         self._abs_weights = np.abs(self._weights)
         self._bias = metadata.bias.astype(np.float64)
@@ -203,7 +213,7 @@ class Model:
 
     # -- internals ------------------------------------------------------------------------
     def _crop(self, source: ImageSource, name: str) -> Image.Image:
-        return resize_and_crop(load_rgb(source, name, self.max_image_pixels), self.metadata.input)
+        return resize_and_crop(load_rgb(source, name, self.image_budget, self.metadata.input), self.metadata.input)
 
     def _chunk_size(self, batch_size: int | None) -> int:
         size = self.batch_size if batch_size is None else batch_size
@@ -266,6 +276,7 @@ class Model:
         shifted = np.exp(logits.astype(np.float64) - logits.max())
         predicted = int(np.argmax(logits))
         explained = [predicted] + [k for k in dict.fromkeys(class_ids) if k != predicted]
+        calibration = self.metadata.evidence
         return Prediction(
             source=name,
             class_index=predicted,
@@ -274,6 +285,7 @@ class Model:
             logits=tuple(logits.tolist()),
             features=tuple(features.tolist()),
             explanations=tuple(self._explanation(k, float(logits[k]), features) for k in explained),
+            evidence=None if calibration is None else calibration.assess(self._weights, features, predicted),
         )
 
     def _explanation(self, k: int, logit: float, features: np.ndarray) -> Explanation:

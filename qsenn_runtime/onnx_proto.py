@@ -1,9 +1,10 @@
 """Reads what the runtime checks in an ONNX file — its metadata_props, its 2-D int8 and float
-initializers (where the head matrix lives) and the dimensions of its graph inputs —
-with a minimal protobuf wire-format walker, so that the runtime needs no `onnx` package.
+initializers (where the head matrix lives) and the names and shapes of the graph's inputs and
+outputs — with a minimal protobuf wire-format walker, so that the runtime needs no `onnx` package.
 
 The file is memory-mapped and walked by offsets: the weights are skipped, never copied.
-Field numbers are those of onnx.proto (ModelProto, GraphProto, TensorProto).
+Field numbers are those of onnx.proto (ModelProto, GraphProto, TensorProto, ValueInfoProto,
+TypeProto, TensorShapeProto).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import numpy as np
 
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 _MODEL_IR_VERSION, _MODEL_GRAPH, _MODEL_METADATA_PROPS = 1, 7, 14
-_GRAPH_INITIALIZER, _GRAPH_INPUT = 5, 11
+_GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 5, 11, 12
 _VALUE_INFO_NAME, _VALUE_INFO_TYPE = 1, 2
-_TYPE_TENSOR, _TENSOR_TYPE_SHAPE, _SHAPE_DIM, _DIM_VALUE = 1, 2, 1, 1
+_TYPE_TENSOR = 1  # TypeProto.tensor_type
+_TENSOR_TYPE_SHAPE = 2  # TypeProto.Tensor.shape
+_SHAPE_DIM = 1  # TensorShapeProto.dim
+_DIM_VALUE = 1  # TensorShapeProto.Dimension.dim_value (dim_param, a name, is a dynamic dimension)
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_FLOAT_DATA, _TENSOR_INT32_DATA, _TENSOR_NAME, _TENSOR_RAW_DATA = (
     1,
@@ -47,11 +51,15 @@ class Matrix:
     values: np.ndarray | None  # None where the data lives outside the file or is too large
 
 
+Shape = tuple[int | None, ...]  # None: a dynamic dimension
+
+
 @dataclass(frozen=True)
 class OnnxSummary:
     metadata_props: dict[str, str]
     matrices: dict[str, Matrix]  # 2-D int8 and float32 initializers, by name
-    input_dims: dict[str, tuple[int | None, ...]]  # graph inputs: static dimensions, None where symbolic
+    inputs: dict[str, Shape | None]  # the graph's inputs by name (None: no shape recorded)
+    outputs: dict[str, Shape | None]
 
 
 def read_onnx_summary(path: str | Path) -> OnnxSummary:
@@ -66,7 +74,8 @@ def summarise(buffer) -> OnnxSummary:
     """`buffer`: bytes or an mmap holding a serialized ModelProto."""
     props: dict[str, str] = {}
     initializers: dict[str, Matrix] = {}
-    inputs: dict[str, tuple[int | None, ...]] = {}
+    inputs: dict[str, Shape | None] = {}
+    outputs: dict[str, Shape | None] = {}
     seen_ir_version = seen_graph = False
     for field, wire, start, end in _fields(buffer, 0, len(buffer)):
         if field == _MODEL_IR_VERSION and wire == _VARINT:
@@ -78,34 +87,46 @@ def summarise(buffer) -> OnnxSummary:
                     name, tensor = _matrix(buffer, gstart, gend)
                     if tensor is not None:
                         initializers[name] = tensor
-                elif gfield == _GRAPH_INPUT and gwire == _LENGTH_DELIMITED:
-                    name, dims = _input_dims(buffer, gstart, gend)
-                    inputs[name] = dims
+                elif gfield in (_GRAPH_INPUT, _GRAPH_OUTPUT) and gwire == _LENGTH_DELIMITED:
+                    name, shape = _value_info(buffer, gstart, gend)
+                    (inputs if gfield == _GRAPH_INPUT else outputs)[name] = shape
         elif field == _MODEL_METADATA_PROPS and wire == _LENGTH_DELIMITED:
             entry = {f: _text(buffer, s, e) for f, w, s, e in _fields(buffer, start, end) if w == _LENGTH_DELIMITED}
             props[entry.get(_ENTRY_KEY, "")] = entry.get(_ENTRY_VALUE, "")
     if not (seen_ir_version and seen_graph):
         raise NotOnnxError("it holds no ONNX model (no IR version or no graph)")
-    return OnnxSummary(props, initializers, inputs)
+    return OnnxSummary(props, initializers, inputs, outputs)
 
 
-def _input_dims(buffer, start: int, end: int) -> tuple[str, tuple[int | None, ...]]:
-    """ValueInfoProto → (name, dims): TypeProto.tensor_type.shape.dim[].dim_value (None: a dim_param)."""
-    name, dims = "", []
+def _value_info(buffer, start: int, end: int) -> tuple[str, Shape | None]:
+    """(name, shape) of a ValueInfoProto; the shape is None when the type records none."""
+    name, shape = "", None
     for field, wire, s, e in _fields(buffer, start, end):
         if field == _VALUE_INFO_NAME and wire == _LENGTH_DELIMITED:
             name = _text(buffer, s, e)
         elif field == _VALUE_INFO_TYPE and wire == _LENGTH_DELIMITED:
-            for tensor in _submessages(buffer, s, e, _TYPE_TENSOR):
-                for shape in _submessages(buffer, *tensor, _TENSOR_TYPE_SHAPE):
-                    for dim in _submessages(buffer, *shape, _SHAPE_DIM):
-                        values = [v for f, w, _, v in _fields(buffer, *dim) if f == _DIM_VALUE and w == _VARINT]
-                        dims.append(values[0] if values else None)
-    return name, tuple(dims)
+            shape = _tensor_shape(buffer, s, e)
+    return name, shape
 
 
-def _submessages(buffer, start: int, end: int, wanted: int) -> list[tuple[int, int]]:
-    return [(s, e) for f, w, s, e in _fields(buffer, start, end) if f == wanted and w == _LENGTH_DELIMITED]
+def _tensor_shape(buffer, start: int, end: int) -> Shape | None:
+    for field, wire, s, e in _fields(buffer, start, end):
+        if field == _TYPE_TENSOR and wire == _LENGTH_DELIMITED:
+            for tfield, twire, ts, te in _fields(buffer, s, e):
+                if tfield == _TENSOR_TYPE_SHAPE and twire == _LENGTH_DELIMITED:
+                    return tuple(
+                        _dim(buffer, ds, de)
+                        for dfield, dwire, ds, de in _fields(buffer, ts, te)
+                        if dfield == _SHAPE_DIM and dwire == _LENGTH_DELIMITED
+                    )
+    return None
+
+
+def _dim(buffer, start: int, end: int) -> int | None:
+    for field, wire, _, value in _fields(buffer, start, end):
+        if field == _DIM_VALUE and wire == _VARINT:
+            return value
+    return None
 
 
 def _matrix(buffer, start: int, end: int) -> tuple[str, Matrix | None]:

@@ -9,7 +9,7 @@ import html
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,28 +123,50 @@ def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
     return _html_page(header, [(class_head, class_rows), (feature_head, feature_rows)])
 
 
-def prediction_table(results: Sequence[Prediction | PredictionError], top_k: int | None) -> str:
-    """One row per explained class of each image: image, class, probability, top contributions."""
-    from .results import PredictionError  # here: results imports numpy, the CLI reads FORMATS at start-up
+WEAK_EVIDENCE_NOTE = (
+    "weak evidence: the predicted class's positive evidence (the sum of its positive contributions) is "
+    "lower than that of {share} of the training images' predictions; the image may be unlike the training data"
+)
 
+
+def weak_evidence_note(weak_below: float) -> str:
+    """`weak_below`: the flag's percentile."""
+    return WEAK_EVIDENCE_NOTE.format(share=f"{100 - weak_below:g}%")
+
+
+def prediction_table(results: Sequence[Prediction | PredictionError], top_k: int | None) -> str:
+    """One row per explained class of each image: image, class, probability, evidence (when the
+    model is calibrated), top contributions; a note below when any evidence is weak."""
+    predictions = [cast("Prediction", r) for r in results if r.ok]
+    with_evidence = any(p.evidence is not None for p in predictions)
     rows = []
     for result in results:
-        if isinstance(result, PredictionError):
-            rows.append((result.source, "ERROR", "", result.error.removeprefix(f"{result.source}: ")))
+        if not result.ok:
+            failed = cast("PredictionError", result)
+            message = failed.error.removeprefix(f"{failed.source}: ")
+            rows.append((failed.source, "ERROR", *([""] if with_evidence else []), "", message))
             continue
-        for n, explanation in enumerate(result.explanations):
+        prediction = cast("Prediction", result)
+        for n, explanation in enumerate(prediction.explanations):
             terms = [f"{c.value:+.3f} {c.name}" for c in explanation.top(top_k)]
             hidden = len(explanation.contributions) - len(terms)
             terms += [f"… {hidden} more"] if hidden else []
+            evidence = prediction.evidence.text if n == 0 and prediction.evidence is not None else ""
             rows.append(
                 (
-                    result.source if n == 0 else "",
+                    prediction.source if n == 0 else "",
                     explanation.class_name if n == 0 else f"  {explanation.class_name} (asked)",
-                    f"{result.probability:.3f}" if n == 0 else "",
+                    f"{prediction.probability:.3f}" if n == 0 else "",
+                    *([evidence] if with_evidence else []),
                     f"logit {explanation.logit:.3f} = " + ", ".join(terms + [f"bias {explanation.bias:+.3f}"]),
                 )
             )
-    return _text_table(("image", "class", "probability", "contributions"), rows)
+    head = ("image", "class", "probability", *(["evidence"] if with_evidence else []), "contributions")
+    table = _text_table(head, rows)
+    weak = [p.evidence for p in predictions if p.evidence is not None and p.evidence.weak]
+    if weak:
+        table += "\n\n" + weak_evidence_note(weak[0].weak_below)
+    return table
 
 
 def _summary(metadata: ModelMetadata, source: str) -> dict:

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .evidence import Evidence
+
 
 @dataclass(frozen=True)
 class Contribution:
@@ -60,6 +62,9 @@ class Prediction:
     logits: tuple[float, ...]
     features: tuple[float, ...]  # c, the values every contribution is built from
     explanations: tuple[Explanation, ...]  # the predicted class first, then the requested ones
+    # How the predicted class's positive evidence compares with the training images' (None: the
+    # model's metadata holds no evidence calibration).
+    evidence: Evidence | None = None
 
     ok = True
 
@@ -82,6 +87,7 @@ class Prediction:
             "logits": list(self.logits),
             "features": list(self.features),
             "explanations": [e.to_dict(top_k) for e in self.explanations],
+            "evidence": None if self.evidence is None else self.evidence.to_dict(),
         }
 
 

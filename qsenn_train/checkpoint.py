@@ -6,15 +6,13 @@ A checkpoint is a plain dict of tensors and JSON-able values, so it loads with
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .data.base import DatasetInfo
 from .errors import QsennError
 from .model import QResNet, build_model
+from .torchfile import CodeCarryingFile, read_torch_file
 
 FORMAT = "qsenn.model"
 VERSION = 1
@@ -64,30 +62,16 @@ def install_sparse_head_from(model: QResNet, state: dict, dropout: float) -> Non
     model.install_sparse_head(selection, mean, std, weight, bias, dropout=dropout)
 
 
-def refused_global(exc: pickle.UnpicklingError) -> bool:
-    """Whether the weights-only unpickler refused a class or function the file names (which a full
-    unpickler would import and call), rather than bytes that are no checkpoint at all."""
-    return "GLOBAL" in str(exc)
-
-
 def load_checkpoint(path: Path) -> tuple[QResNet, dict]:
     """Load a model file written by qsenn (safe: weights_only)."""
     path = Path(path)
-    if not path.is_file():
-        raise QsennError(f"checkpoint not found: {path}")
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's own text suggests weights_only=False: not here
-        if refused_global(exc):
-            raise QsennError(
-                f"refusing to load {path}: it holds objects other than tensors and plain "
-                f"data, which could run code when loaded; qsenn loads only checkpoints "
-                f"it wrote (convert original ones with `qsenn import-reference`)"
-            ) from None
-        raise QsennError(f"cannot load checkpoint {path}: it is not a torch.save file, or a corrupt one") from None
-    except Exception as exc:
+        record = read_torch_file(
+            path, "pass a checkpoint written by `qsenn train` or `qsenn import-reference` (copy it again if damaged)"
+        )
+    except CodeCarryingFile as exc:
         raise QsennError(
-            f"cannot load checkpoint {path}: {str(exc).splitlines()[0]} (only plain tensors and data are accepted)"
+            f"{exc}; qsenn loads only checkpoints it wrote (convert original ones with `qsenn import-reference`)"
         ) from None
     if not isinstance(record, dict):
         raise QsennError(f"{path} is not a qsenn model checkpoint")

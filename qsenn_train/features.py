@@ -183,7 +183,10 @@ FEATURE_FILES = (
 def load_feature_set(run: RunDir, folder: str) -> FeatureSet | None:
     """The cached features of a step, or None unless every file is intact."""
     record = run.load_torch(f"{folder}/feature_stats.pt")
-    if record is None or not all(run.intact(f"{folder}/{name}") for name in FEATURE_FILES):
+    if record is None:
+        return None
+    arrays = [run.load_array(f"{folder}/{name}") for name in FEATURE_FILES]
+    if any(array is None for array in arrays):
         return None
     train, train_labels, val, val_labels, test, test_labels = (
         np.load(run.file(f"{folder}/{name}"), mmap_mode="r") for name in FEATURE_FILES

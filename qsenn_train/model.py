@@ -16,6 +16,7 @@ from torchvision.models import resnet
 
 from .errors import QsennError
 from .names import SMALL_STEM_ARCHS
+from .torchfile import read_torch_file
 
 STD_CLAMP = 1e-6  # the head's lower bound on σ (spec §1.4; the GLM steps use 1e-5, odd-V)
 
@@ -195,12 +196,7 @@ def load_pretrained(model: QResNet, arch: str) -> None:
             f"ImageNet weights for {arch} not found: put {candidates[0].name} (torchvision "
             f"IMAGENET1K_V1) into {folder}, or train from scratch with --no-pretrained"
         )
-    try:
-        state = torch.load(found, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which one
-        raise QsennError(
-            f"cannot read pretrained weights {found} ({str(exc).splitlines()[0]}); delete it and copy it again"
-        ) from None
+    state = read_torch_file(found, "these ImageNet weights are damaged: delete the file and copy it again")
     fc_weight, fc_bias = state.pop("fc.weight", None), state.pop("fc.bias", None)
     missing, unexpected = model.load_state_dict(state, strict=False)
     backbone_missing = [k for k in missing if not k.startswith("linear.")]

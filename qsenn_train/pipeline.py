@@ -201,18 +201,25 @@ def evaluate_run(
     if not entries:
         run.entry(None)  # raises the line that says what to finish
     resolved = Device.resolve(device)
-    rows: dict[str, dict] = {}
+    # Every checkpoint is read before any metric is computed or written: a damaged one is refused
+    # with nothing rewritten, and before the dataset is opened.
+    jobs: list[tuple[Recipe, list[tuple[str, dict, str, str]]]] = []  # per entry: label, record, scope, file
     done: set[str] = set()
     for entry in entries:
-        recipe = entry.load_recipe()
-        data = open_data(recipe, data_root or run.data_root, echo)
         scopes = {DENSE: (entry.dense_checkpoint, f"dense-{entry.dense_key}", entry.dense_metrics)}
         scopes[entry.model_type] = (entry.checkpoint, entry.folder, entry.metrics)
+        models = []
         for label, (checkpoint, scope, metrics_file) in scopes.items():
             if checkpoint in done:  # the dense model Q-SENN and SLDD share
                 continue
             done.add(checkpoint)
-            model = resolved.prepare(model_from_record(run.load_record(checkpoint)))
+            models.append((label, run.load_record(checkpoint), scope, metrics_file))
+        jobs.append((entry.load_recipe(), models))
+    rows: dict[str, dict] = {}
+    for recipe, models in jobs:
+        data = open_data(recipe, data_root or run.data_root, echo)
+        for label, record, scope, metrics_file in models:
+            model = resolved.prepare(model_from_record(record))
             rows[label] = compute_metrics(model, data, recipe, resolved)
             run.files.save_json(metrics_file, {**rows[label], "model": scope})
     echo(summary_table(rows))

@@ -12,17 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import faults
-from .errors import QsennError
+from .errors import QsennError, first_line
+from .torchfile import CodeCarryingFile, UnreadableFile, read_torch_file
 
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"
@@ -110,10 +111,13 @@ class RunDir:
     """One training run's folder. Names are relative paths inside it."""
 
     def __init__(self, path: Path, echo: Callable[[str], None] = print, create: bool = True):
+        """create=False opens the folder for reading only (run.Run): a damaged result is then
+        refused with one error line by the reader instead of reported here as recomputed."""
         self.path = Path(path)
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
         self.echo = echo
+        self.recomputes = create
         manifest = self.path / MANIFEST
         try:
             self._manifest: dict[str, dict] = json.loads(manifest.read_text()) if manifest.exists() else {}
@@ -165,21 +169,44 @@ class RunDir:
             return False
         if path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]:
             return True
-        self.echo(f"warning: {path} is damaged (its sha256 does not match the manifest); recomputing it")
-        self.event("damaged_result", name=name)
+        if self.recomputes:
+            self.echo(f"warning: {path} is damaged (its sha256 does not match the manifest); recomputing it")
+            self.event("damaged_result", name=name)
         return False
+
+    def _unreadable(self, name: str, problem: str) -> None:
+        """A result that matches its manifest entry yet cannot be read (written damaged, e.g. on a
+        full disk): the writer recomputes it, a reader refuses it."""
+        path = self.file(name)
+        if not self.recomputes:
+            raise QsennError(
+                f"{path} {problem} (its manifest entry matches: it was saved damaged); "
+                f"recompute it with `qsenn train … --resume`"
+            )
+        self.echo(f"warning: {path} {problem} although its manifest entry matches (saved damaged); recomputing it")
+        self.event("unreadable_result", name=name, problem=problem)
 
     def load_torch(self, name: str) -> Any | None:
         """The stored object, or None when absent or damaged (safe load: tensors and plain data)."""
         if not self.intact(name):
             return None
         try:
-            return torch.load(self.file(name), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise QsennError(
-                f"refusing to load {self.file(name)}: it holds objects other than "
-                f"tensors and plain data, which could run code; delete it"
-            ) from None
+            return read_torch_file(self.file(name), "recompute it with `qsenn train … --resume`")
+        except CodeCarryingFile as exc:
+            raise QsennError(f"{exc}; delete it") from None
+        except UnreadableFile as exc:
+            self._unreadable(name, exc.problem)
+            return None
+
+    def load_array(self, name: str) -> np.ndarray | None:
+        """A stored .npy array, memory-mapped (no pickle); None when absent, damaged or unreadable."""
+        if not self.intact(name):
+            return None
+        try:
+            return np.load(self.file(name), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:  # numpy's header checks: ValueError mostly
+            self._unreadable(name, f"is not a readable .npy array ({first_line(exc)})")
+            return None
 
     def load_json(self, name: str) -> Any | None:
         if not self.intact(name):

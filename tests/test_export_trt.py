@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -128,7 +129,8 @@ def test_engine_metadata_round_trips_through_the_container(source):
     target = BuildTarget(trt=type(sys)("tensorrt"), gpu="NVIDIA H100", capability=(9, 0))
     target.trt.__version__ = "10.9.0"
     info = engine_info(target, "fp16", profile_shapes(16, 32))
-    read, plan = unpack_engine(pack_engine(metadata.with_engine(info), b"plan-bytes"))
+    packed = pack_engine(metadata.with_engine(info), b"plan-bytes")
+    read, plan = unpack_engine(packed)
     assert plan == b"plan-bytes"
     assert read.engine == {
         "tensorrt": "10.9.0",
@@ -139,10 +141,16 @@ def test_engine_metadata_round_trips_through_the_container(source):
         "head_precision": "fp32",
         "network": "strongly typed",
         "profile": {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [16, 3, 32, 32]},
+        "plan_bytes": 10,
+        "plan_sha256": hashlib.sha256(b"plan-bytes").hexdigest(),
     }
     np.testing.assert_array_equal(read.weights, metadata.weights)
     with pytest.raises(MetadataError, match="truncated"):
-        unpack_engine(pack_engine(metadata.with_engine(info), b"plan-bytes")[:40])
+        unpack_engine(packed[:40])
+    with pytest.raises(MetadataError, match="plan has 9 bytes but 10 were packed"):
+        unpack_engine(packed[:-1])
+    with pytest.raises(MetadataError, match="plan is not the one packed"):
+        unpack_engine(packed[:-10] + b"garbage!!!")
 
 
 # ---- the graph each precision is built from --------------------------------------------------

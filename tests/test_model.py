@@ -113,7 +113,7 @@ def test_checkpoint_roundtrip_keeps_outputs(tmp_path):
 
 def test_checkpoint_rejects_foreign_files(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(QsennError, match="cannot load checkpoint"):
+    with pytest.raises(QsennError, match="x.pt is not a torch.save file, or a corrupt one"):
         load_checkpoint(tmp_path / "x.pt")
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "sd.pt")
     with pytest.raises(QsennError, match="import-reference"):

@@ -242,3 +242,52 @@ def test_amp_and_channels_last_are_refused_on_the_cpu(data_root, tmp_path):
     opts = RunOptions(seed=3, data_root=data_root, out=tmp_path, device="cpu", amp=True)
     with pytest.raises(QsennError, match="need --device cuda"):
         train(resolve_recipe("tiny"), opts, echo=lambda line: None)
+
+
+def test_a_result_saved_damaged_is_named_and_recomputed_on_resume(qsenn_run, data_root, tmp_path, capsys):
+    """An empty dense checkpoint whose manifest entry matches it (written so on a full disk):
+    `qsenn train --resume` names the file and what is wrong, recomputes it, and finishes; it never
+    answers "interrupted … rerun with --resume" (which rerunning would repeat forever)."""
+    import shutil
+
+    from cli_runner import run_cli
+
+    from qsenn_train.rundir import MANIFEST, sha256_file
+
+    result, out = qsenn_run
+    copy = tmp_path / "runs"
+    shutil.copytree(out, copy, symlinks=True)
+    run_dir = copy / os.path.relpath(result["run_dir"], out)
+    dense = next(run_dir.glob("dense-*.pt"))
+    dense.write_bytes(b"")
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    manifest[dense.name] = {"sha256": sha256_file(dense), "bytes": 0}
+    (run_dir / MANIFEST).write_text(json.dumps(manifest))
+    args = ["train", "--recipe", "tiny", "--seed", "3", "--data-root", data_root, "--out", copy, "--device", "cpu"]
+
+    code, stdout, stderr = run_cli(capsys, *args, "--resume")
+    assert code == 0 and "rerun with --resume" not in stdout + stderr, stderr
+    warning = f"warning: {dense} is empty (0 bytes: an interrupted download or copy, or a full disk)"
+    assert [line for line in stdout.splitlines() if "warning" in line] == [
+        f"{warning} although its manifest entry matches (saved damaged); recomputing it"
+    ]
+    assert dense.stat().st_size > 0
+    code, stdout, _ = run_cli(capsys, *args, "--resume")  # recomputed for good: reused now, silently
+    assert code == 0 and "warning" not in stdout and f"dense model: reusing {dense}" in stdout
+
+
+def test_an_end_of_file_deep_in_a_command_is_not_called_an_interruption(monkeypatch, capsys, tmp_path):
+    """click turns any EOFError into Abort; the CLI must not answer "interrupted … --resume"."""
+    from cli_runner import run_cli
+
+    import qsenn_train.pipeline as pipeline
+
+    def read_empty_file(*args, **kwargs):
+        raise EOFError
+
+    monkeypatch.setattr(pipeline, "train", read_empty_file)
+    code, _, stderr = run_cli(capsys, "train", "--recipe", "tiny", "--seed", "0", "--out", tmp_path)
+    assert code == 2
+    assert stderr.strip() == (
+        "error: a file ended unexpectedly (EOFError): one this command read is empty or truncated"
+    )

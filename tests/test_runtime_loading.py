@@ -3,6 +3,7 @@ execution-provider choice, and the TensorRT compatibility rule (no TensorRT need
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -180,7 +181,8 @@ def test_engine_compatibility_rule():
 def test_engines_without_tensorrt_are_refused_clearly(tmp_path):
     metadata = toy_metadata().with_engine(ENGINE)
     (tmp_path / "m.engine").write_bytes(pack_engine(metadata, b"not really a plan"))
-    assert qsenn_runtime.read_metadata(tmp_path / "m.engine").engine == ENGINE
+    read = qsenn_runtime.read_metadata(tmp_path / "m.engine").engine
+    assert read == {**ENGINE, "plan_bytes": 17, "plan_sha256": hashlib.sha256(b"not really a plan").hexdigest()}
     with pytest.raises(
         BackendError, match="TensorRT engine; it runs on TensorRT, not on the execution provider 'cuda'"
     ):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from qsenn_runtime.errors import InputError
 from qsenn_runtime.metadata import InputSpec
-from qsenn_runtime.preprocess import MAX_IMAGE_PIXELS, load_rgb, resize_and_crop, to_chw
+from qsenn_runtime.preprocess import MAX_IMAGE_PIXELS, ImageBudget, load_rgb, resize_and_crop, to_chw
 
 
 def noise(width: int, height: int, seed: int = 0, channels: int = 3) -> np.ndarray:
@@ -170,15 +170,55 @@ def test_truncated_and_corrupt_files(fmt):
 def test_decompression_bombs(monkeypatch):
     over_ours = png_header_only(10_000, 10_000)  # 1e8 pixels: Pillow only warns
     with pytest.warns(Image.DecompressionBombWarning):
-        assert "exceed the limit of 89,478,485" in _error(over_ours)
-    over_pillow = png_header_only(20_000, 20_000)  # 4e8 pixels: Pillow refuses by itself
-    assert "decompression" in _error(over_pillow)
+        assert "10000×10000 = 100,000,000 pixels exceed the limit of 25,000,000 pixels" in _error(over_ours)
+    over_pillow = png_header_only(20_000, 20_000)  # 4e8 pixels: Pillow refuses by itself …
+    # … and the line quotes the runtime's limit, the one that holds, not Pillow's 178,956,970
+    assert "400,000,000 pixels exceed the limit of 25,000,000 pixels (decompression-bomb guard)" in _error(over_pillow)
     # the limit is the runtime's, not Pillow's global (an application may disable that one)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     assert "exceed the limit" in _error(over_ours)
     small = encoded(Image.fromarray(noise(20, 20, 9)))
-    assert "400 pixels exceed the limit of 100" in _error(small, max_pixels=100)
-    assert MAX_IMAGE_PIXELS == 89_478_485
+    assert "20×20 = 400 pixels exceed the limit of 100 pixels" in _error(small, budget=ImageBudget(max_pixels=100))
+    assert MAX_IMAGE_PIXELS == 25_000_000  # well below Pillow's default of 89,478,485
+
+
+def test_the_decoded_bytes_are_budgeted_by_mode():
+    grey, rgb = (encoded(Image.fromarray(noise(100, 100, 3, channels=c))) for c in (1, 3))
+    budget = ImageBudget(max_pixels=None, max_bytes=20_000)  # 100×100 grey: 10.8 kB; RGB: 40.8 kB (4 B/px)
+    assert load_rgb(grey, "g", budget).size == (100, 100)
+    assert "100×100 in mode RGB decodes to 40,800 bytes, over the limit of 20,000 bytes" in _error(rgb, budget=budget)
+    # a sliver pays 8 bytes of row pointer per pixel row: 1×2000 grey is 18 kB, not 2 kB
+    sliver = encoded(Image.fromarray(noise(1, 2000, 5, channels=1)))
+    assert "1×2000 in mode L decodes to 18,000 bytes" in _error(sliver, budget=ImageBudget(None, 10_000))
+    assert load_rgb(rgb, "x", ImageBudget(max_pixels=None, max_bytes=None)).size == (100, 100)
+    with pytest.raises(ValueError, match="max_image_pixels must be ≥ 1"):
+        ImageBudget(max_pixels=0)
+
+
+def test_an_oversized_jpeg_is_decoded_at_a_reduced_scale_the_model_allows():
+    photo = Image.fromarray(np.kron(noise(40, 30, 4), np.ones((32, 32, 1), np.uint8)))  # 1280×960, smooth blocks
+    data = encoded(photo, "JPEG", quality=95)
+    spec = InputSpec(64, "shorter", None, None)
+    budget = ImageBudget(max_pixels=100_000)  # the full 1.2 Mpx is over it; 1/4 (320×240) fits
+    reduced = load_rgb(data, "big.jpg", budget, spec)
+    assert reduced.size == (320, 240)
+    full = resize_and_crop(load_rgb(data, "big.jpg", ImageBudget(None, None)), spec)
+    difference = np.abs(np.asarray(resize_and_crop(reduced, spec), int) - np.asarray(full, int))
+    assert difference.mean() < 3  # the same picture for the model (DCT scaling vs bilinear)
+    # never below what the resize needs: a 448 px model keeps ≥ 448 px on the shorter side → refused
+    message = _error(data, budget=budget, spec=InputSpec(448, "shorter", None, None))
+    assert "exceed the limit of 100,000 pixels even at the largest reduced JPEG scale" in message
+    # and no draft for a PNG over the budget: refused
+    assert "exceed the limit of 100,000 pixels" in _error(encoded(photo), budget=budget, spec=spec)
+    # within the budget nothing is reduced: the pixels are those of the full decode (as in training)
+    assert load_rgb(data, "big.jpg", ImageBudget(), spec).size == (1280, 960)
+
+
+def test_symbolic_link_loops_and_broken_links_are_named(tmp_path):
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    assert _error(tmp_path / "loop.jpg") == "input: a symbolic link loop"
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    assert _error(tmp_path / "broken.jpg") == f"input: a broken symbolic link (to {tmp_path / 'gone.jpg'})"
 
 
 def test_bad_arrays():

@@ -57,7 +57,9 @@ def test_every_torch_load_is_weights_only():
                 unsafe.append(f"{path.relative_to(REPO)}:{node.lineno} ({name})")
             if name.endswith("np.load") and is_true(keywords.get("allow_pickle")):
                 unsafe.append(f"{path.relative_to(REPO)}:{node.lineno} (allow_pickle)")
-    assert len(found) >= 4, found  # rundir, checkpoint, pretrained weights, reference import
+    # One reader (qsenn_train/torchfile.py) serves run directories, checkpoints, pretrained
+    # weights and reference imports, so its checks and its one-line errors hold for all of them.
+    assert [f.split(":")[0] for f in found] == ["torchfile.py"], found
     assert unsafe == []
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import numpy as np
 from PIL import Image
 
-from ..errors import QsennError
+from ..errors import QsennError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -103,7 +103,7 @@ def load_clip(folder: str | Path, device: str = "cpu") -> ClipEncoder:
             )
     except Exception as exc:
         raise QsennError(
-            f"cannot load the CLIP weights in {folder} ({_reason(exc)}); re-save the model with save_pretrained"
+            f"cannot load the CLIP weights in {folder} ({first_line(exc, _REASON_CHARS)}); re-save the model with save_pretrained"
         ) from None
     # With output_loading_info it returns (model, info), which its annotation does not say.
     model, info = cast(tuple["CLIPModel", dict[str, set]], loaded)
@@ -127,7 +127,7 @@ def load_clip(folder: str | Path, device: str = "cpu") -> ClipEncoder:
             processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise QsennError(
-            f"cannot load the CLIP tokenizer and image processor in {folder} ({_reason(exc)}); the folder needs "
+            f"cannot load the CLIP tokenizer and image processor in {folder} ({first_line(exc, _REASON_CHARS)}); the folder needs "
             "the tokenizer and preprocessor files that CLIPProcessor.save_pretrained writes"
         ) from None
     n_tokens, n_embeddings = len(processor.tokenizer), model.text_model.embeddings.token_embedding.num_embeddings
@@ -156,7 +156,7 @@ def _check_clip_config(folder: Path) -> None:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise QsennError(
-            f"cannot read {config_file} ({_reason(exc)}); re-save the model with save_pretrained"
+            f"cannot read {config_file} ({first_line(exc, _REASON_CHARS)}); re-save the model with save_pretrained"
         ) from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != CLIP_MODEL_TYPE:
@@ -179,10 +179,3 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception's message, shortened."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 1] + "…"

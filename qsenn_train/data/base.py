@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import QsennError
+from ..errors import QsennError, first_line
 
 # Resize modes of spec §3.2/§3.3; the runtime reproduces the test transform from this name.
 RESIZE_SHORTER = "shorter"  # shorter side to img_size, then (random|center) crop
@@ -79,8 +79,7 @@ def open_rgb(path: str | Path) -> Image.Image:
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, struct.error, DecompressionBombError…
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise QsennError(f"cannot read image {path} ({reason}); replace or remove that file") from None
+        raise QsennError(f"cannot read image {path} ({first_line(exc)}); replace or remove that file") from None
 
 
 class ImageListDataset(Dataset):

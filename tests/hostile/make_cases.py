@@ -8,15 +8,22 @@ or null), about. Kinds and what runs them (tests/test_hostile_inputs.py):
   image    a file for `Model.predict` and `qsenn predict` (with models/good.onnx)
   array    an .npy array (no pickle) for `Model.predict`
   tensor   an .npy N×3×S×S batch for `Model.predict_tensor`
-  model    a file for `qsenn_runtime.load` and `qsenn predict`
-  dataset  a --data-root folder for `qsenn train --recipe tiny --dataset <dataset>`
+  model       a file for `qsenn_runtime.load`, `qsenn predict` and `qsenn inspect` (which refuses
+              the same, but for `inspect_expect`: what only a backend can find)
+  dataset     a --data-root folder for `qsenn train --recipe tiny --dataset <dataset>`
+  checkpoint  a file for `qsenn export FILE`, `qsenn import-reference FILE`, `qsenn bench FILE`
+  run         a run directory for `qsenn export RUN`, `export RUN/final.pt`, `evaluate`,
+              `validate-run` and `bench RUN` (its registered checkpoint is damaged)
+A case's `expect_by_command` overrides `expect` for the commands it names.
 Everything is generated from fixed seeds, so the output is the same on every run with the same
-Pillow, numpy, onnx and zlib (cases.json records their versions); the committed corpus is what
-this script writes, which a test checks.
+Pillow, numpy, onnx, torch and zlib (cases.json records their versions); the committed corpus is
+what this script writes, which a test checks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 import struct
@@ -28,11 +35,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import PIL
+import torch
 from PIL import Image
 
 from qsenn_bench.testing.fake_datasets import make_class_folders, make_cub, make_fashion_mnist, write_lines
 from qsenn_bench.testing.toy_onnx import toy_metadata, toy_model
 from qsenn_runtime.engine_file import MAGIC, pack_engine
+from qsenn_runtime.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from qsenn_train.data.base import RESIZE_SHORTER, DatasetInfo
+from qsenn_train.recipes import resolve_recipe
+from qsenn_train.run import ModelEntry
+from qsenn_train.rundir import CONFIG, RunDir
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "cases"
 MANIFEST = "cases.json"
@@ -128,10 +141,13 @@ def _(path):
     path.write_bytes(png(0, 16, 8, 0, lambda: b"\0", 16))
 
 
+LIMIT = f"exceed the limit of {MAX_IMAGE_PIXELS:,} pixels"  # the one limit every refusal quotes
+
+
 @case(
     "images/bomb_400mp.png",
     "image",
-    "decompression bomb",
+    LIMIT,
     "48 KB that decompress to 20000×20000 pixels (1.2 GB as RGB)",
 )
 def _(path):
@@ -141,7 +157,7 @@ def _(path):
 @case(
     "images/bomb_90mp.png",
     "image",
-    "exceed the limit of 89,478,485",
+    LIMIT,
     "11 KB that decompress to 9500×9500 pixels: over the runtime's limit, under Pillow's error",
 )
 def _(path):
@@ -151,11 +167,37 @@ def _(path):
 @case(
     "images/bomb_header_10gp.png",
     "image",
-    "decompression bomb",
+    LIMIT,
     "a PNG header declaring 100000×100000 pixels with almost no data",
 )
 def _(path):
     path.write_bytes(png(100_000, 100_000, 8, 0, lambda: b"\0" * 10, 1))
+
+
+@case(
+    "images/sliver_over_budget.png",
+    "image",
+    LIMIT,
+    f"a PNG header declaring 1×{MAX_IMAGE_PIXELS + 1:,} pixels (a 1×80 Mpx PNG of 311 KB cost 6.8 s and 2.9 GB)",
+)
+def _(path):
+    path.write_bytes(png(1, MAX_IMAGE_PIXELS + 1, 8, 0, lambda: b"\0\0", 1))
+
+
+@case(
+    "images/sliver_over_bytes.png",
+    "image",
+    f"over the limit of {MAX_IMAGE_BYTES:,} bytes",
+    f"a PNG header declaring 1×{MAX_IMAGE_PIXELS - 1:,} RGB pixels: under the pixel limit, over the byte "
+    f"limit with Pillow's 8-byte row pointers",
+)
+def _(path):
+    path.write_bytes(png(1, MAX_IMAGE_PIXELS - 1, 8, 2, lambda: b"\0" * 4, 1))
+
+
+@case("images/symlink_loop.png", "image", "a symbolic link loop", "a symbolic link to itself")
+def _(path):
+    path.symlink_to(path.name)
 
 
 @case("images/grey16.png", "image", None, "16-bit grey")
@@ -438,7 +480,36 @@ def _(path):
     write_model(path, metadata_json=text)
 
 
-@case("models/unknown_op.onnx", "model", "onnxruntime cannot load", "valid metadata, a graph node 'NoSuchOp'")
+@case(
+    "models/missing_output.onnx",
+    "model",
+    "the graph lacks feature_maps",
+    "a qsenn graph whose feature_maps output was removed",
+)
+def _(path):
+    model = toy_model(toy_metadata())
+    (maps,) = [o for o in model.graph.output if o.name == "feature_maps"]
+    model.graph.output.remove(maps)
+    path.write_bytes(model.SerializeToString())
+
+
+@case("models/checkpoint.pt", "model", "it is a torch.save file (a training checkpoint)", "a checkpoint, not an export")
+def _(path):
+    path.write_bytes(torch_save_bytes())
+
+
+@case("models/symlink_loop.onnx", "model", "is a symbolic link loop", "a symbolic link to itself")
+def _(path):
+    path.symlink_to(path.name)
+
+
+@case(
+    "models/unknown_op.onnx",
+    "model",
+    "onnxruntime cannot load",
+    "valid metadata, a graph node 'NoSuchOp'",
+    inspect_expect=None,  # only onnxruntime knows its operators: inspect reads the file
+)
 def _(path):
     model = toy_model(toy_metadata())
     next(node for node in model.graph.node if node.op_type == "Relu").op_type = "NoSuchOp"
@@ -463,6 +534,38 @@ def _(path):
 @case("models/engine_no_plan.engine", "model", "holds metadata but no TensorRT plan", "metadata, no plan")
 def _(path):
     path.write_bytes(pack_engine(toy_metadata().with_engine(ENGINE), b""))
+
+
+@case(
+    "models/engine_garbage_plan.engine",
+    "model",
+    "its TensorRT plan is not the one packed (sha256 mismatch",
+    "an engine whose plan bytes were overwritten after packing",
+)
+def _(path):
+    packed = pack_engine(toy_metadata().with_engine(ENGINE), b"\x00" * 256)
+    path.write_bytes(packed[:-256] + rng(40).bytes(256))
+
+
+@case(
+    "models/engine_short_plan.engine",
+    "model",
+    "its TensorRT plan has 128 bytes but 256 were packed",
+    "an engine cut inside its plan",
+)
+def _(path):
+    path.write_bytes(pack_engine(toy_metadata().with_engine(ENGINE), rng(41).bytes(256))[:-128])
+
+
+@case(
+    "models/engine_metadata_not_json.engine",
+    "model",
+    "engine_metadata_not_json.engine: qsenn metadata is not valid JSON",
+    "an engine header whose metadata is '{not json'",
+)
+def _(path):
+    text = b"{not json"
+    path.write_bytes(MAGIC + struct.pack("<Q", len(text)) + text + b"plan")
 
 
 # ---- dataset folders (qsenn train) -----------------------------------------------------------
@@ -586,6 +689,109 @@ def _(path):
     images.write_bytes(data[: len(data) // 2])
 
 
+# ---- checkpoints and run directories (qsenn export, import-reference, evaluate, validate-run, bench)
+
+
+def torch_save_bytes() -> bytes:
+    """A small torch.save archive (the same bytes on every run with the same torch)."""
+    buffer = io.BytesIO()
+    torch.save({"format": "qsenn.model", "state_dict": {"w": torch.arange(64.0)}}, buffer)
+    return buffer.getvalue()
+
+
+DAMAGES: dict[str, tuple[Callable[[], bytes], str, str]] = {
+    "empty": (lambda: b"", "is empty (0 bytes", "zero bytes (a failed download, a full disk)"),
+    "truncated": (lambda: torch_save_bytes()[:900], "is truncated or corrupt", "the first 900 bytes of a torch.save"),
+    "random": (lambda: hashlib.sha256(b"qsenn").digest() * 64, "is not a torch.save file", "2 KiB of noise"),
+}
+CHECKPOINT_COMMANDS = ("export", "import-reference", "bench")
+RUN_COMMANDS = ("export RUN", "export RUN/final.pt", "evaluate", "validate-run", "bench RUN")
+
+for _how, (_bytes, _said, _about) in DAMAGES.items():
+    case(f"checkpoints/{_how}.pt", "checkpoint", _said, _about)(lambda path, make=_bytes: path.write_bytes(make()))
+
+
+@case(
+    "checkpoints/model.onnx",
+    "checkpoint",
+    "is an ONNX model, already exported, not a training checkpoint",
+    "an exported model given where a checkpoint belongs",
+)
+def _(path):
+    write_model(path)
+
+
+@case(
+    "checkpoints/folder",
+    "checkpoint",
+    "is a directory; pass the checkpoint file the original code saved (it holds weights.pth)",
+    "a folder holding the checkpoint, not the checkpoint",
+    expect_by_command={"export": "is neither a run directory", "bench": "is neither a run directory"},
+)
+def _(path):
+    path.mkdir()
+    (path / "weights.pth").write_bytes(b"")
+
+
+def writer(data: bytes) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    return write
+
+
+def damaged_run(path: Path, damage: bytes, manifest_matches: bool) -> None:
+    """A finished run as `qsenn train` registers it (config, registry, metrics, the dense model,
+    final.pt) whose Q-SENN checkpoint is `damage`; with `manifest_matches` the manifest records
+    those bytes (saved so on a full disk), else the intact file's."""
+    run = RunDir(path)
+    recipe = resolve_recipe("tiny").replace(model_type="qsenn")
+    info = DatasetInfo("synth", "absent", ("a", "b"), None, None, RESIZE_SHORTER).to_json()
+    config = {
+        "seed": 7,
+        "dataset": info,
+        "data_root": "absent",
+        "device": "cpu",
+        "recipes": {"qsenn": recipe.to_json()},
+    }
+    run.save_json(CONFIG, config)
+    run.save_with("dense-0000000000.pt", writer(torch_save_bytes()))  # intact
+    checkpoint = "qsenn_6_2-0000000000/model.pt"
+    run.save_with(checkpoint, writer(damage if manifest_matches else torch_save_bytes()))
+    if not manifest_matches:
+        run.file(checkpoint).write_bytes(damage)
+    run.save_json("metrics_dense.json", {"Accuracy": 0.4, "model": "dense-0000000000"})
+    run.save_json("metrics_qsenn.json", {"Accuracy": 0.5, "model": "qsenn_6_2-0000000000"})
+    entry = ModelEntry(
+        model_type="qsenn",
+        checkpoint=checkpoint,
+        folder="qsenn_6_2-0000000000",
+        metrics="metrics_qsenn.json",
+        dense_checkpoint="dense-0000000000.pt",
+        dense_key="0000000000",
+        dense_metrics="metrics_dense.json",
+        recipe=recipe.to_json(),
+        seed=7,
+        finished=1e9,
+    )
+    run.register("qsenn", entry.to_json())
+
+
+for _how, (_bytes, _said, _about) in DAMAGES.items():
+    case(
+        f"rundirs/{_how}_checkpoint",
+        "run",
+        "qsenn_6_2-0000000000/model.pt is missing or damaged (its sha256 does not match the manifest)",
+        f"a finished run whose Q-SENN checkpoint was replaced by {_about}",
+    )(lambda path, make=_bytes: damaged_run(path, make(), manifest_matches=False))
+    case(
+        f"rundirs/{_how}_checkpoint_recorded",
+        "run",
+        f"qsenn_6_2-0000000000/model.pt {_said}",
+        f"a finished run whose Q-SENN checkpoint was saved as {_about} (the manifest matches it)",
+    )(lambda path, make=_bytes: damaged_run(path, make(), manifest_matches=True))
+
+
 # ---- writing -------------------------------------------------------------------------------
 
 
@@ -594,6 +800,7 @@ def versions() -> dict:
         "pillow": PIL.__version__,
         "numpy": np.__version__,
         "onnx": onnx.__version__,
+        "torch": torch.__version__,
         "zlib": zlib.ZLIB_RUNTIME_VERSION,
     }
 
@@ -616,5 +823,5 @@ def generate(out: Path) -> list[dict]:
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT
     written = generate(target)
-    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    size = sum(p.lstat().st_size for p in target.rglob("*") if p.is_file() or p.is_symlink())
     print(f"wrote {len(written)} cases ({size / 1024:.0f} KiB) to {target}")
