@@ -236,5 +236,5 @@ def check_io_shapes(
             )
 
 
-def _dims_text(dims: tuple | None) -> str:
+def _dims_text(dims: tuple) -> str:
     return "×".join("?" if d is None else str(d) for d in dims)
