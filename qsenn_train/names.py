@@ -14,3 +14,6 @@ MODEL_TYPES = ("qsenn", "sldd")
 # without colour jitter and TrivialAugmentWide (whose shifts of up to 32 px and shears of up
 # to 0.99 ruin 28 px images and slow a schedule of a few epochs).
 AUGMENTATIONS = ("paper", "flip")
+# How long the other ranks of a distributed job wait for rank 0 to finish a stage it runs alone
+# (selection, the glm-saga path, metrics); `qsenn train --stage-timeout`. The ImageNet path takes hours.
+DEFAULT_STAGE_TIMEOUT_S = 4 * 3600

@@ -1,5 +1,8 @@
 """Progress bars for long work: shown on a terminal, silent in logs and pipes (disable=None).
-Without tqdm (a bare machine that only exports or benchmarks) the bars are silent stand-ins."""
+Without tqdm (a bare machine that only exports or benchmarks) the bars are silent stand-ins, and
+under torchrun only rank 0 draws them (RANK is torchrun's variable)."""
+
+import os
 
 try:
     from tqdm.auto import tqdm
@@ -30,6 +33,6 @@ class SilentBar:
 
 
 def progress(iterable=None, **kwargs):
-    if tqdm is None:
+    if tqdm is None or os.environ.get("RANK", "0") != "0":
         return SilentBar(iterable)
     return tqdm(iterable, leave=False, dynamic_ncols=True, disable=None, **kwargs)
