@@ -24,7 +24,7 @@ from .errors import QsennError
 from .model import QResNet
 from .progress import progress
 from .rundir import RunDir, temporary_name
-from .sharding import shard_positions
+from .sharding import shard_positions, shuffled_order
 from .training import make_loader
 
 # σ clamp of the standardisation both GLM steps use, x̂ = (f − μ)/max(σ, 1e-5) (spec §4 step 7;
@@ -98,16 +98,11 @@ def _commit(run: RunDir, name: str, array: np.memmap, tmp: Path) -> None:
     run.save_with(name, lambda dst: tmp.replace(dst))
 
 
-def stored_order(n: int, shuffle_seed: int | None) -> torch.Tensor:
-    """Which image each stored row holds: dataset order, or the seeded order of the earlier
-    one-process extraction (a shuffled DataLoader in progress(): tqdm.auto opens one extra
-    iterator, and each DataLoader iterator draws a worker seed, so two draws precede the
-    permutation). Kept so that runs keep their results."""
+def stored_order(n: int, shuffle_seed: int | None) -> list[int]:
+    """Which image each stored row holds: dataset order, or the seeded shuffled order."""
     if shuffle_seed is None:
-        return torch.arange(n)
-    generator = torch.Generator().manual_seed(shuffle_seed)
-    torch.empty(2, dtype=torch.int64).random_(generator=generator)
-    return torch.randperm(n, generator=generator)
+        return list(range(n))
+    return shuffled_order(n, torch.Generator().manual_seed(shuffle_seed))
 
 
 @torch.no_grad()
@@ -139,8 +134,8 @@ def extract_split(
     if n == 0:
         raise QsennError(f"cannot extract features: the {desc} set is empty")
     order = stored_order(n, shuffle_seed)
-    mine = torch.as_tensor(shard_positions(n, world.rank, world.size))
-    loader = make_loader(Subset(dataset, order[mine].tolist()), batch_size, shuffle=False, workers=workers)
+    mine = [order[p] for p in shard_positions(n, world.rank, world.size)]
+    loader = make_loader(Subset(dataset, mine), batch_size, shuffle=False, workers=workers)
     steps = math.ceil(len(shard_positions(n, 0, world.size)) / batch_size)  # rank 0 has the most rows
     arrays = None
     if world.is_main:

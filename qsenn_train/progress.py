@@ -5,7 +5,9 @@ under torchrun only rank 0 draws them (RANK is torchrun's variable)."""
 import os
 
 try:
-    from tqdm.auto import tqdm
+    # tqdm.std, not tqdm.auto: auto's bar opens an extra iterator of what it wraps at once, and an
+    # extra DataLoader iterator starts a second set of idle worker processes.
+    from tqdm.std import tqdm
 except ImportError:
     tqdm = None
 

@@ -19,29 +19,38 @@ from torch.utils.data import Sampler
 MIN_IMAGES_PER_RANK = 2
 
 
+def shuffled_order(n: int, generator: torch.Generator) -> list[int]:
+    """The seeded order of n images that earlier versions' one-process loader visited (a shuffled
+    DataLoader inside tqdm.auto, which opens one extra iterator; each iterator draws a worker seed
+    first, so two draws precede the permutation). Kept so that runs keep their results; drawn
+    from a copy of the generator, so it does not depend on how many iterators a loader opens."""
+    copy = torch.Generator()
+    copy.set_state(generator.get_state())
+    torch.empty(2, dtype=torch.int64).random_(generator=copy)
+    return torch.randperm(n, generator=copy).tolist()
+
+
 class GlobalBatches(Sampler[list[int]]):
-    """This rank's share of each global batch of one pass over `n` images."""
+    """This rank's share of each global batch of one pass over `n` images in `order` (default:
+    dataset order)."""
 
     def __init__(
         self,
         n: int,
         batch_size: int,
         *,
-        shuffle: bool,
-        generator: torch.Generator | None = None,
+        order: list[int] | None = None,
         rank: int = 0,
         world_size: int = 1,
         drop_small_tail: bool = False,
     ):
-        if shuffle and generator is None:
-            raise ValueError("a shuffled pass needs its generator (the epoch's order comes from the run seed)")
-        self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+        if order is not None and len(order) != n:
+            raise ValueError(f"an order of {len(order)} images for a pass over {n}")
+        self.n, self.batch_size, self.order = n, batch_size, order
         self.rank, self.world_size, self.drop_small_tail = rank, world_size, drop_small_tail
 
     def global_batches(self) -> Iterator[list[int]]:
-        # The permutation is drawn when iteration starts, after the DataLoader drew its worker
-        # seed from the same generator: for one process the order is the one DataLoader(shuffle=True) gives.
-        order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else list(range(self.n))
+        order = self.order if self.order is not None else list(range(self.n))
         for start in range(0, self.n, self.batch_size):
             batch = order[start : start + self.batch_size]
             if self.drop_small_tail and len(batch) < MIN_IMAGES_PER_RANK * self.world_size:

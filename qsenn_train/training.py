@@ -25,7 +25,7 @@ from .model import QResNet
 from .progress import progress
 from .recipes import SGDSchedule
 from .rundir import RunDir
-from .sharding import GlobalBatches
+from .sharding import GlobalBatches, shuffled_order
 from .sync_batchnorm import global_batchnorm
 
 
@@ -42,11 +42,12 @@ def make_loader(
     """This rank's share of each global batch (sharding.GlobalBatches); in training a trailing
     batch too small for BatchNorm on every rank is dropped."""
     world = world or World()
+    if shuffle and generator is None:
+        raise ValueError("a shuffled pass needs its generator (the epoch's order comes from the run seed)")
     batches = GlobalBatches(
         len(dataset),
         batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        order=shuffled_order(len(dataset), generator) if shuffle and generator is not None else None,
         rank=world.rank,
         world_size=world.size,
         drop_small_tail=train,
