@@ -5,9 +5,10 @@ under torchrun only rank 0 draws them (RANK is torchrun's variable)."""
 import os
 
 try:
-    # tqdm.std, not tqdm.auto: auto's bar opens an extra iterator of what it wraps at once, and an
-    # extra DataLoader iterator starts a second set of idle worker processes.
-    from tqdm.std import tqdm
+    # tqdm.auto's bar opens one extra iterator of what it wraps; for a DataLoader that draws one
+    # worker seed (from the global RNG when the loader has no generator) and, with workers, starts
+    # an idle worker pool. Kept for now: another bar would change every run's random stream.
+    from tqdm.auto import tqdm
 except ImportError:
     tqdm = None
 
