@@ -90,15 +90,23 @@ def launch(job: Launch, train_args: Sequence[str], device: str) -> None:
     try:
         run(get_args_parser().parse_args(job.torchrun_args(train_args)))
     except ChildFailedError as exc:
-        failed = sorted((rank, failure.exitcode) for rank, failure in exc.failures.items())
-        # The agent stops the other ranks with SIGTERM once one fails, and ranks that stop because
-        # rank 0 failed exit with FOLLOWER_EXIT_CODE: those are not causes.
-        causes = [(rank, code) for rank, code in failed if code not in (-signal.SIGTERM, FOLLOWER_EXIT_CODE)] or failed
-        lines = [_failure_line(rank, code) for rank, code in causes]
-        stopped = " (the launcher stopped the other ranks)" if len(causes) < job.nproc_per_node else ""
-        if all(code > 0 for _, code in causes):  # the rank printed its own error line
-            raise QsennError("; ".join(lines) + stopped + "; its error is above") from None
-        raise QsennError("; ".join(lines) + stopped + "; rerun the same command with --resume to continue") from None
+        raise QsennError(_job_failure(exc.failures, job.nproc_per_node)) from None
+
+
+def _job_failure(failures: dict, nproc: int) -> str:
+    """One line for a failed job: the ranks that caused it. The agent stops the other ranks with
+    SIGTERM once one fails, and ranks that stop because rank 0 failed exit with
+    FOLLOWER_EXIT_CODE; those are not causes (rank 0 may itself be stopped while it exits)."""
+    failed = sorted((rank, failure.exitcode) for rank, failure in failures.items())
+    causes = [(rank, code) for rank, code in failed if code not in (-signal.SIGTERM, FOLLOWER_EXIT_CODE)]
+    if not causes and any(code == FOLLOWER_EXIT_CODE for _, code in failed):
+        return "rank 0 failed (the launcher stopped the other ranks); its error is above"
+    causes = causes or failed
+    stopped = " (the launcher stopped the other ranks)" if len(causes) < nproc else ""
+    lines = "; ".join(_failure_line(rank, code) for rank, code in causes)
+    if all(code > 0 for _, code in causes):  # the rank printed its own error line
+        return f"{lines}{stopped}; its error is above"
+    return f"{lines}{stopped}; rerun the same command with --resume to continue"
 
 
 def _failure_line(rank: int, exitcode: int) -> str:
