@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from qsenn_train.names import ARCHS, AUGMENTATIONS, DATASETS, MODEL_TYPES
+from qsenn_train.names import ARCHS, AUGMENTATIONS, DATASETS, MODEL_TYPES, PATH_SOLVERS, TABLE_DTYPES
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("QSENN_DATA_ROOT", Path.home() / "tmp" / "Datasets"))
 
@@ -117,6 +117,26 @@ def qsenn() -> None:
     help="Smoke run: only N test images, evenly spaced (own run directory, *_testN).",
 )
 @click.option(
+    "--path-solver",
+    type=click.Choice(PATH_SOLVERS),
+    default=None,
+    help="Regularisation path solver: glm-saga (the package, reference-faithful; default) or matrix "
+    "(the same SAGA, batches and stopping rule with a matrix-form step: ~4x faster, agrees to "
+    "float32 rounding, see docs/benchmarks.md).",
+)
+@click.option(
+    "--saga-table-dtype",
+    type=click.Choice(TABLE_DTYPES),
+    default=None,
+    help="dtype of the N×K SAGA residual table of the path (bfloat16/float16 halve it; matrix solver only).",
+)
+@click.option(
+    "--saga-table-device",
+    default=None,
+    metavar="DEVICE",
+    help="Where the path's SAGA residual table lives (e.g. cpu while the solver runs on cuda). Default: the solver's device.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue a run: finished stages are reused, a killed stage restarts from its last checkpoint.",
@@ -145,6 +165,9 @@ def train(
     augment,
     limit_train,
     limit_test,
+    path_solver,
+    saga_table_dtype,
+    saga_table_device,
     resume,
     overwrite,
 ) -> None:
@@ -171,6 +194,9 @@ def train(
         augment=augment,
         limit_train=limit_train,
         limit_test=limit_test,
+        path_solver=path_solver,
+        saga_table_dtype=saga_table_dtype,
+        saga_table_device=saga_table_device,
     )
     opts = RunOptions(
         seed=seed,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,9 +23,11 @@ import numpy as np
 import torch
 from glm_saga import elasticnet
 from torch import nn
+from torch.utils.data import DataLoader
 
 from .features import GLM_STD_CLAMP, FeatureSet
-from .recipes import SagaSettings
+from .recipes import SagaSettings, check_path_solver
+from .saga_path import matrix_path
 
 READ_CHUNK = 65536
 
@@ -80,6 +83,12 @@ class ShuffledBatches:
             yield self.features[rows], self.labels[rows], rows
 
 
+def dataloader_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int) -> DataLoader:
+    """The feeding glm-saga had before ShuffledBatches (and the reference has): a shuffled
+    DataLoader over per-item rows. Kept to show the two give the same path (tests, benchmarks)."""
+    return DataLoader(elasticnet.IndexedTensorDataset(features, labels), batch_size=batch_size, shuffle=True)
+
+
 @contextmanager
 def _count_lambdas(tick: Callable[[], None]):
     """glm-saga (pinned 0.1.2) calls elasticnet.train_saga once per λ: count the calls."""
@@ -104,16 +113,24 @@ def fit_path(
     *,
     n_classes: int,
     device: torch.device,
+    solver: str = "glm-saga",
+    table_dtype: str = "float32",
+    table_device: torch.device | None = None,
     tick: Callable[[], None] = lambda: None,
     log: Callable[[str], None] = lambda line: None,
     batches: Callable[[torch.Tensor, torch.Tensor, int], Iterable] = ShuffledBatches,
 ) -> list[dict]:
-    """101 solutions (100 log-spaced λ's and λ = 0), each with weight K×F and bias K.
+    """101 solutions (100 log-spaced λ's and λ = 0), each with weight K×F, bias K and the
+    number of epochs its fit ran.
 
     `selection` restricts D-dimensional features to S (first iteration); None when the
-    features are already the model's F selected ones. `batches(x, y, batch_size)` makes the
-    shuffled loaders glm-saga iterates (a DataLoader gives the same path, slower).
+    features are already the model's F selected ones. `solver`: "glm-saga" (the package) or
+    "matrix" (saga_path.py). The SAGA residual table lives on `table_device` (default: the
+    solver's device) in `table_dtype` (anything but float32: matrix solver only).
+    `batches(x, y, batch_size)` makes the shuffled loaders glm-saga iterates (a DataLoader
+    gives the same path, slower).
     """
+    check_path_solver(solver, table_dtype)
     mean, std = features.stats.mean, features.stats.std
     if selection is not None:
         mean, std = mean[selection], std[selection]
@@ -132,6 +149,23 @@ def fit_path(
     with torch.no_grad():
         linear.weight.zero_()
         linear.bias.zero_()
+    preprocess = Standardize(mean, std, device)
+    if solver == "matrix":
+        if not isinstance(train_loader, ShuffledBatches):
+            raise TypeError("the matrix path solver draws its epochs from ShuffledBatches")
+        path = matrix_path(
+            linear,
+            train_loader,
+            val_loader,
+            test_loader,
+            preprocess,
+            settings,
+            table_dtype=getattr(torch, table_dtype),
+            table_device=table_device,
+            tick=tick,
+            log=log,
+        )
+        return [_plain(entry) | {"epochs": entry["epochs"]} for entry in path]
     captured = io.StringIO()
     with _count_lambdas(tick), contextlib.redirect_stdout(captured), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax")
@@ -148,16 +182,30 @@ def fit_path(
             group=False,
             do_zero=True,
             lr_decay_factor=1,
-            preprocess=Standardize(mean, std, device),
+            preprocess=preprocess,
             n_classes=n_classes,
             val_loader=val_loader,
             test_loader=test_loader,
-            table_device=device,
+            table_device=table_device or device,
             checkpoint=None,
         )
-    for line in captured.getvalue().splitlines():
+    lines = captured.getvalue().splitlines()
+    for line in lines:
         log(line)
-    return [_plain(entry) for entry in result["path"]]
+    epochs = _epochs_per_fit(lines, settings.max_epochs)
+    return [_plain(entry) | {"epochs": n} for entry, n in zip(result["path"], epochs, strict=True)]
+
+
+def _epochs_per_fit(lines: list[str], max_epochs: int) -> list[int]:
+    """Epochs of each λ's fit, from the line glm-saga's train_saga ends every fit with:
+    "... [early stop at t]" (t counts from 0) or "did not converge at N iterations"."""
+    epochs = []
+    for line in lines:
+        if match := re.search(r"\[early stop at (\d+)\]$", line):
+            epochs.append(int(match.group(1)) + 1)
+        elif line.startswith("did not converge at "):
+            epochs.append(max_epochs)
+    return epochs
 
 
 def _plain(entry: dict) -> dict:

@@ -39,6 +39,7 @@ def sparse_folder(ctx: RunContext, dense_key: str) -> str:
         r.extraction_batch_size,
         r.val_fraction,
         r.fdl_beta,
+        *([solver] if (solver := r.solver_variant()) else []),
     )
     return f"{r.model_type}_{r.n_features}_{r.n_per_class}-{key}"
 
@@ -143,13 +144,16 @@ def _path(ctx: RunContext, features: FeatureSet, selection: list[int] | None, st
     settings = ctx.recipe.glm_path
     seed_stage(ctx, f"{step.prefix}/glm_path")
     with timed_step(ctx, step, "regularisation path"), saga_threads(ctx):
-        with progress(total=settings.n_lambdas + 1, desc="glm-saga path") as bar:
+        with progress(total=settings.n_lambdas + 1, desc=f"{ctx.recipe.path_solver} path") as bar:
             path = fit_path(
                 features,
                 selection,
                 settings,
                 n_classes=ctx.info.num_classes,
                 device=ctx.device.torch_device,
+                solver=ctx.recipe.path_solver,
+                table_dtype=ctx.recipe.saga_table_dtype,
+                table_device=torch.device(ctx.recipe.saga_table_device) if ctx.recipe.saga_table_device else None,
                 tick=lambda: bar.update(1),
                 log=lambda line: ctx.run.event("glm_saga", step=step.prefix, line=line),
             )

@@ -1,16 +1,18 @@
 """The glm-saga path (spec §6): fast feeding and the matrix-form solver against the package."""
 
 import dataclasses
+import re
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
-from glm_saga import elasticnet
-from torch.utils.data import DataLoader
 
+from qsenn_train.errors import QsennError
 from qsenn_train.features import FeatureSet, FeatureStats
-from qsenn_train.glm_path import ShuffledBatches, fit_path
-from qsenn_train.recipes import PAPER
+from qsenn_train.glm_path import ShuffledBatches, dataloader_batches, fit_path
+from qsenn_train.quantize import quantize
+from qsenn_train.recipes import PAPER, Recipe, resolve_recipe
 
 # The paper's path settings on a problem small enough for a test (each solve well under a second).
 SMALL_PATH = dataclasses.replace(PAPER.glm_path, n_lambdas=8, max_epochs=40, batch_size=32)
@@ -37,11 +39,6 @@ def feature_set(n_train=150, n_val=20, n_test=30, dim=6, n_classes=4, seed=0) ->
         test_labels=labels[n_train + n_val :],
         stats=stats,
     )
-
-
-def dataloader_batches(x, y, batch_size):
-    """The feeding glm-saga was given before: a shuffled DataLoader over per-item rows."""
-    return DataLoader(elasticnet.IndexedTensorDataset(x, y), batch_size=batch_size, shuffle=True)
 
 
 def test_shuffled_batches_draw_what_the_dataloader_draws():
@@ -77,3 +74,70 @@ def test_fast_fed_path_is_bit_identical_to_the_dataloader_path():
     # The path is not trivial: it goes from all-zero weights to a dense solution.
     assert fast[0]["weight"].count_nonzero() < fast[-1]["weight"].count_nonzero() == fast[-1]["weight"].numel()
     assert np.isfinite(fast[-1]["loss"])
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+def paths_of(features, solvers, settings=SMALL_PATH, **options):
+    paths = []
+    for solver in solvers:
+        torch.manual_seed(5)
+        paths.append(
+            fit_path(features, None, settings, n_classes=4, device=torch.device("cpu"), solver=solver, **options)
+        )
+    return paths
+
+
+def test_matrix_solver_reproduces_the_glm_saga_path():
+    settings = dataclasses.replace(SMALL_PATH, n_lambdas=10, max_epochs=100)
+    reference, matrix = paths_of(feature_set(n_train=300), ("glm-saga", "matrix"), settings)
+    assert len(matrix) == len(reference) == 11
+    assert [e["lam"] for e in matrix] == [e["lam"] for e in reference]  # the same float32 grid
+    assert [e["epochs"] for e in matrix] == [e["epochs"] for e in reference]
+    assert all(1 < e["epochs"] < settings.max_epochs for e in reference)  # the stall rule ended every fit
+    for a, b in zip(matrix[1:], reference[1:]):  # entry 0 may be all zero
+        assert relative_error(a["weight"], b["weight"]) < 1e-4
+        assert relative_error(a["bias"], b["bias"]) < 1e-4
+        assert abs(a["metrics"]["loss_test"] - b["metrics"]["loss_test"]) < 1e-4
+    assert not torch.equal(matrix[-1]["weight"], reference[-1]["weight"])  # a solver of its own
+    # The quantised head (§7): the same ternary pattern, magnitude and biases up to rounding.
+    ours, theirs = (quantize(p[-2]["weight"], p[-2]["bias"], 2) for p in (matrix, reference))
+    assert torch.equal(ours.ternary, theirs.ternary) and ours.ternary.count_nonzero() == 8
+    assert ours.magnitude == pytest.approx(theirs.magnitude, rel=1e-4)
+    assert torch.allclose(ours.bias, theirs.bias, rtol=1e-4, atol=0)
+
+
+def test_a_half_width_table_changes_the_path_only_by_its_rounding():
+    # bfloat16 keeps 8 bits of every residual: the running averages follow what the table
+    # stores, so the rounding does not pile up (without that, 1-5 % here).
+    full, half = (paths_of(feature_set(), ["matrix"], table_dtype=d)[0] for d in ("float32", "bfloat16"))
+    assert not torch.equal(full[-1]["weight"], half[-1]["weight"])
+    assert max(relative_error(h["weight"], f["weight"]) for h, f in zip(half[1:], full[1:])) < 1e-3
+
+
+def test_glm_saga_refuses_a_table_dtype_it_does_not_have():
+    with pytest.raises(QsennError, match="--path-solver matrix"):
+        fit_path(feature_set(), None, SMALL_PATH, n_classes=4, device=torch.device("cpu"), table_dtype="bfloat16")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"path_solver": "adam"}, "unknown path solver 'adam'; choose one of glm-saga, matrix"),
+        ({"saga_table_dtype": "int8", "path_solver": "matrix"}, "unknown SAGA table dtype 'int8'"),
+        ({"saga_table_dtype": "float16"}, "add --path-solver matrix"),
+        ({"saga_table_device": "gpu0"}, "use cpu, cuda or cuda:N"),
+    ],
+)
+def test_recipe_refuses_bad_solver_settings(overrides, message):
+    with pytest.raises(QsennError, match=re.escape(message)):
+        resolve_recipe("tiny", **overrides)
+
+
+def test_solver_settings_name_the_stage_only_when_changed():
+    assert resolve_recipe("tiny").solver_variant() == {}
+    recipe = resolve_recipe("tiny", path_solver="matrix", saga_table_dtype="bfloat16", saga_table_device="cpu")
+    assert recipe.solver_variant() == {"path_solver": "matrix", "saga_table_dtype": "bfloat16"}
+    assert Recipe.from_json(recipe.to_json()) == recipe
