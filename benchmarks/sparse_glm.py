@@ -191,6 +191,7 @@ def measure_stage(stage: str, rows: int, args) -> dict:
     from glm_saga import elasticnet
 
     from qsenn_train.glm_path import Standardize
+    from qsenn_train.saga_path import GlmSagaSteps, elastic_net_prox
     from qsenn_train.selection import ProximalSaga, extended_prox, standardised_batches
 
     torch.set_num_threads(1)
@@ -267,7 +268,7 @@ def measure_stage(stage: str, rows: int, args) -> dict:
                     logger=lambda line: None,
                 )
             else:
-                solver = ProximalSaga(
+                solver = GlmSagaSteps(
                     standardised_batches(features, mean, std, device),
                     labels.to(device),
                     args.classes,
@@ -277,8 +278,7 @@ def measure_stage(stage: str, rows: int, args) -> dict:
                     table_dtype=dtype,
                     order=batches.order,
                 )
-                tau, rho = one_epoch.lr * lam * one_epoch.alpha, one_epoch.lr * lam * (1 - one_epoch.alpha)
-                solver.fit(lam.item(), lambda w: elasticnet.soft_threshold_with_shrinkage(w, tau, rho))
+                solver.fit(lam, elastic_net_prox(lam, torch.tensor(one_epoch.lr), one_epoch.alpha))
                 with torch.no_grad():
                     linear.weight.copy_(solver.weight)
                     linear.bias.copy_(solver.bias)
@@ -317,7 +317,9 @@ def scale(args) -> None:
         "runs": rows,
         "environment": environment(None),
     }
-    name = f"k{args.classes}-f{args.features}-d{args.dim}-{args.table_dtype}-{args.device}"
+    name = (
+        f"{args.stages.replace(',', '+')}-k{args.classes}-f{args.features}-d{args.dim}-{args.table_dtype}-{args.device}"
+    )
     print(f"wrote {save_result('sparse_glm_scale', name, result, RESULTS, ('torch',))}")
 
 

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from glm_saga import elasticnet
 
 from qsenn_train.errors import QsennError
 from qsenn_train.features import FeatureSet, FeatureStats
 from qsenn_train.glm_path import ShuffledBatches, dataloader_batches, fit_path
 from qsenn_train.quantize import quantize
 from qsenn_train.recipes import PAPER, Recipe, resolve_recipe
+from qsenn_train.saga_path import elastic_net_prox
 
 # The paper's path settings on a problem small enough for a test (each solve well under a second).
 SMALL_PATH = dataclasses.replace(PAPER.glm_path, n_lambdas=8, max_epochs=40, batch_size=32)
@@ -141,3 +143,15 @@ def test_solver_settings_name_the_stage_only_when_changed():
     recipe = resolve_recipe("tiny", path_solver="matrix", saga_table_dtype="bfloat16", saga_table_device="cpu")
     assert recipe.solver_variant() == {"path_solver": "matrix", "saga_table_dtype": "bfloat16"}
     assert Recipe.from_json(recipe.to_json()) == recipe
+
+
+def test_the_matrix_solvers_prox_is_glm_sagas_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    lams = torch.logspace(0, -3, 50)  # float32, as glm-saga's grid
+    lr = torch.logspace(-1, -1, 1)[0]
+    for lam in lams:
+        weight = torch.randn(30, 12, generator=generator) * lam * 2
+        ours = elastic_net_prox(lam, lr, 0.99)(weight)
+        theirs = elasticnet.soft_threshold_with_shrinkage(weight, lr * lam * 0.99, lr * lam * 0.01)
+        assert torch.equal(ours, theirs)
+        assert 0 < ours.count_nonzero() < ours.numel()  # the threshold bites
