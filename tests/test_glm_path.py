@@ -1,7 +1,10 @@
 """The glm-saga path (spec §6): fast feeding and the matrix-form solver against the package."""
 
 import dataclasses
+import json
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,12 +12,15 @@ import torch
 import torch.nn.functional as F
 from glm_saga import elasticnet
 
+from qsenn_train.context import RunOptions
 from qsenn_train.errors import QsennError
 from qsenn_train.features import FeatureSet, FeatureStats
 from qsenn_train.glm_path import ShuffledBatches, dataloader_batches, fit_path
+from qsenn_train.pipeline import dense_key, train
 from qsenn_train.quantize import quantize
 from qsenn_train.recipes import PAPER, Recipe, resolve_recipe
 from qsenn_train.saga_path import elastic_net_prox
+from qsenn_train.sparsify import sparse_folder
 
 # The paper's path settings on a problem small enough for a test (each solve well under a second).
 SMALL_PATH = dataclasses.replace(PAPER.glm_path, n_lambdas=8, max_epochs=40, batch_size=32)
@@ -155,3 +161,25 @@ def test_the_matrix_solvers_prox_is_glm_sagas_bit_for_bit():
         theirs = elasticnet.soft_threshold_with_shrinkage(weight, lr * lam * 0.99, lr * lam * 0.01)
         assert torch.equal(ours, theirs)
         assert 0 < ours.count_nonzero() < ours.numel()  # the threshold bites
+
+
+@pytest.mark.slow
+def test_a_tiny_sldd_run_with_the_matrix_solver_records_it(tmp_path):
+    recipe = resolve_recipe("tiny", model_type="sldd", path_solver="matrix", saga_table_dtype="bfloat16")
+    opts = RunOptions(seed=3, data_root=tmp_path / "data", out=tmp_path / "runs", device="cpu")
+    result = train(recipe, opts, echo=lambda line: None)
+    run = Path(result["run_dir"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipes"]["sldd"]["path_solver"] == "matrix"
+    assert config["recipes"]["sldd"]["saga_table_dtype"] == "bfloat16"
+    # The matrix solver logs its epochs per λ; glm-saga's lines have no such field.
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    path_lines = [e["line"] for e in events if e.get("event") == "glm_saga"]
+    assert len([line for line in path_lines if ", epochs " in line]) == recipe.glm_path.n_lambdas + 1
+    # Its results live apart from a default run's: the stage key names the solver.
+    dense = dense_key(recipe, 3)
+    ours, default = (
+        sparse_folder(SimpleNamespace(recipe=r), dense)
+        for r in (recipe, recipe.replace(path_solver="glm-saga", saga_table_dtype="float32"))
+    )
+    assert (run / ours).is_dir() and ours != default
