@@ -211,9 +211,9 @@ def measure_stage(stage: str, rows: int, args) -> dict:
         if stage == "selection":  # on disk, as extract_features leaves them
             path = Path(folder) / "x.npy"
             file = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
-            _, y = synthetic(rows, dim, args.classes, seed=0, out=file)
+            y = synthetic(rows, dim, args.classes, seed=0, out=file)[1]
             file.flush()
-            del file
+            del file  # the only mapping left is the read-only one below
             features = np.load(path, mmap_mode="r")
             out["feature_file_mib"] = round(features.nbytes / 2**20, 1)
         else:
