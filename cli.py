@@ -9,13 +9,22 @@ from pathlib import Path
 
 import click
 
-from qsenn_train.names import ARCHS, AUGMENTATIONS, DATASETS, MODEL_TYPES, PATH_SOLVERS, TABLE_DTYPES
+from qsenn_train.names import (
+    ARCHS,
+    AUGMENTATIONS,
+    DATASETS,
+    DEFAULT_STAGE_TIMEOUT_S,
+    MODEL_TYPES,
+    PATH_SOLVERS,
+    TABLE_DTYPES,
+)
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("QSENN_DATA_ROOT", Path.home() / "tmp" / "Datasets"))
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    click.echo(f"error: rank {rank}: {message}" if rank is not None else f"error: {message}", err=True)
     sys.exit(2)
 
 
@@ -142,6 +151,33 @@ def qsenn() -> None:
     help="Continue a run: finished stages are reused, a killed stage restarts from its last checkpoint.",
 )
 @click.option("--overwrite", is_flag=True, help="Delete the run directory first.")
+@click.option(
+    "--nproc-per-node",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Train with N processes on this node (one per GPU; gloo on the CPU) through torch's elastic "
+    "launcher, as torchrun does. The recipe's global batch is split over all processes.",
+)
+@click.option("--nnodes", type=int, default=1, show_default=True, help="Nodes of the job (run the command on each).")
+@click.option("--node-rank", type=int, default=0, show_default=True, help="This node's rank among --nnodes.")
+@click.option("--master-addr", default=None, metavar="HOST", help="Node 0's address (several nodes).")
+@click.option("--master-port", type=int, default=None, metavar="PORT", help="Node 0's port (default 29500).")
+@click.option(
+    "--sync-batchnorm/--no-sync-batchnorm",
+    default=True,
+    show_default=True,
+    help="With several processes: BatchNorm statistics over the global batch (as one process computes "
+    "them), or per process (torch's DDP default).",
+)
+@click.option(
+    "--stage-timeout",
+    type=float,
+    default=DEFAULT_STAGE_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="With several processes: how long the others wait for rank 0's sparse-GLM stages.",
+)
 def train(
     dataset,
     recipe,
@@ -170,12 +206,33 @@ def train(
     saga_table_device,
     resume,
     overwrite,
+    nproc_per_node,
+    nnodes,
+    node_rank,
+    master_addr,
+    master_port,
+    sync_batchnorm,
+    stage_timeout,
 ) -> None:
     """Train a Q-SENN (or SLDD) model: dense training with the Feature Diversity Loss, then
-    the sparsification stages. Every stage result is saved atomically in the run directory."""
+    the sparsification stages. Every stage result is saved atomically in the run directory.
+
+    With --nproc-per-node (or under torchrun) dense training and fine-tuning run as DDP,
+    feature extraction is sharded, and rank 0 runs the sparse-GLM stages (docs/distributed.md)."""
+    from qsenn_train.distributed import launched_by_torchrun
+    from qsenn_train.launch import Launch, launch, without_launch_options
     from qsenn_train.pipeline import RunOptions
     from qsenn_train.pipeline import train as run_training
     from qsenn_train.recipes import resolve_recipe
+
+    if nproc_per_node is not None:
+        job = Launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        if launched_by_torchrun():
+            raise click.UsageError("this process already runs under torchrun; drop --nproc-per-node")
+        job.check()
+        if job.needed:
+            argv = sys.argv[sys.argv.index("train") + 1 :]
+            return launch(job, without_launch_options(argv))
 
     resolved = resolve_recipe(
         recipe,
@@ -207,6 +264,8 @@ def train(
         channels_last=channels_last,
         resume=resume,
         overwrite=overwrite,
+        sync_batchnorm=sync_batchnorm,
+        stage_timeout_s=stage_timeout,
     )
     run_training(resolved, opts, echo=click.echo)
 
@@ -1220,6 +1279,8 @@ def main() -> None:
     except ModuleNotFoundError as exc:  # before user_errors(): it imports torch-side packages
         _fail(missing_extra_line(exc, sys.argv[1:]))
     except user_errors() as exc:
+        if getattr(exc, "quiet", False):  # another rank of the job printed the cause
+            sys.exit(2)
         _fail(str(exc))
 
 

@@ -79,6 +79,7 @@ def measure_one(per_class: int, data: Path, image_size: int) -> dict:
             val_fraction=0.1,
             n_classes=len(info.class_names),
         )
+        assert features is not None  # one process: rank 0
         feature_bytes = sum(a.nbytes for a in (features.train, features.val, features.test))
         seconds = time.perf_counter() - start
         done.set()

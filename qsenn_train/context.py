@@ -19,9 +19,11 @@ from .data import open_dataset
 from .data.base import DatasetInfo, ImageListDataset
 from .data.transforms import build_transform
 from .device import Device
+from .distributed import World, join_world
 from .errors import QsennError
+from .names import DEFAULT_STAGE_TIMEOUT_S
 from .recipes import Recipe
-from .rundir import CONFIG, RunDir, stage_key
+from .rundir import CONFIG, FollowerRunDir, RunDir, stage_key
 from .versions import library_versions
 
 
@@ -37,6 +39,8 @@ class RunOptions:
     channels_last: bool = False
     resume: bool = False
     overwrite: bool = False
+    sync_batchnorm: bool = True  # under torch.distributed: BatchNorm over the global batch
+    stage_timeout_s: float = DEFAULT_STAGE_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class RunContext:
     device: Device
     data: DataSplits
     echo: Callable[[str], None] = print
+    world: World = field(default_factory=World)
+    sync_batchnorm: bool = True
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @property
@@ -101,9 +107,10 @@ def seed_everything(seed: int) -> None:
 
 def seed_stage(ctx: RunContext, label: str) -> int:
     """Reseed the global RNG from (run seed, stage), so a stage draws the same numbers whether
-    the stages before it ran or were loaded from the run directory; returns that seed."""
+    the stages before it ran or were loaded from the run directory; returns that seed. Rank r of
+    a distributed job draws from seed + r (its own dropout and augmentation; rank 0 as one process)."""
     seed = int(stage_key(ctx.seed, label), 16) % (1 << 62)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + ctx.world.rank)
     return seed
 
 
@@ -144,12 +151,46 @@ def saga_threads(ctx: RunContext):
 
 
 def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print) -> RunContext:
-    seed = opts.seed if opts.seed is not None else random.randrange(1_000_000)
+    world, device_name = join_world(opts.device, opts.stage_timeout_s)
+    if not world.is_main:
+        echo = _silent  # rank 0 speaks for the job
+    seed = world.broadcast(opts.seed if opts.seed is not None else random.randrange(1_000_000))
     seed_everything(seed)
-    device = Device.resolve(opts.device, opts.amp, opts.channels_last)
-    data = open_data(recipe, opts.data_root, echo)
+    device = Device.resolve(device_name, opts.amp, opts.channels_last)
+    # Rank 0 opens the data first: the embedded dataset is generated on first use.
+    opened: list[DataSplits] = []
+    world.on_main("opening the dataset", lambda: opened.append(open_data(recipe, opts.data_root, echo)))
+    data = opened[0] if opened else open_data(recipe, opts.data_root, echo)
 
     path = run_dir_for(recipe, seed, opts.out)
+    opened_run: list[RunDir] = []
+    world.on_main(
+        "preparing the run directory",
+        lambda: opened_run.append(_open_run_dir(path, recipe, seed, opts, data, device, world, echo)),
+    )
+    run = opened_run[0] if opened_run else FollowerRunDir(path)
+    echo(f"run directory: {path}  (seed {seed}; resume with --seed {seed} --resume)")
+    if world.distributed:
+        echo(f"{world.size} processes ({world.backend}); the global batch of the recipe is split over them")
+    return RunContext(
+        recipe=recipe,
+        seed=seed,
+        run=run,
+        device=device,
+        data=data,
+        echo=echo,
+        world=world,
+        sync_batchnorm=opts.sync_batchnorm,
+    )
+
+
+def _silent(_line: str) -> None:
+    return None
+
+
+def _open_run_dir(
+    path: Path, recipe: Recipe, seed: int, opts: RunOptions, data: DataSplits, device: Device, world: World, echo
+) -> RunDir:
     if path.exists() and opts.overwrite:
         shutil.rmtree(path)
     run = RunDir(path, echo=echo)
@@ -161,13 +202,16 @@ def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = prin
     if removed := run.remove_stale_temporaries():
         echo(f"removed {removed} temporary files left behind by an interrupted run")
         run.event("stale_temporaries_removed", count=removed)
-    run.save_json(CONFIG, run_config(run, recipe, seed, data.info, opts.data_root, device))
-    run.event("start", recipe=recipe.name, model_type=recipe.model_type, seed=seed, resume=opts.resume)
-    echo(f"run directory: {path}  (seed {seed}; resume with --seed {seed} --resume)")
-    return RunContext(recipe=recipe, seed=seed, run=run, device=device, data=data, echo=echo)
+    run.save_json(CONFIG, run_config(run, recipe, seed, data.info, opts.data_root, device, world))
+    run.event(
+        "start", recipe=recipe.name, model_type=recipe.model_type, seed=seed, resume=opts.resume, world_size=world.size
+    )
+    return run
 
 
-def run_config(run: RunDir, recipe: Recipe, seed: int, info: DatasetInfo, data_root: Path, device: Device) -> dict:
+def run_config(
+    run: RunDir, recipe: Recipe, seed: int, info: DatasetInfo, data_root: Path, device: Device, world: World
+) -> dict:
     """config.json: what every model of the run shares (seed, dataset, where it lies, versions) and,
     per model type, the recipe it was last asked to train with; another model type's recipe stays."""
     previous = run.load_json(CONFIG) or {}
@@ -179,6 +223,7 @@ def run_config(run: RunDir, recipe: Recipe, seed: int, info: DatasetInfo, data_r
         "dataset": info.to_json(),
         "data_root": str(Path(data_root).resolve()),
         "device": str(device.torch_device),
+        "world_size": world.size,  # of the last `qsenn train` call (each stage's events record its own)
         "versions": library_versions(),
         "recipes": recipes,
     }

@@ -11,7 +11,8 @@ then carry `calls`, the count so far, so a test can pick points inside a stage.
 
 Counting calls makes a point reproducible where a timer would not be on a loaded machine, and a
 point can land anywhere: mid-batch, inside torch.save, between a rename and the manifest update.
-Unset, as in production, nothing is installed; a stage pays one comparison.
+Unset, as in production, nothing is installed; a stage pays one comparison. Under torchrun,
+QSENN_KILL_RANK=<r> arms rank r alone (a rank killed while the others train on).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 ENV = "QSENN_KILL_AT"
+RANK_ENV = "QSENN_KILL_RANK"  # under torchrun: arm only the rank of that number (default: every rank)
 
 
 def _parse(spec: str | None) -> tuple[str, int] | None:
@@ -32,7 +34,12 @@ def _parse(spec: str | None) -> tuple[str, int] | None:
     return stage, int(n)
 
 
-_TARGET = _parse(os.environ.get(ENV))
+def _this_rank_armed() -> bool:
+    wanted = os.environ.get(RANK_ENV)
+    return wanted is None or wanted == os.environ.get("RANK", "0")
+
+
+_TARGET = _parse(os.environ.get(ENV)) if _this_rank_armed() else None
 _calls: int | None = None  # calls made so far by the armed stage that is running
 
 

@@ -9,18 +9,22 @@ maximal regularisation G on raw features (odd-F).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from .data.base import ImageListDataset
 from .device import Device
+from .distributed import World
 from .errors import QsennError
 from .model import QResNet
 from .progress import progress
 from .rundir import RunDir, temporary_name
+from .sharding import shard_positions, shuffled_order
 from .training import make_loader
 
 # σ clamp of the standardisation both GLM steps use, x̂ = (f − μ)/max(σ, 1e-5) (spec §4 step 7;
@@ -94,6 +98,13 @@ def _commit(run: RunDir, name: str, array: np.memmap, tmp: Path) -> None:
     run.save_with(name, lambda dst: tmp.replace(dst))
 
 
+def stored_order(n: int, shuffle_seed: int | None) -> list[int]:
+    """Which image each stored row holds: dataset order, or the seeded shuffled order."""
+    if shuffle_seed is None:
+        return list(range(n))
+    return shuffled_order(n, torch.Generator().manual_seed(shuffle_seed))
+
+
 @torch.no_grad()
 def extract_split(
     model: QResNet,
@@ -107,35 +118,78 @@ def extract_split(
     shuffle_seed: int | None,
     n_classes: int,
     desc: str,
-) -> StatsAccumulator:
+    world: World | None = None,
+) -> StatsAccumulator | None:
     """Pooled features and labels of one split into `<prefix>features.npy` / `<prefix>labels.npy`.
 
-    With shuffle_seed the images are visited in a seeded random order, as the reference's
-    shuffled training loader does (the stored order is that order).
+    With shuffle_seed the images are stored in a seeded random order, as the reference's
+    shuffled training loader visits them. Under torch.distributed rank r extracts rows r, r+W,
+    r+2W, … in batches of `batch_size`, and rank 0 writes every rank's rows in place: the arrays
+    and statistics are those of one process, byte for byte. Returns the statistics on rank 0.
     """
+    world = world or World()
     model.eval()
     dim = len(model.sparse_head.selection) if model.is_sparse else model.feature_dim
     n = len(dataset)
     if n == 0:
         raise QsennError(f"cannot extract features: the {desc} set is empty")
-    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
-    loader = make_loader(dataset, batch_size, shuffle=shuffle_seed is not None, workers=workers, generator=generator)
-    features, features_tmp = _new_array(run, f"{prefix}features.npy", n, dim, np.float32)
-    labels, labels_tmp = _new_array(run, f"{prefix}labels.npy", n, 0, np.int64)
+    order = stored_order(n, shuffle_seed)
+    mine = [order[p] for p in shard_positions(n, world.rank, world.size)]
+    loader = make_loader(Subset(dataset, mine), batch_size, shuffle=False, workers=workers)
+    steps = math.ceil(len(shard_positions(n, 0, world.size)) / batch_size)  # rank 0 has the most rows
+    arrays = None
+    if world.is_main:
+        arrays = (
+            _new_array(run, f"{prefix}features.npy", n, dim, np.float32),
+            _new_array(run, f"{prefix}labels.npy", n, 0, np.int64),
+        )
     stats = StatsAccumulator(dim, n_classes)
-    row = 0
-    for images, y in progress(loader, desc=f"features ({desc})"):
-        with device.autocast():
-            pooled = model(device.batch(images)).pooled.float().cpu()
-        features[row : row + len(y)] = pooled.numpy()
-        labels[row : row + len(y)] = y.numpy()
-        stats.update(pooled, y)
-        row += len(y)
-    if row != n:  # a dropped trailing batch would leave zero rows behind
-        raise RuntimeError(f"extracted {row} of {n} images")
+    batches = iter(loader)
+    for step in progress(range(steps), desc=f"features ({desc})"):
+        batch = next(batches, None)
+        if batch is None:  # a rank with fewer rows sends an empty share
+            pooled = torch.zeros(0, dim, device=device.torch_device)
+            y = torch.zeros(0, dtype=torch.int64)
+        else:
+            images, y = batch
+            with device.autocast():
+                pooled = model(device.batch(images)).pooled.float()
+        rows = _gather_rows(world, pooled, y.to(pooled.device), batch_size)
+        if arrays is not None:
+            (features, _), (labels, _) = arrays
+            for rank, (values, classes) in enumerate(rows):
+                positions = rank + world.size * (step * batch_size + np.arange(len(classes)))
+                features[positions] = values
+                labels[positions] = classes
+            # Statistics in the row order and batch grouping of one process, whatever W is.
+            block = range(step * batch_size * world.size, min(n, (step + 1) * batch_size * world.size), batch_size)
+            for start in block:
+                stats.update(
+                    torch.from_numpy(features[start : start + batch_size]),
+                    torch.from_numpy(labels[start : start + batch_size]),
+                )
+    if arrays is None:
+        return None
+    (features, features_tmp), (labels, labels_tmp) = arrays
     _commit(run, f"{prefix}features.npy", features, features_tmp)
     _commit(run, f"{prefix}labels.npy", labels, labels_tmp)
     return stats
+
+
+def _gather_rows(world: World, pooled: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[tuple]:
+    """Every rank's (features, labels) of this step as numpy arrays, in rank order."""
+    if not world.distributed:
+        return [(pooled.cpu().numpy(), labels.cpu().numpy())]
+    count = torch.tensor([len(labels)], device=pooled.device)
+    padded = torch.zeros(batch_size, pooled.shape[1], device=pooled.device)
+    padded[: len(labels)] = pooled
+    padded_labels = torch.zeros(batch_size, dtype=torch.int64, device=pooled.device)
+    padded_labels[: len(labels)] = labels
+    counts = world.all_gather(count)
+    values, classes = world.all_gather(padded), world.all_gather(padded_labels)
+    return [
+        (v[: int(c)].cpu().numpy(), k[: int(c)].cpu().numpy()) for v, k, c in zip(values, classes, counts, strict=True)
+    ]
 
 
 def validation_split(n_total: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,32 +261,32 @@ def extract_features(
     seed: int,
     val_fraction: float,
     n_classes: int,
-) -> FeatureSet:
-    """§4 steps 1–5: extract, compute statistics, split 90/10 into `folder`."""
-    stats = extract_split(
-        model,
-        train_eval_set,
-        run,
-        f"{folder}/all_train_",
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        shuffle_seed=seed,
-        n_classes=n_classes,
-        desc="train",
-    ).finish()
-    extract_split(
-        model,
-        test_set,
-        run,
-        f"{folder}/test_",
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        shuffle_seed=None,
-        n_classes=n_classes,
-        desc="test",
-    )
+    world: World | None = None,
+) -> FeatureSet | None:
+    """§4 steps 1–5: extract, compute statistics, split 90/10 into `folder`. Every rank extracts
+    its share; rank 0 writes and gets the FeatureSet, the others None."""
+    world = world or World()
+
+    def extract(dataset: ImageListDataset, prefix: str, shuffle_seed: int | None, desc: str) -> StatsAccumulator | None:
+        return extract_split(
+            model,
+            dataset,
+            run,
+            f"{folder}/{prefix}",
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            shuffle_seed=shuffle_seed,
+            n_classes=n_classes,
+            desc=desc,
+            world=world,
+        )
+
+    train_stats = extract(train_eval_set, "all_train_", seed, "train")
+    extract(test_set, "test_", None, "test")
+    if train_stats is None:
+        return None
+    stats = train_stats.finish()
     all_features = np.load(run.file(f"{folder}/all_train_features.npy"), mmap_mode="r")
     all_labels = np.load(run.file(f"{folder}/all_train_labels.npy"), mmap_mode="r")
     train_pos, val_pos = validation_split(stats.n_total, val_fraction, seed)

@@ -19,3 +19,6 @@ AUGMENTATIONS = ("paper", "flip")
 PATH_SOLVERS = ("glm-saga", "matrix")
 # dtype of the SAGA residual table (N×K; bfloat16/float16 halve it, matrix solver only).
 TABLE_DTYPES = ("float32", "bfloat16", "float16")
+# How long the other ranks of a distributed job wait for rank 0 to finish a stage it runs alone
+# (selection, the glm-saga path, metrics); `qsenn train --stage-timeout`. The ImageNet path takes hours.
+DEFAULT_STAGE_TIMEOUT_S = 4 * 3600

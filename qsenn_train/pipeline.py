@@ -46,7 +46,7 @@ def dense_stage(ctx: RunContext, key: str) -> QResNet:
     """Dense training (spec §3), or the pretrained/initial network when dense training is off."""
     r = ctx.recipe
     name, partial = dense_name(key), f"dense-{key}.partial.pt"
-    record = ctx.run.load_torch(name)
+    record = ctx.world.on_main(f"dense-{key}: reading the dense model", lambda: ctx.run.load_torch(name))
     if record is not None:
         ctx.echo(f"dense model: reusing {ctx.run.file(name)}")
         return ctx.device.prepare(model_from_record(record))
@@ -86,6 +86,8 @@ def dense_stage(ctx: RunContext, key: str) -> QResNet:
                 workers=r.workers,
                 run=ctx.run,
                 echo=ctx.echo,
+                world=ctx.world,
+                sync_batchnorm=ctx.sync_batchnorm,
             )
         ctx.run.save_torch(
             name,
@@ -101,16 +103,20 @@ def metrics_name(label: str) -> str:
 
 def metrics_stage(ctx: RunContext, model: QResNet, label: str, scope: str) -> dict:
     """The metrics of a model (`label`: dense, qsenn or sldd), cached by the scope (key) of the
-    model they describe."""
-    name = metrics_name(label)
-    cached = ctx.run.load_json(name)
-    if cached is not None and cached.get("model") == scope:
-        return cached
-    with timed(ctx, scope, f"metrics ({label})"):
-        result = compute_metrics(model, ctx.data, ctx.recipe, ctx.device)
-        result["model"] = scope
-        ctx.run.save_json(name, result)
-    return result
+    model they describe; computed by rank 0 over the whole training and test sets."""
+
+    def compute() -> dict:
+        name = metrics_name(label)
+        cached = ctx.run.load_json(name)
+        if cached is not None and cached.get("model") == scope:
+            return cached
+        with timed(ctx, scope, f"metrics ({label})"):
+            result = compute_metrics(model, ctx.data, ctx.recipe, ctx.device)
+            result["model"] = scope
+            ctx.run.save_json(name, result)
+        return result
+
+    return ctx.world.on_main(f"metrics ({label}) (rank 0 computes them while the other ranks wait)", compute)
 
 
 def compute_metrics(model: QResNet, data: DataSplits, recipe: Recipe, device: Device) -> dict:
@@ -128,12 +134,27 @@ def compute_metrics(model: QResNet, data: DataSplits, recipe: Recipe, device: De
 def train(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print) -> dict:
     """Run every stage of the recipe, register the finished model; return the dense and final metrics."""
     ctx = prepare(recipe, opts, echo)
-    key = dense_key(recipe, ctx.seed)
-    model = dense_stage(ctx, key)
-    dense_metrics = metrics_stage(ctx, model, DENSE, f"dense-{key}")
-    folder = sparse_folder(ctx, key)
-    model = sparsify(ctx, model, folder)
-    final_metrics = metrics_stage(ctx, model, recipe.model_type, folder)
+    try:
+        key = dense_key(recipe, ctx.seed)
+        model = dense_stage(ctx, key)
+        dense_metrics = metrics_stage(ctx, model, DENSE, f"dense-{key}")
+        folder = sparse_folder(ctx, key)
+        model = sparsify(ctx, model, folder)
+        final_metrics = metrics_stage(ctx, model, recipe.model_type, folder)
+        if ctx.world.is_main:
+            _register(ctx, model, key, folder, dense_metrics, final_metrics)
+    finally:
+        ctx.world.close()
+    return {
+        "run_dir": str(ctx.run.path),
+        DENSE: dense_metrics,
+        recipe.model_type: final_metrics,
+        "timings": dict(ctx.timings),
+    }
+
+
+def _register(ctx: RunContext, model: QResNet, key: str, folder: str, dense_metrics: dict, final_metrics: dict) -> None:
+    recipe, echo = ctx.recipe, ctx.echo
     entry = ModelEntry(
         model_type=recipe.model_type,
         checkpoint=final_checkpoint(ctx, folder),
@@ -145,6 +166,7 @@ def train(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print)
         recipe=recipe.to_json(),
         seed=ctx.seed,
         finished=round(time.time(), 3),
+        world_size=ctx.world.size,
     )
     ctx.run.register(recipe.model_type, entry.to_json())
     ctx.run.event("done", model_type=recipe.model_type, dense=dense_metrics, final=final_metrics)
@@ -154,12 +176,6 @@ def train(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = print)
     echo(
         f"final {recipe.model_type} model: {ctx.run.file(entry.checkpoint)} (registered in {run.path / 'models.json'})"
     )
-    return {
-        "run_dir": str(ctx.run.path),
-        DENSE: dense_metrics,
-        recipe.model_type: final_metrics,
-        "timings": dict(ctx.timings),
-    }
 
 
 def summary_table(rows: dict[str, dict]) -> str:

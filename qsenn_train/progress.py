@@ -1,7 +1,13 @@
 """Progress bars for long work: shown on a terminal, silent in logs and pipes (disable=None).
-Without tqdm (a bare machine that only exports or benchmarks) the bars are silent stand-ins."""
+Without tqdm (a bare machine that only exports or benchmarks) the bars are silent stand-ins, and
+under torchrun only rank 0 draws them (RANK is torchrun's variable)."""
+
+import os
 
 try:
+    # tqdm.auto's bar opens one extra iterator of what it wraps; for a DataLoader that draws one
+    # worker seed (from the global RNG when the loader has no generator) and, with workers, starts
+    # an idle worker pool. Kept for now: another bar would change every run's random stream.
     from tqdm.auto import tqdm
 except ImportError:
     tqdm = None
@@ -30,6 +36,6 @@ class SilentBar:
 
 
 def progress(iterable=None, **kwargs):
-    if tqdm is None:
+    if tqdm is None or os.environ.get("RANK", "0") != "0":
         return SilentBar(iterable)
     return tqdm(iterable, leave=False, dynamic_ncols=True, disable=None, **kwargs)

@@ -41,6 +41,7 @@ class ModelEntry:
     recipe: dict  # the full recipe (Recipe.to_json) that produced it
     seed: int
     finished: float  # unix time
+    world_size: int = 1  # processes of the `qsenn train` call that finished it
 
     def to_json(self) -> dict:
         return {
@@ -52,6 +53,7 @@ class ModelEntry:
             "recipe": self.recipe,
             "seed": self.seed,
             "finished": self.finished,
+            "world_size": self.world_size,
         }
 
     @classmethod
@@ -69,6 +71,7 @@ class ModelEntry:
                 recipe=dict(d["recipe"]),
                 seed=int(d["seed"]),
                 finished=float(d["finished"]),
+                world_size=int(d.get("world_size", 1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise QsennError(f"{source}: a registry entry is malformed ({type(exc).__name__} {exc})") from None

@@ -248,3 +248,36 @@ class RunDir:
         record = {"time": round(time.time(), 3), "event": kind, **fields, **faults.counted()}
         with open(self.path / EVENTS, "a") as fh:
             fh.write(json.dumps(record, default=str) + "\n")
+
+
+class FollowerRunDir(RunDir):
+    """The run directory as ranks other than 0 see it: rank 0 writes for the job (every write is a
+    no-op here) and reads for it (distributed.World.on_main hands the result over), so a read on
+    another rank is a bug in the stage code, refused loudly."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.echo = lambda _line: None
+        self.recomputes = False
+        self._manifest = {}
+
+    def save_with(self, name: str, write: Callable[[Path], object]) -> Path:
+        return self.file(name)
+
+    def remove(self, name: str) -> None:
+        return None
+
+    def remove_stale_temporaries(self) -> int:
+        return 0
+
+    def register(self, model_type: str, entry: dict) -> None:
+        return None
+
+    def record_time(self, scope: str, step: str, seconds: float, round_: str | None = None) -> None:
+        return None
+
+    def event(self, kind: str, **fields: Any) -> None:
+        return None
+
+    def intact(self, name: str) -> bool:
+        raise RuntimeError(f"rank > 0 read {name} from the run directory; reads go through World.on_main")

@@ -79,10 +79,12 @@ def sparsify(ctx: RunContext, model: QResNet, folder: str) -> QResNet:
 # ---- shared steps ------------------------------------------------------------------------
 
 
-def _features(ctx: RunContext, model: QResNet, step: Step, seed_label: str) -> FeatureSet:
-    cached = load_feature_set(ctx.run, step.prefix)
-    if cached is not None:
-        return cached
+def _features(ctx: RunContext, model: QResNet, step: Step, seed_label: str) -> FeatureSet | None:
+    """The step's features (§4): rank 0 gets them, the other ranks None (the GLM stages that
+    read them run on rank 0); every rank takes part in extracting them."""
+    found: list[FeatureSet] = []
+    if ctx.world.on_main(f"{step.prefix}: reading its features", lambda: _cached_features(ctx, step, found)):
+        return found[0] if found else None
     r = ctx.recipe
     with timed_step(ctx, step, "feature extraction"):
         return extract_features(
@@ -97,7 +99,15 @@ def _features(ctx: RunContext, model: QResNet, step: Step, seed_label: str) -> F
             seed=seed_stage(ctx, seed_label),
             val_fraction=r.val_fraction,
             n_classes=ctx.info.num_classes,
+            world=ctx.world,
         )
+
+
+def _cached_features(ctx: RunContext, step: Step, found: list[FeatureSet]) -> bool:
+    cached = load_feature_set(ctx.run, step.prefix)
+    if cached is not None:
+        found.append(cached)
+    return cached is not None
 
 
 def _selection(ctx: RunContext, model: QResNet, features: FeatureSet, step: Step) -> list[int]:
@@ -161,20 +171,40 @@ def _path(ctx: RunContext, features: FeatureSet, selection: list[int] | None, st
     return path
 
 
-def _install(
-    model: QResNet,
-    features: FeatureSet,
-    selection: list[int],
-    from_dense: bool,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    dropout: float,
-) -> None:
-    """§1.4/§7.5: fresh μ_S, σ_S from this step's statistics (odd-T), frozen weight and bias."""
-    mean, std = features.stats.mean, features.stats.std
-    if from_dense:  # D-dimensional statistics: restrict them to S
-        mean, std = mean[selection], std[selection]
-    model.install_sparse_head(torch.tensor(selection), mean, std, weight, bias, dropout=dropout)
+@dataclass(frozen=True)
+class SparseHead:
+    """What a round installs (§1.4/§7.5): S, fresh μ_S and σ_S from this step's statistics
+    (odd-T), and the frozen weight and bias. Rank 0 computes it; every rank installs it."""
+
+    selection: list[int]
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @classmethod
+    def of(cls, features: FeatureSet, selection: list[int], from_dense: bool, weight, bias) -> SparseHead:
+        mean, std = features.stats.mean, features.stats.std
+        if from_dense:  # D-dimensional statistics: restrict them to S
+            mean, std = mean[selection], std[selection]
+        return cls(selection, mean, std, weight, bias)
+
+    def install(self, model: QResNet, dropout: float) -> None:
+        model.install_sparse_head(
+            torch.tensor(self.selection), self.mean, self.std, self.weight, self.bias, dropout=dropout
+        )
+
+
+def _finished(ctx: RunContext, step: Step) -> QResNet | None:
+    """The model a finished round saved (its head included), or None."""
+    record = ctx.world.on_main(
+        f"{step.prefix}: reading its model", lambda: ctx.run.load_torch(f"{step.prefix}/model.pt")
+    )
+    return None if record is None else ctx.device.prepare(model_from_record(record))
+
+
+def _glm_stages(step: Step, what: str) -> str:
+    return f"{step.prefix}: {what} (rank 0 fits it while the other ranks wait)"
 
 
 def _finetune(ctx: RunContext, model: QResNet, step: Step, schedule: SGDSchedule, lr: float, epochs: int) -> None:
@@ -203,6 +233,8 @@ def _finetune(ctx: RunContext, model: QResNet, step: Step, schedule: SGDSchedule
             workers=ctx.recipe.workers,
             run=ctx.run,
             echo=ctx.echo,
+            world=ctx.world,
+            sync_batchnorm=ctx.sync_batchnorm,
         )
         ctx.run.save_torch(
             f"{step.prefix}/model.pt",
@@ -241,23 +273,21 @@ def _ternary_head(ctx: RunContext, path: list[dict], step: Step) -> TernaryHead:
     return head
 
 
-def _finished(ctx: RunContext, step: Step) -> QResNet | None:
-    """The model a finished round saved (its head included), or None."""
-    record = ctx.run.load_torch(f"{step.prefix}/model.pt")
-    return None if record is None else ctx.device.prepare(model_from_record(record))
-
-
 def _qsenn_round(ctx: RunContext, model: QResNet, step: Step, iteration: int) -> QResNet:
     if (done := _finished(ctx, step)) is not None:
         return done
-    r = ctx.recipe
-    ft = r.finetune
+    ft = ctx.recipe.finetune
     features = _features(ctx, model, step, f"{step.prefix}/features")
     from_dense = not model.is_sparse
-    selection = _selection(ctx, model, features, step)
-    path = _path(ctx, features, selection if from_dense else None, step)
-    head = _ternary_head(ctx, path, step)
-    _install(model, features, selection, from_dense, head.weight, head.bias, ft.dropout)
+
+    def fit() -> SparseHead:
+        assert features is not None  # rank 0 holds them
+        selection = _selection(ctx, model, features, step)
+        path = _path(ctx, features, selection if from_dense else None, step)
+        head = _ternary_head(ctx, path, step)
+        return SparseHead.of(features, selection, from_dense, head.weight, head.bias)
+
+    ctx.world.on_main(_glm_stages(step, "selection, glm-saga path and quantisation"), fit).install(model, ft.dropout)
     last = iteration == ft.iterations - 1
     # Fine-tuning call n = iteration + 2 of the reference's scheduler: lr·0.9^(n−2) (§9.2).
     lr = ft.schedule.lr * ft.lr_decay_per_iteration**iteration
@@ -273,18 +303,23 @@ def _sldd_round(ctx: RunContext, model: QResNet, step: Step) -> QResNet:
         return done
     r = ctx.recipe
     features = _features(ctx, model, step, f"{step.prefix}/features")
-    selection = _selection(ctx, model, features, step)
-    path = _path(ctx, features, selection, step)
-    weight, bias, index = sldd_head(
-        [e["weight"] for e in path],
-        [e["bias"] for e in path],
-        r.n_per_class,
-        drop_rate=r.sldd_drop_rate,
-        reference_compat=r.reference_compat,
-    )
-    ctx.run.event(
-        "sldd_entry", step=step.prefix, index=index, lam=path[index]["lam"], nonzeros=int((weight != 0).sum())
-    )
-    _install(model, features, selection, True, weight, bias, r.finetune.dropout)
+
+    def fit() -> SparseHead:
+        assert features is not None  # rank 0 holds them
+        selection = _selection(ctx, model, features, step)
+        path = _path(ctx, features, selection, step)
+        weight, bias, index = sldd_head(
+            [e["weight"] for e in path],
+            [e["bias"] for e in path],
+            r.n_per_class,
+            drop_rate=r.sldd_drop_rate,
+            reference_compat=r.reference_compat,
+        )
+        ctx.run.event(
+            "sldd_entry", step=step.prefix, index=index, lam=path[index]["lam"], nonzeros=int((weight != 0).sum())
+        )
+        return SparseHead.of(features, selection, True, weight, bias)
+
+    ctx.world.on_main(_glm_stages(step, "selection, glm-saga path and pruning"), fit).install(model, r.finetune.dropout)
     _finetune(ctx, model, step, r.sldd_finetune, r.sldd_finetune.lr, r.sldd_finetune.epochs)
     return model
