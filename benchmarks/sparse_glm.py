@@ -318,7 +318,7 @@ def scale(args) -> None:
         "environment": environment(None),
     }
     name = (
-        f"{args.stages.replace(',', '+')}-k{args.classes}-f{args.features}-d{args.dim}-{args.table_dtype}-{args.device}"
+        f"{args.stages.replace(',', '-')}-k{args.classes}-f{args.features}-d{args.dim}-{args.table_dtype}-{args.device}"
     )
     print(f"wrote {save_result('sparse_glm_scale', name, result, RESULTS, ('torch',))}")
 
