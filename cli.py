@@ -224,6 +224,7 @@ def train(
     from qsenn_train.pipeline import RunOptions
     from qsenn_train.pipeline import train as run_training
     from qsenn_train.recipes import resolve_recipe
+    from qsenn_train.sparsify import saga_table_device as saga_table_device_of
 
     if nproc_per_node is not None:
         job = Launch(nproc_per_node, nnodes, node_rank, master_addr, master_port)
@@ -255,6 +256,7 @@ def train(
         saga_table_dtype=saga_table_dtype,
         saga_table_device=saga_table_device,
     )
+    saga_table_device_of(resolved)  # an unknown or absent device is refused now, not after dense training
     opts = RunOptions(
         seed=seed,
         data_root=data_root,

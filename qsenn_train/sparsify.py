@@ -10,12 +10,13 @@ import torch
 
 from .checkpoint import model_from_record, model_record
 from .context import RunContext, saga_threads, seed_stage, timed
+from .device import resolve_torch_device
 from .features import FeatureSet, extract_features, load_feature_set
 from .glm_path import fit_path
 from .model import QResNet
 from .progress import progress
 from .quantize import TernaryHead, quantization_entry, quantize
-from .recipes import SGDSchedule
+from .recipes import Recipe, SGDSchedule
 from .rundir import stage_key
 from .selection import select_features
 from .sldd import sldd_head
@@ -163,12 +164,19 @@ def _path(ctx: RunContext, features: FeatureSet, selection: list[int] | None, st
                 device=ctx.device.torch_device,
                 solver=ctx.recipe.path_solver,
                 table_dtype=ctx.recipe.saga_table_dtype,
-                table_device=torch.device(ctx.recipe.saga_table_device) if ctx.recipe.saga_table_device else None,
+                table_device=saga_table_device(ctx.recipe),
                 tick=lambda: bar.update(1),
                 log=lambda line: ctx.run.event("glm_saga", step=step.prefix, line=line),
             )
         ctx.run.save_torch(name, {"path": path})
     return path
+
+
+def saga_table_device(recipe: Recipe) -> torch.device | None:
+    """Where the path's SAGA table lives: `--saga-table-device`, else (None) the solver's device."""
+    if recipe.saga_table_device is None:
+        return None
+    return resolve_torch_device(recipe.saga_table_device, flag="--saga-table-device")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from qsenn_train.pipeline import dense_key, train
 from qsenn_train.quantize import quantize
 from qsenn_train.recipes import PAPER, Recipe, resolve_recipe
 from qsenn_train.saga_path import elastic_net_prox
-from qsenn_train.sparsify import sparse_folder
+from qsenn_train.sparsify import saga_table_device, sparse_folder
 
 # The paper's path settings on a problem small enough for a test (each solve well under a second).
 SMALL_PATH = dataclasses.replace(PAPER.glm_path, n_lambdas=8, max_epochs=40, batch_size=32)
@@ -136,12 +136,24 @@ def test_glm_saga_refuses_a_table_dtype_it_does_not_have():
         ({"path_solver": "adam"}, "unknown path solver 'adam'; choose one of glm-saga, matrix"),
         ({"saga_table_dtype": "int8", "path_solver": "matrix"}, "unknown SAGA table dtype 'int8'"),
         ({"saga_table_dtype": "float16"}, "add --path-solver matrix"),
-        ({"saga_table_device": "gpu0"}, "use cpu, cuda or cuda:N"),
     ],
 )
 def test_recipe_refuses_bad_solver_settings(overrides, message):
     with pytest.raises(QsennError, match=re.escape(message)):
         resolve_recipe("tiny", **overrides)
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("gpu0", "--saga-table-device 'gpu0' is not a device; use auto, cpu, cuda or cuda:N"), ("cuda", "no NVIDIA GPU")],
+)
+def test_a_table_device_that_is_not_there_is_one_line(device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(QsennError, match=re.escape(message)):
+        saga_table_device(resolve_recipe("tiny", saga_table_device=device))
+    assert saga_table_device(resolve_recipe("tiny", saga_table_device="cpu")) == torch.device("cpu")
+    assert saga_table_device(resolve_recipe("tiny")) is None
 
 
 def test_solver_settings_name_the_stage_only_when_changed():
