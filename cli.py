@@ -22,10 +22,31 @@ from qsenn_train.names import (
 DEFAULT_DATA_ROOT = Path(os.environ.get("QSENN_DATA_ROOT", Path.home() / "tmp" / "Datasets"))
 
 
+def _job_rank() -> str | None:
+    """This process's rank when it is one of several of a torchrun job (torchrun's variables)."""
+    return os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
 def _fail(message: str) -> None:
-    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    rank = _job_rank()
     click.echo(f"error: rank {rank}: {message}" if rank is not None else f"error: {message}", err=True)
     sys.exit(2)
+
+
+def _rank_stopped(exc: Exception) -> str:
+    """One line for a rank stopped by an unexpected error (most often a peer rank that is gone);
+    the traceback goes to a file, not between the other ranks' lines."""
+    import tempfile
+    import traceback
+
+    from qsenn_runtime.errors import first_line
+
+    path = Path(tempfile.gettempdir()) / f"qsenn-train-rank{_job_rank()}-{os.getpid()}.txt"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return (
+        f"stopped by {type(exc).__name__}: {first_line(exc)} (when another rank failed, its line says why; "
+        f"traceback in {path})"
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -1284,6 +1305,10 @@ def main() -> None:
         if getattr(exc, "quiet", False):  # another rank of the job printed the cause
             sys.exit(2)
         _fail(str(exc))
+    except Exception as exc:
+        if _job_rank() is None:
+            raise
+        _fail(_rank_stopped(exc))
 
 
 if __name__ == "__main__":

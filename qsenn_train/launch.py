@@ -82,8 +82,12 @@ def launch(job: Launch, train_args: Sequence[str]) -> None:
     try:
         run(get_args_parser().parse_args(job.torchrun_args(train_args)))
     except ChildFailedError as exc:
-        lines = [_failure_line(rank, failure.exitcode) for rank, failure in sorted(exc.failures.items())]
-        raise QsennError("; ".join(lines) + "; rerun the same command with --resume to continue") from None
+        failed = sorted((rank, failure.exitcode) for rank, failure in exc.failures.items())
+        # The agent stops the other ranks with SIGTERM once one fails: those are not causes.
+        causes = [(rank, code) for rank, code in failed if code != -signal.SIGTERM] or failed
+        lines = [_failure_line(rank, code) for rank, code in causes]
+        stopped = " (the launcher stopped the other ranks)" if len(causes) < job.nproc_per_node else ""
+        raise QsennError("; ".join(lines) + stopped + "; rerun the same command with --resume to continue") from None
 
 
 def _failure_line(rank: int, exitcode: int) -> str:
