@@ -107,7 +107,8 @@ def matrix_path(
         for split, loader in (("tr", train), ("val", val), ("test", test)):
             loss, acc = -1.0, -1.0
             if loader:  # batch by batch: the evaluation never holds more than one batch's logits
-                loss_t, acc_t = elasticnet.elastic_loss_and_acc_loader(linear, loader, lam, alpha, preprocess)
+                with torch.no_grad():  # as glm-saga evaluates
+                    loss_t, acc_t = elasticnet.elastic_loss_and_acc_loader(linear, loader, lam, alpha, preprocess)
                 loss, acc = loss_t.item(), acc_t.item()
             metrics[f"loss_{split}"], metrics[f"acc_{split}"] = loss, acc
         path.append(
