@@ -254,7 +254,7 @@ def train(
         job.check()
         if job.needed:
             argv = sys.argv[sys.argv.index("train") + 1 :]
-            return launch(job, without_launch_options(argv))
+            return launch(job, without_launch_options(argv), device)
 
     resolved = resolve_recipe(
         recipe,
@@ -1303,7 +1303,7 @@ def main() -> None:
         _fail(missing_extra_line(exc, sys.argv[1:]))
     except user_errors() as exc:
         if getattr(exc, "quiet", False):  # another rank of the job printed the cause
-            sys.exit(2)
+            sys.exit(getattr(exc, "exit_code", 2))
         _fail(str(exc))
     except Exception as exc:
         if _job_rank() is None:

@@ -24,6 +24,7 @@ from .errors import QsennError
 from .names import DEFAULT_STAGE_TIMEOUT_S
 from .recipes import Recipe
 from .rundir import CONFIG, FollowerRunDir, RunDir, stage_key
+from .sharding import check_global_batches
 from .versions import library_versions
 
 
@@ -154,6 +155,7 @@ def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = prin
     world, device_name = join_world(opts.device, opts.stage_timeout_s)
     if not world.is_main:
         echo = _silent  # rank 0 speaks for the job
+    world.on_main("checking the recipe", lambda: check_global_batches(recipe.batch_sizes(), world.size))
     seed = world.broadcast(opts.seed if opts.seed is not None else random.randrange(1_000_000))
     seed_everything(seed)
     device = Device.resolve(device_name, opts.amp, opts.channels_last)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import QsennError, first_line
-from .names import DEFAULT_STAGE_TIMEOUT_S
+from .names import DEFAULT_STAGE_TIMEOUT_S, FOLLOWER_EXIT_CODE
 
 T = TypeVar("T")
 
@@ -32,6 +32,7 @@ class RankFailed(QsennError):
     of their own (rank 0 printed the cause)."""
 
     quiet = True
+    exit_code = FOLLOWER_EXIT_CODE
 
 
 def launched_by_torchrun() -> bool:

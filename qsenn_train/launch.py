@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import QsennError
+from .names import FOLLOWER_EXIT_CODE
 
 # The options that only this launcher reads; everything else goes to every rank unchanged.
 LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
@@ -69,12 +70,19 @@ def without_launch_options(argv: Sequence[str]) -> list[str]:
     return kept
 
 
-def launch(job: Launch, train_args: Sequence[str]) -> None:
+def launch(job: Launch, train_args: Sequence[str], device: str) -> None:
     """Run the job on this node; a failed rank becomes one line each (its own line came first)."""
+    import torch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     job.check()
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") and torch.cuda.is_available() else 0
+    if gpus and job.nproc_per_node > gpus:
+        raise QsennError(
+            f"--nproc-per-node {job.nproc_per_node}: this node has {gpus} GPU(s), one process each; "
+            f"use --nproc-per-node {gpus} (or --device cpu)"
+        )
     # torchrun's default for several processes is one thread each, with a warning; share the cores.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // job.nproc_per_node)))
     # The agent's own log repeats each failure as a multi-line report; our lines replace it.
@@ -83,10 +91,13 @@ def launch(job: Launch, train_args: Sequence[str]) -> None:
         run(get_args_parser().parse_args(job.torchrun_args(train_args)))
     except ChildFailedError as exc:
         failed = sorted((rank, failure.exitcode) for rank, failure in exc.failures.items())
-        # The agent stops the other ranks with SIGTERM once one fails: those are not causes.
-        causes = [(rank, code) for rank, code in failed if code != -signal.SIGTERM] or failed
+        # The agent stops the other ranks with SIGTERM once one fails, and ranks that stop because
+        # rank 0 failed exit with FOLLOWER_EXIT_CODE: those are not causes.
+        causes = [(rank, code) for rank, code in failed if code not in (-signal.SIGTERM, FOLLOWER_EXIT_CODE)] or failed
         lines = [_failure_line(rank, code) for rank, code in causes]
         stopped = " (the launcher stopped the other ranks)" if len(causes) < job.nproc_per_node else ""
+        if all(code > 0 for _, code in causes):  # the rank printed its own error line
+            raise QsennError("; ".join(lines) + stopped + "; its error is above") from None
         raise QsennError("; ".join(lines) + stopped + "; rerun the same command with --resume to continue") from None
 
 

@@ -22,3 +22,6 @@ TABLE_DTYPES = ("float32", "bfloat16", "float16")
 # How long the other ranks of a distributed job wait for rank 0 to finish a stage it runs alone
 # (selection, the glm-saga path, metrics); `qsenn train --stage-timeout`. The ImageNet path takes hours.
 DEFAULT_STAGE_TIMEOUT_S = 4 * 3600
+# The exit status of a rank that stopped because rank 0 failed in a stage it ran for all (the
+# launcher then names rank 0 alone).
+FOLLOWER_EXIT_CODE = 3

@@ -119,6 +119,13 @@ class Recipe:
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **changes)
 
+    def batch_sizes(self) -> dict[str, int]:
+        """The global batch of every SGD schedule of this recipe's model type."""
+        sizes = {"dense training": self.dense.batch_size} if self.do_dense else {}
+        if self.model_type == "sldd":
+            return {**sizes, "SLDD fine-tuning": self.sldd_finetune.batch_size}
+        return {**sizes, "fine-tuning": self.finetune.schedule.batch_size}
+
     def data_variant(self) -> dict:
         """The data settings that differ from the full dataset under the paper's augmentation.
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from .errors import QsennError
+
 # BatchNorm in training needs at least two values per channel: a trailing batch that cannot give
 # every rank two images is dropped (for one process: a trailing batch of a single image).
 MIN_IMAGES_PER_RANK = 2
@@ -79,3 +81,13 @@ class GlobalBatches(Sampler[list[int]]):
 def shard_positions(n: int, rank: int, world_size: int) -> range:
     """The positions rank r extracts: r, r+W, r+2W, … (feature extraction, §4)."""
     return range(rank, n, world_size)
+
+
+def check_global_batches(batch_sizes: dict[str, int], world_size: int) -> None:
+    """Every global batch of a recipe must give each rank two images (BatchNorm)."""
+    for what, size in batch_sizes.items():
+        if size < MIN_IMAGES_PER_RANK * world_size:
+            raise QsennError(
+                f"the {what} batch of {size} images cannot give each of {world_size} processes "
+                f"{MIN_IMAGES_PER_RANK}; use at most {size // MIN_IMAGES_PER_RANK} processes"
+            )

@@ -94,3 +94,21 @@ def test_metrics_are_those_one_process_computes(reference, tmp_path):
     for name, metrics in recorded.items():
         again = json.loads((copy / name).read_text())
         assert again == metrics, name
+
+
+def test_too_many_processes_for_the_batch_is_one_line_and_nothing_written(data_root, tmp_path):
+    result = subprocess.run(
+        [*kc.train_command(data_root, tmp_path), "--nproc-per-node", "5"],
+        cwd=kc.REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-2:] == [
+        "error: rank 0: the dense training batch of 8 images cannot give each of 5 processes 2; "
+        "use at most 4 processes",
+        "error: rank 0 exited with code 2 (the launcher stopped the other ranks); its error is above",
+    ]
+    assert not (tmp_path / kc.RUN_SUBDIR).exists()
