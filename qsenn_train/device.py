@@ -15,22 +15,22 @@ DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-def resolve_torch_device(name: str = "auto") -> torch.device:
+def resolve_torch_device(name: str = "auto", flag: str = "--device") -> torch.device:
     """`auto` is the GPU when CUDA sees one, else the CPU; an unavailable or malformed name is one
-    clear line."""
+    clear line (naming `flag`, the option it came from)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise QsennError(f"--device {name!r} is not a device; use {DEVICE_CHOICES}") from None
+        raise QsennError(f"{flag} {name!r} is not a device; use {DEVICE_CHOICES}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise QsennError(f"--device {name}: no NVIDIA GPU is visible to CUDA (check nvidia-smi); use --device cpu")
+            raise QsennError(f"{flag} {name}: no NVIDIA GPU is visible to CUDA (check nvidia-smi); use {flag} cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise QsennError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise QsennError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
-        raise QsennError(f"--device {name!r} is not supported; use {DEVICE_CHOICES}")
+        raise QsennError(f"{flag} {name!r} is not supported; use {DEVICE_CHOICES}")
     return device
 
 

@@ -14,6 +14,11 @@ MODEL_TYPES = ("qsenn", "sldd")
 # without colour jitter and TrivialAugmentWide (whose shifts of up to 32 px and shears of up
 # to 0.99 ruin 28 px images and slow a schedule of a few epochs).
 AUGMENTATIONS = ("paper", "flip")
+# The regularisation path's solver (spec §6): the glm-saga package, or the same SAGA with the
+# selection's matrix-form step (qsenn_train/saga_path.py).
+PATH_SOLVERS = ("glm-saga", "matrix")
+# dtype of the SAGA residual table (N×K; bfloat16/float16 halve it, matrix solver only).
+TABLE_DTYPES = ("float32", "bfloat16", "float16")
 # How long the other ranks of a distributed job wait for rank 0 to finish a stage it runs alone
 # (selection, the glm-saga path, metrics); `qsenn train --stage-timeout`. The ImageNet path takes hours.
 DEFAULT_STAGE_TIMEOUT_S = 4 * 3600

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .data.synth import SynthSpec
 from .errors import QsennError
-from .names import AUGMENTATIONS, CROP_GT_DATASETS, SMALL_STEM_ARCHS
+from .names import AUGMENTATIONS, CROP_GT_DATASETS, PATH_SOLVERS, SMALL_STEM_ARCHS, TABLE_DTYPES
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class FinetuneSettings:
 
 # Recipe fields that change the data a run sees beyond the dataset's name (see data_variant).
 DATA_VARIANT_FIELDS = ("augment", "limit_train", "limit_test")
+# Recipe fields that change how the regularisation path is solved (see solver_variant).
+SOLVER_VARIANT_FIELDS = ("path_solver", "saga_table_dtype")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,11 @@ class Recipe:
     # Smoke runs: this many training / test images, evenly spaced over the split (None: all).
     limit_train: int | None = None
     limit_test: int | None = None
+    # The regularisation path's solver (names.PATH_SOLVERS) and its SAGA table: dtype
+    # (names.TABLE_DTYPES) and device (None: the solver's; "cpu" keeps it off the GPU).
+    path_solver: str = "glm-saga"
+    saga_table_dtype: str = "float32"
+    saga_table_device: str | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -125,8 +132,16 @@ class Recipe:
         Stage keys and the run directory's name carry them only when set, so the results of
         runs made before these settings existed stay valid.
         """
+        return self._changed(DATA_VARIANT_FIELDS)
+
+    def solver_variant(self) -> dict:
+        """The path-solver settings that differ from the defaults (the sparsification stages'
+        keys carry them only when set, so earlier results stay valid)."""
+        return self._changed(SOLVER_VARIANT_FIELDS)
+
+    def _changed(self, names: tuple[str, ...]) -> dict:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        return {k: getattr(self, k) for k in DATA_VARIANT_FIELDS if getattr(self, k) != defaults[k]}
+        return {k: getattr(self, k) for k in names if getattr(self, k) != defaults[k]}
 
     @property
     def subset_tag(self) -> str:
@@ -311,5 +326,17 @@ def validate(recipe: Recipe) -> None:
             raise QsennError(f"{flag} {limit} is too small; use at least 2 images")
     if recipe.dataset == "ImageNet" and recipe.img_size != 224:
         raise QsennError("ImageNet runs at 224 px (spec §3.3); drop --img-size or set it to 224")
+    check_path_solver(recipe.path_solver, recipe.saga_table_dtype)
     if recipe.crop_gt and recipe.dataset not in CROP_GT_DATASETS:
         raise QsennError(f"--crop-gt exists only for {' and '.join(CROP_GT_DATASETS)}")
+
+
+def check_path_solver(solver: str, table_dtype: str) -> None:
+    if solver not in PATH_SOLVERS:
+        raise QsennError(f"unknown path solver {solver!r}; choose one of {', '.join(PATH_SOLVERS)}")
+    if table_dtype not in TABLE_DTYPES:
+        raise QsennError(f"unknown SAGA table dtype {table_dtype!r}; choose one of {', '.join(TABLE_DTYPES)}")
+    if solver == "glm-saga" and table_dtype != "float32":
+        raise QsennError(
+            f"glm-saga keeps its SAGA table in float32; add --path-solver matrix for --saga-table-dtype {table_dtype}"
+        )

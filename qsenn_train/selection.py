@@ -105,9 +105,17 @@ class ProximalSaga:
         n_total: int,
         settings: SagaSettings,
         device: torch.device,
+        *,
+        table_dtype: torch.dtype = torch.float32,
+        table_device: torch.device | None = None,
+        order: Callable[[], Tensor] | None = None,
     ):
         n_samples = labels.numel()
         self.batches, self.labels, self.settings, self.device = batches, labels, settings, device
+        # `order` draws an epoch's permutation (the path's: the DataLoader's draws, batches
+        # left in that order); by default randperm from the global RNG, rows sorted per batch.
+        self.order = order
+        self.table_device = table_device or device
         # odd-G: the averages are normalised by n_total (the selection passes N incl. the
         # validation split), which scales the data term by N_tr/n_total.
         self.n_total = n_total
@@ -115,25 +123,21 @@ class ProximalSaga:
         self.weight = torch.zeros(n_classes, batches.n_columns, device=device)
         self.bias = torch.zeros(n_classes, device=device)
         # The reference allocates n_total rows, but only the N_tr train rows are ever used.
-        self.residual_table = torch.zeros(n_samples, n_classes, device=device)
+        # N×K is the solver's one large allocation (5.1 GB in fp32 for ImageNet): its dtype
+        # and device are the caller's to choose; it is read and written a batch at a time.
+        self.residual_table = torch.zeros(n_samples, n_classes, dtype=table_dtype, device=self.table_device)
         self.weight_grad_avg = torch.zeros_like(self.weight)
         self.bias_grad_avg = torch.zeros_like(self.bias)
 
     @torch.no_grad()
-    def fit(self, lam: float, prox: Callable[[Tensor], Tensor]) -> int:
+    def fit(self, lam: float | Tensor, prox: Callable[[Tensor], Tensor]) -> int:
         """Run epochs at one λ until the objective stalls (tol, lookbehind) or max_epochs;
         returns the number of epochs run."""
         s = self.settings
         best = math.inf
         epochs_without_progress = 0
         for epoch in range(1, s.max_epochs + 1):
-            loss_sum = self._epoch(prox)
-            # Element-wise L1 even though the prox is grouped, as in the reference.
-            objective = (
-                loss_sum / self.n_total
-                + lam * s.alpha * self.weight.abs().sum()
-                + 0.5 * lam * (1 - s.alpha) * self.weight.square().sum()
-            ).item()
+            objective = self._objective(self._epoch(prox), lam)
             if objective + s.tol < best:
                 best, epochs_without_progress = objective, 0
             else:
@@ -142,29 +146,58 @@ class ProximalSaga:
                 return epoch
         return s.max_epochs
 
+    def _objective(self, loss_sum: Tensor, lam: float | Tensor) -> float:
+        """The epoch's mean loss plus the penalty (element-wise L1 even though the prox is
+        grouped, as in the reference)."""
+        s = self.settings
+        return (
+            loss_sum / self.n_total
+            + lam * s.alpha * self.weight.abs().sum()
+            + 0.5 * lam * (1 - s.alpha) * self.weight.square().sum()
+        ).item()
+
+    def _batch_loss(self, log_probs: Tensor, targets: Tensor) -> Tensor:
+        """Σ −log p(y) over the batch."""
+        return -log_probs.gather(1, targets[:, None]).sum()
+
     def _epoch(self, prox: Callable[[Tensor], Tensor]) -> Tensor:
         lr = self.settings.lr
-        # Global RNG, like the reference's shuffling loader (seeding it reproduces a run).
-        order = torch.randperm(self.labels.numel())
-        host_batches = [chunk.sort().values for chunk in order.split(self.settings.batch_size)]
+        host_batches = self._epoch_rows()
         device_batches = torch.cat(host_batches).to(self.device).split(self.settings.batch_size)
+        table_batches = device_batches if self.table_device == self.device else host_batches
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for rows, x in zip(device_batches, self.batches.epoch(host_batches, device_batches)):
+        batches = zip(device_batches, table_batches, self.batches.epoch(host_batches, device_batches))
+        for rows, table_rows, x in batches:
             batch_size = rows.numel()
             targets = self.labels[rows]
             log_probs = torch.log_softmax(torch.addmm(self.bias, x, self.weight.T), dim=1)
-            loss_sum -= log_probs.gather(1, targets[:, None]).sum()
+            loss_sum += self._batch_loss(log_probs, targets)
             residuals = log_probs.exp_() - self.one_hot[targets]
-            change = residuals - self.residual_table[rows]
-            self.residual_table[rows] = residuals
+            old = self.residual_table[table_rows].to(self.device, torch.float32)
+            stored = residuals.to(self.table_device, self.residual_table.dtype)
+            self.residual_table[table_rows] = stored
+            change = residuals - old
             # (g − g_old) as one K×D matmul instead of a B×K×D outer-product tensor.
             weight_grad_change = (change.T @ x).div_(batch_size)
             bias_grad_change = change.mean(dim=0)
             self.weight = prox(self.weight - lr * (weight_grad_change + self.weight_grad_avg))
             self.bias = self.bias - lr * (bias_grad_change + self.bias_grad_avg)
+            if stored.dtype != torch.float32:
+                # The averages must stay the mean of what the table holds, or the rounding of
+                # every stored residual would pile up in them as a drifting gradient bias.
+                change = stored.to(self.device, torch.float32) - old
+                weight_grad_change = (change.T @ x).div_(batch_size)
+                bias_grad_change = change.mean(dim=0)
             self.weight_grad_avg.add_(weight_grad_change, alpha=batch_size / self.n_total)
             self.bias_grad_avg.add_(bias_grad_change, alpha=batch_size / self.n_total)
         return loss_sum
+
+    def _epoch_rows(self) -> list[Tensor]:
+        if self.order is not None:
+            return list(self.order().split(self.settings.batch_size))
+        # Global RNG, like the reference's shuffling loader (seeding it reproduces a run).
+        order = torch.randperm(self.labels.numel())
+        return [chunk.sort().values for chunk in order.split(self.settings.batch_size)]
 
 
 def standardised_batches(features, mean, std, device: torch.device) -> _TensorBatches | _MemmapBatches:

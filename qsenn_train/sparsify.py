@@ -10,12 +10,13 @@ import torch
 
 from .checkpoint import model_from_record, model_record
 from .context import RunContext, saga_threads, seed_stage, timed
+from .device import resolve_torch_device
 from .features import FeatureSet, extract_features, load_feature_set
 from .glm_path import fit_path
 from .model import QResNet
 from .progress import progress
 from .quantize import TernaryHead, quantization_entry, quantize
-from .recipes import SGDSchedule
+from .recipes import Recipe, SGDSchedule
 from .rundir import stage_key
 from .selection import select_features
 from .sldd import sldd_head
@@ -39,6 +40,7 @@ def sparse_folder(ctx: RunContext, dense_key: str) -> str:
         r.extraction_batch_size,
         r.val_fraction,
         r.fdl_beta,
+        *([solver] if (solver := r.solver_variant()) else []),
     )
     return f"{r.model_type}_{r.n_features}_{r.n_per_class}-{key}"
 
@@ -153,18 +155,28 @@ def _path(ctx: RunContext, features: FeatureSet, selection: list[int] | None, st
     settings = ctx.recipe.glm_path
     seed_stage(ctx, f"{step.prefix}/glm_path")
     with timed_step(ctx, step, "regularisation path"), saga_threads(ctx):
-        with progress(total=settings.n_lambdas + 1, desc="glm-saga path") as bar:
+        with progress(total=settings.n_lambdas + 1, desc=f"{ctx.recipe.path_solver} path") as bar:
             path = fit_path(
                 features,
                 selection,
                 settings,
                 n_classes=ctx.info.num_classes,
                 device=ctx.device.torch_device,
+                solver=ctx.recipe.path_solver,
+                table_dtype=ctx.recipe.saga_table_dtype,
+                table_device=saga_table_device(ctx.recipe),
                 tick=lambda: bar.update(1),
                 log=lambda line: ctx.run.event("glm_saga", step=step.prefix, line=line),
             )
         ctx.run.save_torch(name, {"path": path})
     return path
+
+
+def saga_table_device(recipe: Recipe) -> torch.device | None:
+    """Where the path's SAGA table lives: `--saga-table-device`, else (None) the solver's device."""
+    if recipe.saga_table_device is None:
+        return None
+    return resolve_torch_device(recipe.saga_table_device, flag="--saga-table-device")
 
 
 @dataclass(frozen=True)
