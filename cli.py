@@ -479,6 +479,46 @@ def validate_run_command(run_dir, results_dir, sheet, sheet_features, top_images
     )
 
 
+@qsenn.command("atlas")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option(
+    "--model-type",
+    type=click.Choice(MODEL_TYPES),
+    default=None,
+    help="Which finished model of the run: qsenn or sldd (default: the only one).",
+)
+@click.option(
+    "--top", type=click.IntRange(min=1), default=16, show_default=True, help="Most-activating images per feature."
+)
+@click.option(
+    "--split", type=click.Choice(("train", "test")), default="train", show_default=True, help="Images to search."
+)
+@click.option(
+    "--clip",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="PATH",
+    help="Also name features by language: a Hugging Face CLIP model folder on disk (needs qsenn[concepts]; "
+    "nothing is downloaded).",
+)
+@click.option(
+    "--concepts",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="With --clip: phrases to name features by, one per line (default: built from the dataset's attribute names).",
+)
+def atlas_command(run_dir, model_type, top, split, clip, concepts) -> None:
+    """What each feature means: for the run's final model, every feature's most-activating images
+    (heat-mapped crops), the classes it raises and lowers, its importance, its activation per class,
+    its best-aligned attributes (where the dataset has annotations) and a suggested name. Writes
+    RUN/atlas/<type>/ (atlas.json, thumbnails/, feature_names.json to edit; a rerun keeps edited
+    names). `qsenn export` embeds it in the model."""
+    from qsenn_train.atlas.build import build_atlas
+
+    build_atlas(run_dir, model_type=model_type, top=top, split=split, clip=clip, concepts=concepts, echo=click.echo)
+
+
 @qsenn.command("import-reference")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option(
@@ -1099,6 +1139,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "data examples": ("train",),
     "export": ("train", "export"),
     "import-reference": ("train",),
+    "atlas": ("train",),
     "validate-run": ("train", "export", "plot"),
     "bench": ("train", "export"),
     "predict": ("cpu",),

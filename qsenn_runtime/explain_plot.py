@@ -11,9 +11,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .errors import QsennRuntimeError
+from .heatmap import heat_map
 from .results import Contribution, ExplainedImage
 
 try:
@@ -105,15 +105,6 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return path
-
-
-def heat_map(feature_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling to the image, scaled to [0, 1] per map (where the feature fires most)."""
-    upsampled = np.asarray(
-        Image.fromarray(feature_map.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-    )
-    low, high = float(upsampled.min()), float(upsampled.max())
-    return (upsampled - low) / (high - low) if high > low else np.zeros_like(upsampled)
 
 
 def _waterfall(axes, contributions: tuple[Contribution, ...], bias: float, logit: float, class_name: str) -> None:

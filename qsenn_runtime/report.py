@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from .metadata import Feature, ModelMetadata
     from .results import Prediction, PredictionError
 
@@ -55,19 +53,6 @@ def class_rules(metadata: ModelMetadata) -> tuple[ClassRule, ...]:
             )
         )
     return tuple(rules)
-
-
-def class_based_names(weights: np.ndarray, class_names: Sequence[str]) -> list[str]:
-    """A name per feature from the global explanation: '+Trouser/+Dress −Bag', the classes whose
-    logit it raises (W > 0) and lowers (W < 0); 'unused' where no class reads it."""
-    import numpy as np  # here, not at import: the CLI reads FORMATS at start-up
-
-    names = []
-    for column in np.asarray(weights).T:
-        raised = "/".join(f"+{class_names[int(k)]}" for k in np.flatnonzero(column > 0))
-        lowered = "/".join(f"−{class_names[int(k)]}" for k in np.flatnonzero(column < 0))
-        names.append(" ".join(part for part in (raised, lowered) if part) or "unused")
-    return names
 
 
 def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
