@@ -176,3 +176,30 @@ def test_clip_without_a_clip_folder_and_empty_concepts_are_one_line(run_dir, atl
     ):
         code, out, err = run_cli(capsys, "atlas", run_dir, *args)
         assert code == 2 and out == "" and err.count("\n") == 1 and problem in err, err
+
+
+def test_clip_phrases_name_features_end_to_end(run_dir, atlas, capsys, tmp_path):
+    pytest.importorskip("transformers", reason="--clip needs the qsenn[concepts] extra (transformers)")
+    from tiny_clip import save_tiny_clip
+
+    phrases = ["a red shape", "a circle", "two shapes", "a striped shape"]
+    (tmp_path / "concepts.txt").write_text("\n".join(phrases) + "\n")
+    clip = save_tiny_clip(tmp_path / "clip")
+    code, out, err = run_cli(
+        capsys, "atlas", run_dir, "--top", "3", "--clip", clip, "--concepts", tmp_path / "concepts.txt"
+    )
+    assert code == 0, err
+    data = json.loads((atlas_folder(run_dir, "qsenn") / ATLAS_FILE).read_text())
+    assert data["clip"] == {"model": str(clip), "phrases": 4}
+    live = 0
+    for feature in data["features"]:
+        named = [c["phrase"] for c in feature["concepts"]]
+        activations = {t["activation"] for t in feature["top_images"]}
+        if not named:  # a dead feature (constant over the images) gets no phrases
+            assert len(activations) == 1
+            continue
+        live += 1
+        assert len(named) == 3 and set(named) <= set(phrases)
+        scores = [c["score"] for c in feature["concepts"]]
+        assert scores == sorted(scores, reverse=True)
+    assert live >= 2
