@@ -356,8 +356,9 @@ _FORMATS_HELP = (
     type=click.Path(path_type=Path),
     default=None,
     metavar="FILE",
-    help="JSON file of feature names for the metadata: a list of F names or {index: name} "
-    "(`qsenn validate-run` writes RUN/feature_names_<type>.json). Default: feature 0..F-1.",
+    help="JSON file of feature names for the metadata: a list of F names, {index: name} or the atlas's "
+    "{index: {name, description}} (`qsenn validate-run` writes RUN/feature_names_<type>.json); overrides "
+    "the atlas's names. Default: the atlas's, else feature 0..F-1.",
 )
 @click.option(
     "--evidence-count",
@@ -386,6 +387,23 @@ _FORMATS_HELP = (
     metavar="NAME",
     help=export_formats.option_help("name", "Model name in the Triton repository (default: <arch>_<dataset>)."),
 )
+@click.option(
+    "--atlas",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Embed this `qsenn atlas` folder (default: RUN/atlas/<type> when it was written): names, descriptions, "
+    "attributes and prototypes of every feature. An atlas of another model is refused.",
+)
+@click.option(
+    "--prototypes",
+    type=click.IntRange(min=0),
+    default=export_formats.DEFAULT_PROTOTYPES,
+    show_default=True,
+    metavar="K",
+    help="Prototype thumbnails embedded per feature from the atlas.",
+)
+@click.option("--no-prototypes", is_flag=True, help="Embed the atlas without prototypes (same as --prototypes 0).")
 def export_command(
     source,
     fmt,
@@ -403,6 +421,9 @@ def export_command(
     evidence_images,
     model_type,
     name,
+    atlas,
+    prototypes,
+    no_prototypes,
 ) -> None:
     """Export a trained Q-SENN or SLDD model: SOURCE is a run directory (its finished model;
     --model-type when it holds both), a folder of runs (the most recently finished one) or a
@@ -427,6 +448,8 @@ def export_command(
         evidence_images=evidence_images,
         model_type=model_type,
         name=name,
+        atlas=atlas,
+        prototypes=0 if no_prototypes else prototypes,
     )
     export_formats.validate(options)  # before torch loads: a refused option answers at once
     export(source, options, echo=click.echo)

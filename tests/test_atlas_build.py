@@ -203,3 +203,70 @@ def test_clip_phrases_name_features_end_to_end(run_dir, atlas, capsys, tmp_path)
         scores = [c["score"] for c in feature["concepts"]]
         assert scores == sorted(scores, reverse=True)
     assert live >= 2
+
+
+# ---- the atlas in the exported model ------------------------------------------------------------
+
+FAST_EXPORT = ("--verify-count", "2", "--evidence-count", "0")
+
+
+def test_export_embeds_names_attributes_and_prototypes(run_dir, atlas, capsys, tmp_path):
+    import qsenn_runtime
+    from qsenn_runtime.prototypes import decode_prototypes
+
+    folder = atlas_folder(run_dir, "qsenn")
+    names = json.loads((folder / NAMES_FILE).read_text())
+    names["1"]["name"] = "edited name"
+    (folder / NAMES_FILE).write_text(json.dumps(names))
+    plain = tmp_path / "plain.onnx"
+    code, out, err = run_cli(capsys, "export", run_dir, "--out", plain, "--no-prototypes", *FAST_EXPORT)
+    assert code == 0, err
+    assert "(no prototypes)" in out
+    full = tmp_path / "full.onnx"
+    code, out, err = run_cli(capsys, "export", run_dir, "--out", full, *FAST_EXPORT)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("atlas of"))
+    added = int(line.rsplit(", ", 1)[1].split()[0].replace(",", ""))
+    assert full.stat().st_size - plain.stat().st_size == pytest.approx(added, rel=0.05)
+    metadata = qsenn_runtime.read_metadata(full)
+    assert metadata.format_version == 3
+    assert metadata.features[1].name == "edited name"
+    for feature, described in zip(metadata.features, atlas[0]["features"]):
+        assert feature.description == names[str(feature.index)]["description"]
+        assert [a for a, _ in feature.attributes] == [a["attribute"] for a in described["attributes"]]
+        pictures = decode_prototypes(feature)
+        assert len(pictures) == 3  # the atlas holds 3 per feature, fewer than the default 4
+        first = np.asarray(Image.open(folder / described["top_images"][0]["thumbnail"]).convert("RGB"))
+        assert np.array_equal(pictures[0], first)
+    assert qsenn_runtime.read_metadata(plain).features[0].prototypes == ()
+    (tmp_path / "names.json").write_text(json.dumps({"0": "given"}))
+    code, out, err = run_cli(
+        capsys,
+        "export",
+        run_dir,
+        "--out",
+        tmp_path / "given.onnx",
+        "--feature-names",
+        tmp_path / "names.json",
+        *FAST_EXPORT,
+    )
+    assert code == 0, err
+    given = qsenn_runtime.read_metadata(tmp_path / "given.onnx")
+    assert [f.name for f in given.features[:2]] == ["given", "feature 1"] and len(given.features[0].prototypes) == 3
+
+
+def test_export_refuses_the_atlas_of_another_run(run_dir, atlas, capsys, tmp_path):
+    from qsenn_train.atlas.build import build_atlas
+
+    other = fake_run(
+        tmp_path / "other",
+        {"qsenn": ternary_model(num_classes=4, n_features=N_FEATURES, seed=3)},
+        info=load_synth_splits(run_dir.parent / "data" / "CUB_200_2011")[2],
+    )
+    build_atlas(other, top=2, echo=lambda line: None)
+    out_file = tmp_path / "m.onnx"
+    code, out, err = run_cli(
+        capsys, "export", run_dir, "--out", out_file, "--atlas", atlas_folder(other, "qsenn"), *FAST_EXPORT
+    )
+    assert code == 2 and err.count("\n") == 1 and "describes another model" in err and str(other) in err
+    assert not out_file.exists()
