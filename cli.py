@@ -957,7 +957,8 @@ def explain(
     budget = _image_budget(max_image_pixels, max_image_bytes)
     model, (image,) = _open_model(paths, url, model_name, token_file, metadata, provider, budget)
     explained = model.explain(image, class_)
-    save_explanation(explained, out, top_k)
+    shown = explained.explanation.top(top_k)
+    save_explanation(explained, out, top_k, prototypes={c.feature: model.prototypes(c.feature) for c in shown})
     explanation = explained.explanation
     click.echo(
         f"wrote {out}: {explained.prediction.class_name} "

@@ -1,5 +1,7 @@
-"""One picture of one prediction: the input, heat maps of the top contributing features and a
-waterfall of the signed contributions plus the bias adding up to the logit.
+"""One picture of one prediction: the input, heat maps of the top contributing features, below
+each the feature's prototypes from training (when the export carries an atlas: "this region
+looks like these training examples"), and a waterfall of the signed contributions plus the bias
+adding up to the logit.
 
 Needs matplotlib (`pip install 'qsenn[plot]'`); only `qsenn explain` imports this module. It
 draws on a figure of its own (Agg canvas), never touching pyplot's global state.
@@ -8,6 +10,7 @@ draws on a figure of its own (Agg canvas), never touching pyplot's global state.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +27,29 @@ except ImportError:
 
 POSITIVE, NEGATIVE, BIAS, TOTAL = "#1a7f37", "#c62828", "#757575", "#1f4e99"
 MAX_BARS = 12  # further contributions are summed into one "other features" bar
+MAX_PROTOTYPES = 4  # drawn per feature, two by two under its heat map
+PROTOTYPE_ROW = 2.6  # inches of the prototypes' row
 HEAT_ALPHA = 0.55
 
 
-def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4) -> Path:
+def save_explanation(
+    explained: ExplainedImage,
+    path: str | Path,
+    top_k: int = 4,
+    prototypes: Mapping[int, Sequence[np.ndarray]] | None = None,
+) -> Path:
+    """prototypes: per feature index its prototype images (Model.prototypes), drawn under its heat map."""
     path = Path(path)
     prediction, explanation = explained.prediction, explained.explanation
     shown = explanation.top(top_k)
+    examples = {c.feature: list(prototypes.get(c.feature, ()))[:MAX_PROTOTYPES] for c in shown} if prototypes else {}
+    with_examples = any(examples.values())
     columns = 1 + max(len(shown), 1)
     bar_rows = min(len(explanation.contributions), MAX_BARS + 1) + 2  # + bias and logit
-    figure = Figure(figsize=(2.9 * max(columns, 4), 3.1 + 0.42 * bar_rows), layout="constrained")
+    heights = (3.1, *((PROTOTYPE_ROW,) if with_examples else ()), 0.42 * bar_rows)
+    figure = Figure(figsize=(2.9 * max(columns, 4), sum(heights)), layout="constrained")
     FigureCanvasAgg(figure)
-    grid = figure.add_gridspec(2, columns, height_ratios=(3.1, 0.42 * bar_rows))
+    grid = figure.add_gridspec(len(heights), columns, height_ratios=heights)
     # The file name, not its whole path: a long path would run off the figure.
     title = f"{Path(prediction.source).name}: predicted {prediction.class_name} ({prediction.probability:.1%})"
     if explanation.class_index != prediction.class_index:
@@ -94,9 +108,22 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
         _bare(axes, frame=colour)
     if not shown:
         figure.add_subplot(grid[0, 1]).text(0.5, 0.5, "this class reads no features", ha="center")
+    if with_examples:
+        caption = figure.add_subplot(grid[1, 0])
+        caption.axis("off")
+        caption.text(
+            0.5,
+            0.5,
+            "this region looks like\nthese training examples\n(where each feature\nfires most) →",
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
+        for column, contribution in enumerate(shown, start=1):
+            _prototype_strip(figure, grid[1, column], examples[contribution.feature])
 
     _waterfall(
-        figure.add_subplot(grid[1, :]),
+        figure.add_subplot(grid[-1, :]),
         explanation.contributions,
         explanation.bias,
         explanation.logit,
@@ -105,6 +132,22 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return path
+
+
+def _prototype_strip(figure, cell, images: list[np.ndarray]) -> None:
+    """The prototypes side by side in one grid cell, two rows when there are more than two."""
+    if not images:
+        axes = figure.add_subplot(cell)
+        axes.axis("off")
+        axes.text(0.5, 0.5, "no prototypes", ha="center", va="center", fontsize=8, color=BIAS)
+        return
+    rows = 2 if len(images) > 2 else 1
+    per_row = -(-len(images) // rows)
+    inner = cell.subgridspec(rows, per_row, wspace=0.04, hspace=0.04)
+    for n, image in enumerate(images):
+        axes = figure.add_subplot(inner[n // per_row, n % per_row])
+        axes.imshow(image)
+        _bare(axes)
 
 
 def _waterfall(axes, contributions: tuple[Contribution, ...], bias: float, logit: float, class_name: str) -> None:

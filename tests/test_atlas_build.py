@@ -270,3 +270,36 @@ def test_export_refuses_the_atlas_of_another_run(run_dir, atlas, capsys, tmp_pat
     )
     assert code == 2 and err.count("\n") == 1 and "describes another model" in err and str(other) in err
     assert not out_file.exists()
+
+
+# ---- the runtime speaks names ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, atlas, tmp_path_factory):
+    from qsenn_bench.testing.cli_runs import run_cli as run_cli_outside
+
+    path = tmp_path_factory.mktemp("exported") / "model.onnx"
+    code, _, err = run_cli_outside("export", run_dir, "--out", path, *FAST_EXPORT)
+    assert code == 0, err
+    return path
+
+
+def test_runtime_contributions_carry_names_descriptions_and_prototypes(run_dir, exported, capsys, tmp_path):
+    import qsenn_runtime
+
+    model = qsenn_runtime.load(exported)
+    image = next((run_dir.parent / "data" / "CUB_200_2011" / "images").rglob("*.png"))
+    contribution = model.predict(image).explanation.contributions[0]
+    feature = model.metadata.features[contribution.feature]
+    assert (contribution.name, contribution.description) == (feature.name, feature.description)
+    assert contribution.description.startswith("raises ")
+    prototypes = model.prototypes(contribution.feature)
+    assert len(prototypes) == 3 and all(p.shape == (96, 96, 3) and p.dtype == np.uint8 for p in prototypes)
+    code, out, err = run_cli(capsys, "predict", exported, image)
+    assert code == 0 and feature.name in out, err
+    picture = tmp_path / "explain.png"
+    code, out, err = run_cli(capsys, "explain", exported, image, "--out", picture)
+    assert code == 0, err
+    with Image.open(picture) as drawn:
+        assert drawn.format == "PNG" and drawn.size[1] > 600  # the prototypes' row makes it taller
