@@ -990,6 +990,40 @@ def inspect_model(model_path, fmt, out) -> None:
         click.echo(f"wrote {out}")
 
 
+@qsenn.command("report")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="HTML file to write.")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="IMG",
+    help="Also show the local explanation of this image; repeatable.",
+)
+@click.option("--provider", default=None, help=_PROVIDER_HELP)
+@image_budget_options
+def report_command(model_path, out, images, provider, max_image_pixels, max_image_bytes) -> None:
+    """The model card: one self-contained HTML page (no network) with every class and the features
+    that raise and lower it (names, prototypes, weights, bias), a feature index (classes, prototypes,
+    attributes, importance), a search box over class and feature names, provenance and metrics, and
+    the local explanation of each --image."""
+    from qsenn_runtime import read_metadata
+    from qsenn_runtime.model_card import render_card, save_card
+
+    if images:
+        model = _load_model(model_path, provider, **_image_budget(max_image_pixels, max_image_bytes))
+        metadata, explained = model.metadata, [model.explain(str(image)) for image in images]
+    else:
+        metadata, explained = read_metadata(model_path), []
+    page = render_card(metadata, model_path.name, explained)
+    save_card(out, page)
+    click.echo(
+        f"wrote {out} ({len(page.encode()):,} bytes): {metadata.num_classes} classes, {metadata.num_features} "
+        f"features, {len(explained)} explained images"
+    )
+
+
 # ---- serve (qsenn_runtime.serving; never imports torch) -----------------------------------
 _SERVE_HELP = """\b
 Endpoints (Open Inference Protocol v2 REST, as Triton and KServe speak it):
@@ -1168,6 +1202,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("train", "export"),
     "predict": ("cpu",),
     "explain": ("cpu", "plot"),
+    "report": ("cpu",),
     "serve": ("cpu", "serve"),
 }
 # The extra that brings each optional top-level module.

@@ -68,6 +68,7 @@ def with_atlas(
                 feature.description if texts is None else texts[feature.index].description,
                 tuple((a["attribute"], float(a["score"])) for a in entry["attributes"]),
                 pictures,
+                float(entry["importance"]),
             )
         )
     embedded = dataclasses.replace(metadata, features=tuple(features))

@@ -65,6 +65,8 @@ class Feature:
     # Training crops where the feature fires most, heat map over them: base64 JPEGs, strongest
     # first (qsenn_runtime.prototypes decodes them to arrays).
     prototypes: tuple[str, ...] = ()
+    # Its share of |contribution| to the predicted classes' logits over the test set (`qsenn atlas`).
+    importance: float | None = None
 
     @classmethod
     def from_json(cls, d: dict) -> Feature:
@@ -75,6 +77,7 @@ class Feature:
             str(d.get("description", "")),
             tuple((str(name), float(score)) for name, score in d.get("attributes", ())),
             tuple(str(p) for p in d.get("prototypes", ())),
+            None if d.get("importance") is None else float(d["importance"]),
         )
 
 

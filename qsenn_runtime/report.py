@@ -32,7 +32,16 @@ class ClassRule:
     negative_weights: tuple[float, ...]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            **asdict(self),
+            "positive": [feature_summary(f) for f in self.positive],
+            "negative": [feature_summary(f) for f in self.negative],
+        }
+
+
+def feature_summary(feature: Feature) -> dict:
+    """A feature for JSON reports: its prototype images counted, not inlined."""
+    return {**asdict(feature), "prototypes": len(feature.prototypes)}
 
 
 def class_rules(metadata: ModelMetadata) -> tuple[ClassRule, ...]:
@@ -66,7 +75,7 @@ def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
                 "model": _summary(metadata, source),
                 "classes": [rule.to_dict() for rule in rules],
                 "features": [
-                    {**asdict(f), "classes_positive": usage[f.index][0], "classes_negative": usage[f.index][1]}
+                    {**feature_summary(f), "classes_positive": usage[f.index][0], "classes_negative": usage[f.index][1]}
                     for f in metadata.features
                 ],
             },

@@ -4,7 +4,12 @@ per feature, and the one-line errors for bad input."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +308,65 @@ def test_runtime_contributions_carry_names_descriptions_and_prototypes(run_dir, 
     assert code == 0, err
     with Image.open(picture) as drawn:
         assert drawn.format == "PNG" and drawn.size[1] > 600  # the prototypes' row makes it taller
+
+
+# ---- the model card in a real browser -------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def rendered_dom(page: Path, fragment: str = "") -> str:
+    """The DOM after chromium ran the page's script (headless)."""
+    assert CHROMIUM is not None
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri() + fragment],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def card(exported, run_dir, tmp_path_factory):
+    from qsenn_bench.testing.cli_runs import run_cli as run_cli_outside
+
+    images = sorted((run_dir.parent / "data" / "CUB_200_2011" / "images").rglob("*.png"))[:2]
+    page = tmp_path_factory.mktemp("card") / "card.html"
+    code, out, err = run_cli_outside("report", exported, "--out", page, "--image", images[0], "--image", images[1])
+    assert code == 0, err
+    assert out.startswith(f"wrote {page}") and "2 explained images" in out
+    return page
+
+
+def test_card_is_self_contained(card):
+    page = card.read_text()
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert "src='data:image/png;base64," in page and "background-image:url(data:image/jpeg;base64," in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_card_renders_every_class_and_feature_in_chromium(card, exported):
+    import qsenn_runtime
+
+    metadata = qsenn_runtime.read_metadata(exported)
+    dom = rendered_dom(card)
+    for k, name in enumerate(metadata.class_names):
+        assert re.search(rf"id=\"class-{k}\"[^>]*>\s*<h3><span>{re.escape(html.escape(name))}</span>", dom), name
+    for feature in metadata.features:
+        assert re.search(
+            rf"id=\"feature-{feature.index}\"[^>]*>\s*<h3><span>{re.escape(html.escape(feature.name))}</span>", dom
+        )
+    assert "cards</span>" in dom  # the script ran: it counts the cards
+    # The search, filled in from the address: a card stays visible when the text is in its class
+    # name or in the name of one of its features.
+    target = metadata.class_names[0]
+    filtered = rendered_dom(card, "#q=" + target)
+    hidden = []
+    for k in range(metadata.num_classes):
+        opening = re.search(rf"<div class=\"card class\" id=\"class-{k}\" data-search=\"([^\"]*)\"([^>]*)>", filtered)
+        assert opening is not None
+        assert ("hidden" in opening.group(2)) == (html.escape(target.lower()) not in opening.group(1))
+        hidden.append("hidden" in opening.group(2))
+    assert not hidden[0] and any(hidden)
