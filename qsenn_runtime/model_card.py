@@ -48,8 +48,8 @@ main { padding: 8px 32px 40px; }
 h2 { margin: 28px 0 10px; font-size: 18px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 14px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; background: #fff; }
-.card h3 { margin: 0 0 6px; font-size: 15px; display: flex; justify-content: space-between; gap: 8px; }
-.card h3 .meta { color: var(--muted); font-weight: 400; font-size: 12px; white-space: nowrap; }
+.card h3 { margin: 0 0 6px; font-size: 15px; display: flex; flex-wrap: wrap; justify-content: space-between; gap: 2px 8px; overflow-wrap: anywhere; }
+.card h3 .meta { color: var(--muted); font-weight: 400; font-size: 12px; }
 .term { display: flex; align-items: center; gap: 8px; padding: 3px 0; }
 .term .w { font-variant-numeric: tabular-nums; font-weight: 700; width: 48px; text-align: right; }
 .term.pos .w { color: var(--pos); } .term.neg .w { color: var(--neg); }
@@ -261,7 +261,8 @@ def _explanations(metadata: ModelMetadata, explained: Sequence[ExplainedImage]) 
                 f"{c.activation:.3f}<div class='protos'>{protos}</div></figcaption></figure>"
             )
         blocks.append(
-            f"<div class='card'><h3><span>{_e(prediction.source)}: {_e(prediction.class_name)} "
+            f"<div class='card'><h3><span title='{_e(prediction.source)}'>{_e(Path(prediction.source).name)}: "
+            f"predicted {_e(prediction.class_name)} "
             f"({prediction.probability:.1%})</span><span class='meta'>logit {explanation.logit:.3f}</span></h3>"
             f"<div class='explained'>{''.join(figures)}</div>{_bars(explanation)}</div>"
         )
