@@ -370,3 +370,17 @@ def test_card_renders_every_class_and_feature_in_chromium(card, exported):
         assert ("hidden" in opening.group(2)) == (html.escape(target.lower()) not in opening.group(1))
         hidden.append("hidden" in opening.group(2))
     assert not hidden[0] and any(hidden)
+
+
+def test_metadata_of_version_2_still_loads_without_the_atlas_fields(exported):
+    import qsenn_runtime
+    from qsenn_runtime.metadata import ModelMetadata
+
+    current = json.loads(qsenn_runtime.read_metadata(exported).to_json())
+    current["format_version"] = 2
+    for feature in current["features"]:
+        for field in ("description", "attributes", "prototypes", "importance"):
+            del feature[field]
+    old = ModelMetadata.from_json(json.dumps(current))
+    assert old.format_version == 2 and [f.name for f in old.features] == [f["name"] for f in current["features"]]
+    assert all(f.description == "" and f.prototypes == () and f.importance is None for f in old.features)
