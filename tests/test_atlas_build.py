@@ -21,6 +21,7 @@ from qsenn_bench.testing.toy_models import fake_run, ternary_model
 from qsenn_runtime import heatmap
 from qsenn_train.atlas import thumbnails
 from qsenn_train.atlas.build import ATLAS_FILE, NAME_THRESHOLD, NAMES_FILE, atlas_folder
+from qsenn_train.atlas.vocabulary import attribute_vocabulary
 from qsenn_train.data.layouts import load_synth_splits
 from qsenn_train.data.synth import SynthSpec, generate
 from qsenn_train.data.transforms import build_transform
@@ -67,6 +68,12 @@ def test_atlas_describes_every_feature(run_dir, atlas):
         for row in feature["per_class"]:
             assert row["q25"] <= row["median"] <= row["q75"] and row["images"] == 5
         assert 1 <= len(feature["attributes"]) <= 3
+        best = feature["attributes"][0]
+        if feature["name_source"] == "attribute":  # named in words: has_primary_color::red → "a red shape"
+            assert best["score"] >= NAME_THRESHOLD and feature["used"]
+            assert feature["suggested_name"] == attribute_vocabulary("synth", [best["attribute"]])[best["attribute"]]
+        else:
+            assert feature["name_source"] == "classes" and (best["score"] < NAME_THRESHOLD or not feature["used"])
         scores = [a["score"] for a in feature["attributes"]]
         assert scores == sorted(scores, reverse=True)
         for shown in feature["top_images"]:

@@ -42,7 +42,7 @@ from .concepts import score_concepts
 from .encoders import ImageTextEncoder, load_clip
 from .feature_names import FeatureText, class_based_names, merge_edits, read_feature_names, write_feature_names
 from .thumbnails import prototype_thumbnail
-from .vocabulary import attribute_vocabulary, read_concepts
+from .vocabulary import BIRD_DATASETS, SYNTH_DATASET, attribute_vocabulary, read_concepts
 
 ATLAS_DIR = "atlas"
 ATLAS_FILE = "atlas.json"
@@ -130,12 +130,13 @@ def build_atlas(
     share = np.abs(tested.contributions.astype(np.float64)).sum(axis=0)
     importance = share / max(share.sum(), np.finfo(float).tiny)
     class_names = class_based_names(weights, info.class_names)
+    wording = _attribute_wording(info)
     features, suggested = [], []
     for j in range(n_features):
         column = weights[:, j]
         best_attributes = attributes[j] if attributes is not None else []
         best_phrases = language[j] if language is not None else []
-        text, source = _suggestion(class_names[j], column, info.class_names, best_attributes, best_phrases)
+        text, source = _suggestion(class_names[j], column, info.class_names, best_attributes, best_phrases, wording)
         suggested.append(text)
         features.append(
             {
@@ -351,6 +352,13 @@ def _phrases(info: DatasetInfo, concepts: Path | None) -> list[str]:
     return list(attribute_vocabulary(info.name, info.attribute_names).values())
 
 
+def _attribute_wording(info: DatasetInfo) -> dict[str, str]:
+    """{attribute name: phrase} where the dataset has a default vocabulary, else {}."""
+    if info.name not in (*BIRD_DATASETS, SYNTH_DATASET) or not info.attribute_names:
+        return {}
+    return attribute_vocabulary(info.name, info.attribute_names)
+
+
 def _language(
     encoder: ImageTextEncoder, phrases: list[str], images, pooled: np.ndarray
 ) -> list[list[tuple[str, float]]]:
@@ -364,8 +372,11 @@ def _suggestion(
     classes: tuple[str, ...],
     attributes: list[tuple[str, float]],
     phrases: list[tuple[str, float]],
+    wording: dict[str, str],
 ) -> tuple[FeatureText, str]:
-    """(name and description, where the name came from: "attribute", "concept" or "classes")."""
+    """(name and description, where the name came from: "attribute", "concept" or "classes").
+    An attribute names the feature in words where the dataset has a vocabulary ("a red shape"
+    for has_primary_color::red), else by its own name."""
     raised = ", ".join(classes[k] for k in np.flatnonzero(column > 0)) or "no class"
     lowered = ", ".join(classes[k] for k in np.flatnonzero(column < 0)) or "no class"
     about = [f"raises {raised}; lowers {lowered}"]
@@ -377,7 +388,7 @@ def _suggestion(
     if not column.any():
         return FeatureText(class_name, description), "classes"
     if attributes and attributes[0][1] >= NAME_THRESHOLD:
-        return FeatureText(attributes[0][0], description), "attribute"
+        return FeatureText(wording.get(attributes[0][0], attributes[0][0]), description), "attribute"
     if phrases and phrases[0][1] >= CONCEPT_THRESHOLD:
         return FeatureText(phrases[0][0], description), "concept"
     return FeatureText(class_name, description), "classes"
