@@ -27,6 +27,8 @@ except ImportError:
 
 POSITIVE, NEGATIVE, BIAS, TOTAL = "#1a7f37", "#c62828", "#757575", "#1f4e99"
 MAX_BARS = 12  # further contributions are summed into one "other features" bar
+TITLE_CHARS = 30  # a heat map's title wraps at this width (long class-based names)
+BAR_LABEL_CHARS = 44  # a bar's feature name is shortened to this
 MAX_PROTOTYPES = 4  # drawn per feature, two by two under its heat map
 PROTOTYPE_ROW = 2.6  # inches of the prototypes' row
 HEAT_ALPHA = 0.55
@@ -99,7 +101,8 @@ def save_explanation(
         )
         colour = POSITIVE if contribution.value >= 0 else NEGATIVE
         axes.set_title(
-            f"#{column} {contribution.name}\n{contribution.value:+.3f} = "
+            textwrap.fill(f"#{column} {contribution.name}", TITLE_CHARS, max_lines=2, placeholder=" …")
+            + f"\n{contribution.value:+.3f} = "
             f"{contribution.weight_text} × {contribution.activation:.3f}\n"
             f"feature {contribution.feature} · channel {contribution.channel}",
             fontsize=9,
@@ -152,7 +155,13 @@ def _prototype_strip(figure, cell, images: list[np.ndarray]) -> None:
 
 def _waterfall(axes, contributions: tuple[Contribution, ...], bias: float, logit: float, class_name: str) -> None:
     """Horizontal bars, each starting where the previous ended: contributions, bias, then the logit."""
-    rows = [(f"{c.name} (#{c.feature}, weight {c.weight_text})", c.value) for c in contributions[:MAX_BARS]]
+    rows = [
+        (
+            f"{textwrap.shorten(c.name, BAR_LABEL_CHARS, placeholder=' …')} (#{c.feature}, weight {c.weight_text})",
+            c.value,
+        )
+        for c in contributions[:MAX_BARS]
+    ]
     rest = contributions[MAX_BARS:]
     if rest:
         rows.append((f"{len(rest)} other features", sum(c.value for c in rest)))
