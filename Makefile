@@ -34,13 +34,17 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Q-SENN and SLDD share the dense model of the run directory; each keeps its own final model.
+# The atlas (what each feature means) goes into the exported models; the model card shows it.
 demo: $(STAMP)
 	$(DEMO_TRAIN) --model-type qsenn
 	$(DEMO_TRAIN) --model-type sldd
+	$(QSENN) atlas $(DEMO_RUN) --model-type qsenn
+	$(QSENN) atlas $(DEMO_RUN) --model-type sldd
 	$(QSENN) export $(DEMO_RUN) --model-type qsenn --format onnx
 	$(QSENN) export $(DEMO_RUN) --model-type sldd --format onnx
 	$(QSENN) predict $(DEMO_RUN)/qsenn.onnx $$($(TEST_IMAGES)) --top-k 3
 	$(QSENN) explain $(DEMO_RUN)/qsenn.onnx $$($(TEST_IMAGES) | head -n 1) --out $(DEMO_RUN)/explain.png
+	$(QSENN) report $(DEMO_RUN)/qsenn.onnx --out $(DEMO_RUN)/card.html $$($(TEST_IMAGES) | head -n 2 | sed 's/^/--image /')
 
 validate: $(STAMP) $(FASHION_MNIST)
 	$(VALIDATE_TRAIN) --model-type qsenn

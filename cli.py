@@ -464,8 +464,9 @@ _FORMATS_HELP = (
     type=click.Path(path_type=Path),
     default=None,
     metavar="FILE",
-    help="JSON file of feature names for the metadata: a list of F names or {index: name} "
-    "(`qsenn validate-run` writes RUN/feature_names_<type>.json). Default: feature 0..F-1.",
+    help="JSON file of feature names for the metadata: a list of F names, {index: name} or the atlas's "
+    "{index: {name, description}} (`qsenn validate-run` writes RUN/feature_names_<type>.json); overrides "
+    "the atlas's names. Default: the atlas's, else feature 0..F-1.",
 )
 @click.option(
     "--evidence-count",
@@ -494,6 +495,23 @@ _FORMATS_HELP = (
     metavar="NAME",
     help=export_formats.option_help("name", "Model name in the Triton repository (default: <arch>_<dataset>)."),
 )
+@click.option(
+    "--atlas",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Embed this `qsenn atlas` folder (default: RUN/atlas/<type> when it was written): names, descriptions, "
+    "attributes and prototypes of every feature. An atlas of another model is refused.",
+)
+@click.option(
+    "--prototypes",
+    type=click.IntRange(min=0),
+    default=export_formats.DEFAULT_PROTOTYPES,
+    show_default=True,
+    metavar="K",
+    help="Prototype thumbnails embedded per feature from the atlas.",
+)
+@click.option("--no-prototypes", is_flag=True, help="Embed the atlas without prototypes (same as --prototypes 0).")
 def export_command(
     source,
     fmt,
@@ -511,6 +529,9 @@ def export_command(
     evidence_images,
     model_type,
     name,
+    atlas,
+    prototypes,
+    no_prototypes,
 ) -> None:
     """Export a trained Q-SENN or SLDD model: SOURCE is a run directory (its finished model;
     --model-type when it holds both), a folder of runs (the most recently finished one) or a
@@ -535,6 +556,8 @@ def export_command(
         evidence_images=evidence_images,
         model_type=model_type,
         name=name,
+        atlas=atlas,
+        prototypes=0 if no_prototypes else prototypes,
     )
     export_formats.validate(options)  # before torch loads: a refused option answers at once
     export(source, options, echo=click.echo)
@@ -585,6 +608,46 @@ def validate_run_command(run_dir, results_dir, sheet, sheet_features, top_images
         top_images=top_images,
         echo=click.echo,
     )
+
+
+@qsenn.command("atlas")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option(
+    "--model-type",
+    type=click.Choice(MODEL_TYPES),
+    default=None,
+    help="Which finished model of the run: qsenn or sldd (default: the only one).",
+)
+@click.option(
+    "--top", type=click.IntRange(min=1), default=16, show_default=True, help="Most-activating images per feature."
+)
+@click.option(
+    "--split", type=click.Choice(("train", "test")), default="train", show_default=True, help="Images to search."
+)
+@click.option(
+    "--clip",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="PATH",
+    help="Also name features by language: a Hugging Face CLIP model folder on disk (needs qsenn[concepts]; "
+    "nothing is downloaded).",
+)
+@click.option(
+    "--concepts",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="With --clip: phrases to name features by, one per line (default: built from the dataset's attribute names).",
+)
+def atlas_command(run_dir, model_type, top, split, clip, concepts) -> None:
+    """What each feature means: for the run's final model, every feature's most-activating images
+    (heat-mapped crops), the classes it raises and lowers, its importance, its activation per class,
+    its best-aligned attributes (where the dataset has annotations) and a suggested name. Writes
+    RUN/atlas/<type>/ (atlas.json, thumbnails/, feature_names.json to edit; a rerun keeps edited
+    names). `qsenn export` embeds it in the model."""
+    from qsenn_train.atlas.build import build_atlas
+
+    build_atlas(run_dir, model_type=model_type, top=top, split=split, clip=clip, concepts=concepts, echo=click.echo)
 
 
 @qsenn.command("import-reference")
@@ -1002,7 +1065,8 @@ def explain(
     budget = _image_budget(max_image_pixels, max_image_bytes)
     model, (image,) = _open_model(paths, url, model_name, token_file, metadata, provider, budget)
     explained = model.explain(image, class_)
-    save_explanation(explained, out, top_k)
+    shown = explained.explanation.top(top_k)
+    save_explanation(explained, out, top_k, prototypes={c.feature: model.prototypes(c.feature) for c in shown})
     explanation = explained.explanation
     click.echo(
         f"wrote {out}: {explained.prediction.class_name} "
@@ -1032,6 +1096,40 @@ def inspect_model(model_path, fmt, out) -> None:
     else:
         out.write_text(text)
         click.echo(f"wrote {out}")
+
+
+@qsenn.command("report")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="HTML file to write.")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="IMG",
+    help="Also show the local explanation of this image; repeatable.",
+)
+@click.option("--provider", default=None, help=_PROVIDER_HELP)
+@image_budget_options
+def report_command(model_path, out, images, provider, max_image_pixels, max_image_bytes) -> None:
+    """The model card: one self-contained HTML page (no network) with every class and the features
+    that raise and lower it (names, prototypes, weights, bias), a feature index (classes, prototypes,
+    attributes, importance), a search box over class and feature names, provenance and metrics, and
+    the local explanation of each --image."""
+    from qsenn_runtime import read_metadata
+    from qsenn_runtime.model_card import render_card, save_card
+
+    if images:
+        model = _load_model(model_path, provider, **_image_budget(max_image_pixels, max_image_bytes))
+        metadata, explained = model.metadata, [model.explain(str(image)) for image in images]
+    else:
+        metadata, explained = read_metadata(model_path), []
+    page = render_card(metadata, model_path.name, explained)
+    save_card(out, page)
+    click.echo(
+        f"wrote {out} ({len(page.encode()):,} bytes): {metadata.num_classes} classes, {metadata.num_features} "
+        f"features, {len(explained)} explained images"
+    )
 
 
 # ---- serve (qsenn_runtime.serving; never imports torch) -----------------------------------
@@ -1207,10 +1305,12 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "data examples": ("train",),
     "export": ("train", "export"),
     "import-reference": ("train",),
+    "atlas": ("train",),
     "validate-run": ("train", "export", "plot"),
     "bench": ("train", "export"),
     "predict": ("cpu",),
     "explain": ("cpu", "plot"),
+    "report": ("cpu",),
     "serve": ("cpu", "serve"),
 }
 # The extra that brings each optional top-level module.

@@ -29,12 +29,12 @@ from qsenn_export.verify import (
     identity_residual,
     max_abs_diff,
     torch_outputs,
-    unnormalised_test_transform,
 )
-from qsenn_runtime.report import class_based_names
+from qsenn_train.atlas.feature_names import class_based_names
 from qsenn_train.data import spread_subset
 from qsenn_train.data.base import ArrayImageDataset
 from qsenn_train.data.layouts import load_splits
+from qsenn_train.data.transforms import unnormalised_test_transform
 from qsenn_train.metrics import METRIC_KEYS
 from qsenn_train.model import QResNet
 from qsenn_train.recipes import Recipe
@@ -203,7 +203,7 @@ def save_contact_sheet(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from qsenn_runtime.explain_plot import heat_map  # needs matplotlib (qsenn[plot]); says so if missing
+    from qsenn_runtime.heatmap import heat_map
 
     columns = max(len(row.top_images) for row in rows)
     figure = Figure(figsize=(2.2 + 1.0 * columns, 0.5 + 1.22 * len(rows)), layout="constrained")

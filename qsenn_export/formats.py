@@ -130,6 +130,7 @@ DEFAULT_VERIFY_COUNT = 64
 CALIBRATION_LIMIT = 512  # images; INT8 calibration gains little beyond a few hundred
 CALIBRATION_BATCH = 8  # images per calibration batch (onnxruntime and TensorRT alike)
 DEFAULT_EVIDENCE_COUNT = 1000  # training images the evidence score is calibrated on (a forward pass each)
+DEFAULT_PROTOTYPES = 4  # atlas thumbnails embedded per feature (small JPEGs, ~3-5 KB each in base64)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,8 @@ class ExportOptions:
     evidence_count: int = DEFAULT_EVIDENCE_COUNT  # 0: no evidence calibration
     evidence_images: Path | None = None  # calibrate on these instead of the dataset's training images
     model_type: str | None = None  # of a run that holds both; None: the only one
+    atlas: Path | None = None  # the `qsenn atlas` folder to embed (None: the run's own, if written)
+    prototypes: int = DEFAULT_PROTOTYPES  # thumbnails per feature embedded from the atlas (0: none)
     name: str | None = None  # Triton: the model's name in the repository
     given: frozenset[str] = field(default_factory=frozenset)  # format options the user set
 
@@ -204,6 +207,8 @@ def validate(options: ExportOptions) -> None:
         raise ExportError("--verify-images has no effect with --no-verify; drop one of them")
     if options.evidence_count < 0:
         raise ExportError(f"--evidence-count must be 0 (no calibration) or more, got {options.evidence_count}")
+    if options.prototypes < 0:
+        raise ExportError(f"--prototypes must be 0 or more, got {options.prototypes}")
     if options.evidence_count == 0 and options.evidence_images is not None:
         raise ExportError("--evidence-images has no effect with --evidence-count 0; drop one of them")
 

@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from ._common import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
+from .atlas import find_atlas, with_atlas
 from .evidence import with_evidence
 from .formats import CALIBRATION_LIMIT, ExportOptions, validate
 from .int8 import Int8Settings, quantize_backbone
@@ -29,6 +30,9 @@ def export_onnx(source_path: Path, options: ExportOptions, echo: Callable[[str],
     folded = fold_source(source)
     report_macs(source, folded, echo)
     metadata = build_metadata(source, OPSET, options.feature_names)
+    metadata = with_atlas(
+        metadata, source, find_atlas(source, options.atlas), options.prototypes, options.feature_names is not None, echo
+    )
     metadata = with_evidence(metadata, source, options.evidence_count, options.evidence_images, echo)
     model = to_onnx(folded, metadata, options.batch)
     if options.int8:

@@ -52,6 +52,7 @@ from qsenn_runtime.metadata import (
 from qsenn_train.rundir import atomic_write
 
 from ._common import OPSET, default_output, describe, fold_source, report_macs, to_onnx, write_verified
+from .atlas import find_atlas, with_atlas
 from .errors import ExportError
 from .evidence import with_evidence
 from .formats import CALIBRATION_LIMIT, DEFAULT_TRT_BATCH, DEFAULT_WORKSPACE_GIB, ExportOptions, Tolerance, validate
@@ -239,6 +240,9 @@ def export_trt(source_path: Path, options: ExportOptions, echo: Callable[[str], 
     folded = fold_source(source)
     report_macs(source, folded, echo)
     metadata = build_metadata(source, OPSET, options.feature_names)
+    metadata = with_atlas(
+        metadata, source, find_atlas(source, options.atlas), options.prototypes, options.feature_names is not None, echo
+    )
     metadata = with_evidence(metadata, source, options.evidence_count, options.evidence_images, echo)
     model = to_onnx(folded, metadata, batch=None)
     calibration = None

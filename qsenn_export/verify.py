@@ -8,7 +8,6 @@ graph or metadata that disagrees with the model fails.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from qsenn_runtime.metadata import OUTPUT_NAMES, ModelMetadata
 from qsenn_train.data import spread_subset
 from qsenn_train.data.base import DatasetInfo, open_rgb
 from qsenn_train.data.layouts import image_files, load_splits
-from qsenn_train.data.transforms import build_transform
+from qsenn_train.data.transforms import unnormalised_test_transform
 from qsenn_train.errors import QsennError
 from qsenn_train.model import QResNet
 
@@ -37,11 +36,6 @@ RANDOM_IMAGES_SEED = 0
 
 
 # ---- images -------------------------------------------------------------------------------
-
-
-def unnormalised_test_transform(info: DatasetInfo, img_size: int):
-    """The checkpoint's test transform without Normalize: the graph normalises itself."""
-    return build_transform(dataclasses.replace(info, mean=None, std=None), img_size, train=False)
 
 
 def folder_images(

@@ -1,5 +1,7 @@
-"""One picture of one prediction: the input, heat maps of the top contributing features and a
-waterfall of the signed contributions plus the bias adding up to the logit.
+"""One picture of one prediction: the input, heat maps of the top contributing features, below
+each the feature's prototypes from training (when the export carries an atlas: "this region
+looks like these training examples"), and a waterfall of the signed contributions plus the bias
+adding up to the logit.
 
 Needs matplotlib (`pip install 'qsenn[plot]'`); only `qsenn explain` imports this module. It
 draws on a figure of its own (Agg canvas), never touching pyplot's global state.
@@ -8,12 +10,13 @@ draws on a figure of its own (Agg canvas), never touching pyplot's global state.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .errors import QsennRuntimeError
+from .heatmap import heat_map
 from .results import Contribution, ExplainedImage
 
 try:
@@ -24,18 +27,31 @@ except ImportError:
 
 POSITIVE, NEGATIVE, BIAS, TOTAL = "#1a7f37", "#c62828", "#757575", "#1f4e99"
 MAX_BARS = 12  # further contributions are summed into one "other features" bar
+TITLE_CHARS = 30  # a heat map's title wraps at this width (long class-based names)
+BAR_LABEL_CHARS = 44  # a bar's feature name is shortened to this
+MAX_PROTOTYPES = 4  # drawn per feature, two by two under its heat map
+PROTOTYPE_ROW = 2.6  # inches of the prototypes' row
 HEAT_ALPHA = 0.55
 
 
-def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4) -> Path:
+def save_explanation(
+    explained: ExplainedImage,
+    path: str | Path,
+    top_k: int = 4,
+    prototypes: Mapping[int, Sequence[np.ndarray]] | None = None,
+) -> Path:
+    """prototypes: per feature index its prototype images (Model.prototypes), drawn under its heat map."""
     path = Path(path)
     prediction, explanation = explained.prediction, explained.explanation
     shown = explanation.top(top_k)
+    examples = {c.feature: list(prototypes.get(c.feature, ()))[:MAX_PROTOTYPES] for c in shown} if prototypes else {}
+    with_examples = any(examples.values())
     columns = 1 + max(len(shown), 1)
     bar_rows = min(len(explanation.contributions), MAX_BARS + 1) + 2  # + bias and logit
-    figure = Figure(figsize=(2.9 * max(columns, 4), 3.1 + 0.42 * bar_rows), layout="constrained")
+    heights = (3.1, *((PROTOTYPE_ROW,) if with_examples else ()), 0.42 * bar_rows)
+    figure = Figure(figsize=(2.9 * max(columns, 4), sum(heights)), layout="constrained")
     FigureCanvasAgg(figure)
-    grid = figure.add_gridspec(2, columns, height_ratios=(3.1, 0.42 * bar_rows))
+    grid = figure.add_gridspec(len(heights), columns, height_ratios=heights)
     # The file name, not its whole path: a long path would run off the figure.
     title = f"{Path(prediction.source).name}: predicted {prediction.class_name} ({prediction.probability:.1%})"
     if explanation.class_index != prediction.class_index:
@@ -85,7 +101,8 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
         )
         colour = POSITIVE if contribution.value >= 0 else NEGATIVE
         axes.set_title(
-            f"#{column} {contribution.name}\n{contribution.value:+.3f} = "
+            textwrap.fill(f"#{column} {contribution.name}", TITLE_CHARS, max_lines=2, placeholder=" …")
+            + f"\n{contribution.value:+.3f} = "
             f"{contribution.weight_text} × {contribution.activation:.3f}\n"
             f"feature {contribution.feature} · channel {contribution.channel}",
             fontsize=9,
@@ -94,9 +111,22 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
         _bare(axes, frame=colour)
     if not shown:
         figure.add_subplot(grid[0, 1]).text(0.5, 0.5, "this class reads no features", ha="center")
+    if with_examples:
+        caption = figure.add_subplot(grid[1, 0])
+        caption.axis("off")
+        caption.text(
+            0.5,
+            0.5,
+            "this region looks like\nthese training examples\n(where each feature\nfires most) →",
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
+        for column, contribution in enumerate(shown, start=1):
+            _prototype_strip(figure, grid[1, column], examples[contribution.feature])
 
     _waterfall(
-        figure.add_subplot(grid[1, :]),
+        figure.add_subplot(grid[-1, :]),
         explanation.contributions,
         explanation.bias,
         explanation.logit,
@@ -107,18 +137,31 @@ def save_explanation(explained: ExplainedImage, path: str | Path, top_k: int = 4
     return path
 
 
-def heat_map(feature_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling to the image, scaled to [0, 1] per map (where the feature fires most)."""
-    upsampled = np.asarray(
-        Image.fromarray(feature_map.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-    )
-    low, high = float(upsampled.min()), float(upsampled.max())
-    return (upsampled - low) / (high - low) if high > low else np.zeros_like(upsampled)
+def _prototype_strip(figure, cell, images: list[np.ndarray]) -> None:
+    """The prototypes side by side in one grid cell, two rows when there are more than two."""
+    if not images:
+        axes = figure.add_subplot(cell)
+        axes.axis("off")
+        axes.text(0.5, 0.5, "no prototypes", ha="center", va="center", fontsize=8, color=BIAS)
+        return
+    rows = 2 if len(images) > 2 else 1
+    per_row = -(-len(images) // rows)
+    inner = cell.subgridspec(rows, per_row, wspace=0.04, hspace=0.04)
+    for n, image in enumerate(images):
+        axes = figure.add_subplot(inner[n // per_row, n % per_row])
+        axes.imshow(image)
+        _bare(axes)
 
 
 def _waterfall(axes, contributions: tuple[Contribution, ...], bias: float, logit: float, class_name: str) -> None:
     """Horizontal bars, each starting where the previous ended: contributions, bias, then the logit."""
-    rows = [(f"{c.name} (#{c.feature}, weight {c.weight_text})", c.value) for c in contributions[:MAX_BARS]]
+    rows = [
+        (
+            f"{textwrap.shorten(c.name, BAR_LABEL_CHARS, placeholder=' …')} (#{c.feature}, weight {c.weight_text})",
+            c.value,
+        )
+        for c in contributions[:MAX_BARS]
+    ]
     rest = contributions[MAX_BARS:]
     if rest:
         rows.append((f"{len(rest)} other features", sum(c.value for c in rest)))

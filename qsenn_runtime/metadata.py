@@ -25,9 +25,10 @@ from .errors import QsennRuntimeError
 from .evidence import EvidenceCalibration
 
 METADATA_KEY = "qsenn"
-FORMAT_VERSION = 2
-# Version 1 (ternary heads only, T under "ternary") is still read.
-READABLE_VERSIONS = (1, FORMAT_VERSION)
+FORMAT_VERSION = 3
+# Version 1 (ternary heads only, T under "ternary") and 2 (features without descriptions,
+# attributes or prototypes) are still read.
+READABLE_VERSIONS = (1, 2, FORMAT_VERSION)
 HEAD_TERNARY, HEAD_SPARSE = "ternary", "sparse"
 HEAD_KINDS = (HEAD_TERNARY, HEAD_SPARSE)
 RESIZE_MODES = ("shorter", "square", "imagenet")
@@ -58,6 +59,26 @@ class Feature:
     index: int  # column j of T
     channel: int  # backbone channel it reads (the model's selection)
     name: str
+    description: str = ""
+    # The best-aligned annotated attributes (`qsenn atlas`), best first: (attribute, A_{j,a}).
+    attributes: tuple[tuple[str, float], ...] = ()
+    # Training crops where the feature fires most, heat map over them: base64 JPEGs, strongest
+    # first (qsenn_runtime.prototypes decodes them to arrays).
+    prototypes: tuple[str, ...] = ()
+    # Its share of |contribution| to the predicted classes' logits over the test set (`qsenn atlas`).
+    importance: float | None = None
+
+    @classmethod
+    def from_json(cls, d: dict) -> Feature:
+        return cls(
+            int(d["index"]),
+            int(d["channel"]),
+            str(d["name"]),
+            str(d.get("description", "")),
+            tuple((str(name), float(score)) for name, score in d.get("attributes", ())),
+            tuple(str(p) for p in d.get("prototypes", ())),
+            None if d.get("importance") is None else float(d["importance"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -130,7 +151,7 @@ class ModelMetadata:
             )
             meta = cls(
                 class_names=tuple(str(n) for n in d["class_names"]),
-                features=tuple(Feature(int(f["index"]), int(f["channel"]), str(f["name"])) for f in d["features"]),
+                features=tuple(Feature.from_json(f) for f in d["features"]),
                 head_kind=head_kind,
                 weights=weights,
                 bias=np.asarray(d["bias"], dtype=np.float32),

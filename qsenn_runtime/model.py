@@ -25,6 +25,7 @@ from .preprocess import (
     resize_and_crop,
     to_chw,
 )
+from .prototypes import decode_prototypes
 from .report import ClassRule, class_rules
 from .results import Contribution, ExplainedImage, Explanation, Prediction, PredictionError
 
@@ -177,6 +178,16 @@ class Model:
         explained = prediction.class_index if class_ is None else class_ids[0]
         return ExplainedImage(prediction, explained, np.asarray(crop), maps[0])
 
+    def prototypes(self, feature: int) -> list[np.ndarray]:
+        """Feature `feature`'s prototypes from training (`qsenn atlas`): H×W×3 uint8 crops of the
+        images it fires on most, its heat map over them, strongest first; [] when the export
+        carried none."""
+        if not 0 <= feature < self.metadata.num_features:
+            raise QsennRuntimeError(
+                f"feature {feature} does not exist; the model has {self.metadata.num_features} features"
+            )
+        return decode_prototypes(self.metadata.features[feature])
+
     def global_explanation(self) -> tuple[ClassRule, ...]:
         """Every class with the features that raise (T = +1) and lower (T = −1) its logit."""
         return class_rules(self.metadata)
@@ -307,6 +318,7 @@ class Model:
                     weight=float(weights[n]),
                     activation=float(features[used[n]]),
                     value=float(values[n]),
+                    description=described[used[n]].description,
                 )
                 for n in order
             ),

@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from .metadata import Feature, ModelMetadata
     from .results import Prediction, PredictionError
 
@@ -34,7 +32,16 @@ class ClassRule:
     negative_weights: tuple[float, ...]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            **asdict(self),
+            "positive": [feature_summary(f) for f in self.positive],
+            "negative": [feature_summary(f) for f in self.negative],
+        }
+
+
+def feature_summary(feature: Feature) -> dict:
+    """A feature for JSON reports: its prototype images counted, not inlined."""
+    return {**asdict(feature), "prototypes": len(feature.prototypes)}
 
 
 def class_rules(metadata: ModelMetadata) -> tuple[ClassRule, ...]:
@@ -57,19 +64,6 @@ def class_rules(metadata: ModelMetadata) -> tuple[ClassRule, ...]:
     return tuple(rules)
 
 
-def class_based_names(weights: np.ndarray, class_names: Sequence[str]) -> list[str]:
-    """A name per feature from the global explanation: '+Trouser/+Dress −Bag', the classes whose
-    logit it raises (W > 0) and lowers (W < 0); 'unused' where no class reads it."""
-    import numpy as np  # here, not at import: the CLI reads FORMATS at start-up
-
-    names = []
-    for column in np.asarray(weights).T:
-        raised = "/".join(f"+{class_names[int(k)]}" for k in np.flatnonzero(column > 0))
-        lowered = "/".join(f"−{class_names[int(k)]}" for k in np.flatnonzero(column < 0))
-        names.append(" ".join(part for part in (raised, lowered) if part) or "unused")
-    return names
-
-
 def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -81,7 +75,7 @@ def render(metadata: ModelMetadata, fmt: str, source: str = "model") -> str:
                 "model": _summary(metadata, source),
                 "classes": [rule.to_dict() for rule in rules],
                 "features": [
-                    {**asdict(f), "classes_positive": usage[f.index][0], "classes_negative": usage[f.index][1]}
+                    {**feature_summary(f), "classes_positive": usage[f.index][0], "classes_negative": usage[f.index][1]}
                     for f in metadata.features
                 ],
             },

@@ -20,6 +20,7 @@ class Contribution:
     weight: float  # W[k, j]
     activation: float  # c_j
     value: float  # W[k, j] · c_j
+    description: str = ""  # what the feature means (`qsenn atlas`, edited in its names file)
 
     @property
     def weight_text(self) -> str:

@@ -170,23 +170,26 @@ def read_attribute_labels(
 
 
 @torch.no_grad()
-def alignment(features: Tensor, positions: Tensor, attributes: Tensor, present: Tensor, n_attributes: int) -> float:
-    """Spec §10.3 steps 5–7: (1/C) Σ_j max_a Δ_{j,a}/m_j over the C = features.shape[1] features.
+def attribute_alignment(
+    features: Tensor, positions: Tensor, attributes: Tensor, present: Tensor, n_attributes: int
+) -> Tensor:
+    """Spec §10.3 steps 5–6 per pair: A_{j,a} = Δ_{j,a}/m_j, an n_attributes×C float64 matrix.
 
     features: N×C raw pooled train features in train-id order; the other three come from
     `read_attribute_labels`. Means are over annotation rows (a repeated row counts twice, as in
-    the reference).
+    the reference). Δ_{j,a} is feature j's mean over the rows where attribute a is present minus
+    its mean where it is absent, m_j its mean excursion above its minimum.
 
     Degenerate cases, decided where the reference gives NaN or an artefact (on CUB, whose
     attributes should all occur both ways, only a dead feature is plausible, and there the
     reference reports NaN):
-    * an attribute that is never present or never absent among the kept rows has no Δ and is
-      left out of the max. The reference's empty mean is NaN there, which poisons the max and
-      the whole metric; an attribute without any kept row becomes a 0 column there, which
-      would floor every feature's max at 0. Leaving both out treats them alike and keeps
-      small or synthetic annotation sets from reporting NaN.
-    * a dead feature (constant over the training images: m_j = 0 and Δ = 0) scores A_j = 0
-      and still counts in C, as it aligns with nothing; the reference divides 0/0 (NaN).
+    * an attribute that is never present or never absent among the kept rows has no Δ: its row
+      is NaN (`alignment` leaves it out of the max). The reference's empty mean is NaN there,
+      which poisons the max and the whole metric; an attribute without any kept row becomes a
+      0 column there, which would floor every feature's max at 0. Leaving both out treats them
+      alike and keeps small or synthetic annotation sets from reporting NaN.
+    * a dead feature (constant over the training images: m_j = 0 and Δ = 0) scores 0 with
+      every attribute, as it aligns with nothing; the reference divides 0/0 (NaN).
     """
     n_images, n_features = features.shape
     if len(positions) and int(positions.max()) >= n_images:
@@ -215,9 +218,18 @@ def alignment(features: Tensor, positions: Tensor, attributes: Tensor, present: 
     )  # A'×C
     normaliser = (f - f.min(dim=0).values).mean(dim=0)
     alive = normaliser > 0
-    best = delta.max(dim=0).values  # max_a Δ/m = (max_a Δ)/m, m > 0
-    per_feature = torch.where(alive, best / torch.where(alive, normaliser, 1.0), 0.0)
-    return per_feature.sum().item() / n_features
+    scores = torch.full((n_attributes, n_features), math.nan, dtype=torch.float64, device=device)
+    scores[defined] = torch.where(alive, delta / torch.where(alive, normaliser, 1.0), 0.0)
+    return scores
+
+
+@torch.no_grad()
+def alignment(features: Tensor, positions: Tensor, attributes: Tensor, present: Tensor, n_attributes: int) -> float:
+    """Spec §10.3 step 7: (1/C) Σ_j max_a A_{j,a} over the C = features.shape[1] features and
+    the attributes that have a Δ (`attribute_alignment`)."""
+    scores = attribute_alignment(features, positions, attributes, present, n_attributes)
+    best = scores.nan_to_num(nan=-math.inf).max(dim=0).values
+    return best.sum().item() / features.shape[1]
 
 
 # ----------------------------------------------------------------------------- the report

@@ -15,10 +15,8 @@ from qsenn_bench.testing.fake_datasets import make_fashion_mnist
 from qsenn_bench.testing.toy_models import save_checkpoint, ternary_model
 from qsenn_bench.validation import feature_names_file, validate_run
 from qsenn_export import export
-from qsenn_export.errors import ExportError
 from qsenn_export.formats import make_options
-from qsenn_export.metadata import read_feature_names
-from qsenn_runtime.report import class_based_names
+from qsenn_train.atlas.feature_names import FeatureText, class_based_names, read_feature_names
 from qsenn_train.context import RunOptions, run_dir_for
 from qsenn_train.data import spread_subset
 from qsenn_train.data.base import ImageListDataset
@@ -80,21 +78,29 @@ def test_feature_names_come_from_the_classes_a_feature_raises_and_lowers():
     assert class_based_names(ternary, ("Trouser", "Dress", "Bag")) == ["+Trouser/+Dress −Bag", "−Dress", "unused"]
 
 
-def test_read_feature_names_takes_a_list_or_an_index_map(tmp_path):
+def test_read_feature_names_takes_a_list_an_index_map_or_the_atlas_entries(tmp_path):
     names = tmp_path / "names.json"
     names.write_text(json.dumps(["a", "b", "c"]))
-    assert read_feature_names(names, 3) == ["a", "b", "c"]
+    assert [t.name for t in read_feature_names(names, 3)] == ["a", "b", "c"]
     names.write_text(json.dumps({"1": "sleeve"}))
-    assert read_feature_names(names, 3) == ["feature 0", "sleeve", "feature 2"]
+    assert [t.name for t in read_feature_names(names, 3)] == ["feature 0", "sleeve", "feature 2"]
+    names.write_text(json.dumps({"2": {"name": "red", "description": "fires on red shapes"}}))
+    assert read_feature_names(names, 3)[2] == FeatureText("red", "fires on red shapes")
     for bad, message in (
         (["a"], "lists 1 feature names; the model has 3"),
         ({"7": "x"}, "entry 7"),
         ({"x": "y"}, "keys must be feature indices"),
+        ({"0": {"description": "no name"}}, "entry 0"),
         ("a", "must hold a JSON list"),
     ):
         names.write_text(json.dumps(bad))
-        with pytest.raises(ExportError, match=message):
+        with pytest.raises(QsennError, match=message):
             read_feature_names(names, 3)
+    names.write_text("{not json")
+    with pytest.raises(QsennError, match="cannot read feature names"):
+        read_feature_names(names, 3)
+    with pytest.raises(QsennError, match="no such file"):
+        read_feature_names(tmp_path / "absent.json", 3)
 
 
 def test_export_puts_the_feature_names_into_the_metadata(tmp_path):

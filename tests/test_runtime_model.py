@@ -72,6 +72,7 @@ def test_to_dict_is_json(model):
         "weight",
         "activation",
         "value",
+        "description",
     }
     assert PredictionError("x", "x: broken").to_dict() == {"source": "x", "error": "x: broken"}
 

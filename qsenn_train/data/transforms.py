@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -103,3 +104,9 @@ def build_transform(
     if info.mean is not None:
         steps.append(T.Normalize(info.mean, info.std))
     return T.Compose(steps)
+
+
+def unnormalised_test_transform(info: DatasetInfo, img_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """The test transform without Normalize: pixels in [0, 1], as an exported graph takes them
+    (it normalises itself) and as pictures show them."""
+    return build_transform(dataclasses.replace(info, mean=None, std=None), img_size, train=False)
