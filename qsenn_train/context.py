@@ -160,17 +160,16 @@ def prepare(recipe: Recipe, opts: RunOptions, echo: Callable[[str], None] = prin
     seed_everything(seed)
     device = Device.resolve(device_name, opts.amp, opts.channels_last)
     # Rank 0 opens the data first: the embedded dataset is generated on first use.
-    opened: list[DataSplits] = []
-    world.on_main("opening the dataset", lambda: opened.append(open_data(recipe, opts.data_root, echo)))
-    data = opened[0] if opened else open_data(recipe, opts.data_root, echo)
+    data = world.main_only("opening the dataset", lambda: open_data(recipe, opts.data_root, echo))
+    if data is None:
+        data = open_data(recipe, opts.data_root, echo)
 
     path = run_dir_for(recipe, seed, opts.out)
-    opened_run: list[RunDir] = []
-    world.on_main(
-        "preparing the run directory",
-        lambda: opened_run.append(_open_run_dir(path, recipe, seed, opts, data, device, world, echo)),
+    run = world.main_only(
+        "preparing the run directory", lambda: _open_run_dir(path, recipe, seed, opts, data, device, world, echo)
     )
-    run = opened_run[0] if opened_run else FollowerRunDir(path)
+    if run is None:
+        run = FollowerRunDir(path)
     echo(f"run directory: {path}  (seed {seed}; resume with --seed {seed} --resume)")
     if world.distributed:
         echo(f"{world.size} processes ({world.backend}); the global batch of the recipe is split over them")

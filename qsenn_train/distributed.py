@@ -39,18 +39,12 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in LAUNCH_VARIABLES) and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def this_rank() -> int:
-    """The global rank torchrun gave this process (0 outside a distributed job)."""
-    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
-
-
 @dataclass
 class World:
     """This process's place in the job, and the collectives the stages use."""
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
     backend: str = ""
     stage_timeout_s: float = DEFAULT_STAGE_TIMEOUT_S
     _waits: Any = field(default=None, repr=False)  # gloo group for the long waits on rank 0
@@ -62,9 +56,6 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.size > 1
-
-    def describe(self) -> str:
-        return f"rank {self.rank} of {self.size}"
 
     # -- collectives (no-ops for one process) ----------------------------------------------
     def broadcast(self, value: T) -> T:
@@ -92,6 +83,13 @@ class World:
             raise RankFailed(f"rank 0 failed in {stage}: {value}")
         return value
 
+    def main_only(self, stage: str, compute: Callable[[], T]) -> T | None:
+        """Run `compute` on rank 0 only and keep its result there; the other ranks get None once
+        it has finished (what they need of it reaches them otherwise)."""
+        results: list[T] = []
+        self.on_main(stage, lambda: results.append(compute()))
+        return results[0] if results else None
+
     def _send(self, payload: Any, stage: str) -> Any:
         box = [payload]
         try:
@@ -100,7 +98,7 @@ class World:
             if self.is_main:
                 raise
             raise QsennError(
-                f"{self.describe()}: no result from rank 0 for {stage} within {self.stage_timeout_s:.0f} s "
+                f"rank {self.rank} of {self.size}: no result from rank 0 for {stage} within {self.stage_timeout_s:.0f} s "
                 f"or rank 0 is gone ({first_line(exc)}); raise --stage-timeout if the stage needs longer"
             ) from None
         return box[0]
@@ -163,5 +161,5 @@ def join_world(device_name: str, stage_timeout_s: float = DEFAULT_STAGE_TIMEOUT_
     # broadcast_object_list and the waits for rank 0 go through a CPU (gloo) group with the stage
     # timeout: NCCL's watchdog would abort a rank that waits hours for a glm-saga path.
     waits = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=stage_timeout_s))
-    world = World(rank, size, local, backend, stage_timeout_s, waits)
+    world = World(rank, size, backend, stage_timeout_s, waits)
     return world, device_name

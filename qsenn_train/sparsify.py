@@ -83,9 +83,9 @@ def sparsify(ctx: RunContext, model: QResNet, folder: str) -> QResNet:
 def _features(ctx: RunContext, model: QResNet, step: Step, seed_label: str) -> FeatureSet | None:
     """The step's features (§4): rank 0 gets them, the other ranks None (the GLM stages that
     read them run on rank 0); every rank takes part in extracting them."""
-    found: list[FeatureSet] = []
-    if ctx.world.on_main(f"{step.prefix}: reading its features", lambda: _cached_features(ctx, step, found)):
-        return found[0] if found else None
+    cached = ctx.world.main_only(f"{step.prefix}: reading its features", lambda: load_feature_set(ctx.run, step.prefix))
+    if ctx.world.broadcast(cached is not None):
+        return cached
     r = ctx.recipe
     with timed_step(ctx, step, "feature extraction"):
         return extract_features(
@@ -102,13 +102,6 @@ def _features(ctx: RunContext, model: QResNet, step: Step, seed_label: str) -> F
             n_classes=ctx.info.num_classes,
             world=ctx.world,
         )
-
-
-def _cached_features(ctx: RunContext, step: Step, found: list[FeatureSet]) -> bool:
-    cached = load_feature_set(ctx.run, step.prefix)
-    if cached is not None:
-        found.append(cached)
-    return cached is not None
 
 
 def _selection(ctx: RunContext, model: QResNet, features: FeatureSet, step: Step) -> list[int]:
