@@ -72,10 +72,10 @@ class GlobalBatches(Sampler[list[int]]):
         return sizes
 
     def __len__(self) -> int:
-        full, tail = divmod(self.n, self.batch_size)
         if self.drop_small_tail:
-            return full + int(tail >= MIN_IMAGES_PER_RANK * self.world_size)
-        return full + int(tail > self.rank)
+            return len(self.global_sizes())
+        full, tail = divmod(self.n, self.batch_size)
+        return full + int(tail > self.rank)  # a short evaluation tail may leave this rank nothing
 
 
 def shard_positions(n: int, rank: int, world_size: int) -> range:
