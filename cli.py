@@ -91,6 +91,12 @@ def qsenn() -> None:
 @click.option("--crop-gt/--no-crop-gt", default=None, help="Use the ground-truth-cropped CUB/TravelingBirds images.")
 @click.option("--n-features", type=int, default=None, help="Number of selected features F (paper: 50).")
 @click.option("--n-per-class", type=int, default=None, help="Average features per class r (paper: 5).")
+@click.option(
+    "--fdl-beta",
+    type=float,
+    default=None,
+    help="Weight of the Feature Diversity Loss in dense training and fine-tuning (paper: 0.196; 0 turns it off).",
+)
 @click.option("--img-size", type=int, default=None, help="Input size in pixels (paper: 448).")
 @click.option(
     "--reduced-strides/--no-reduced-strides",
@@ -209,6 +215,7 @@ def train(
     crop_gt,
     n_features,
     n_per_class,
+    fdl_beta,
     img_size,
     reduced_strides,
     pretrained,
@@ -265,6 +272,7 @@ def train(
         crop_gt=crop_gt,
         n_features=n_features,
         n_per_class=n_per_class,
+        fdl_beta=fdl_beta,
         img_size=img_size,
         reduced_strides=reduced_strides,
         pretrained=pretrained,

@@ -313,6 +313,8 @@ def validate(recipe: Recipe) -> None:
         raise QsennError(f"unknown model type {recipe.model_type!r}; choose qsenn or sldd")
     if recipe.n_features < 1 or recipe.n_per_class < 1:
         raise QsennError("--n-features and --n-per-class must be at least 1")
+    if not recipe.fdl_beta >= 0:  # also refuses NaN
+        raise QsennError(f"--fdl-beta must be ≥ 0, not {recipe.fdl_beta}")
     # Total stride 32 (16 for the small-image stem): anything smaller leaves no feature map.
     min_size = 16 if recipe.arch in SMALL_STEM_ARCHS else 32
     if recipe.img_size < min_size:

@@ -291,3 +291,17 @@ def test_an_end_of_file_deep_in_a_command_is_not_called_an_interruption(monkeypa
     assert stderr.strip() == (
         "error: a file ended unexpectedly (EOFError): one this command read is empty or truncated"
     )
+
+
+def test_fdl_beta_reaches_the_recipe_and_keys_the_dense_model(capsys, tmp_path):
+    from cli_runner import run_cli
+
+    from qsenn_train.pipeline import dense_key
+
+    off = resolve_recipe("tiny", fdl_beta=0.0)
+    assert off.fdl_beta == 0.0 and resolve_recipe("tiny").fdl_beta == 0.196
+    assert dense_key(off, 0) != dense_key(resolve_recipe("tiny"), 0)  # a new weight never reuses a dense model
+    for bad in ("-0.5", "nan"):
+        code, _, err = run_cli(capsys, "train", "--recipe", "tiny", "--fdl-beta", bad, "--out", tmp_path / "runs")
+        assert code != 0 and "--fdl-beta must be ≥ 0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
