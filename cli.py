@@ -1231,9 +1231,20 @@ def _model_names(paths: tuple[Path, ...], names: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="Backend calls running at once per model (Triton's instance count).",
 )
+@click.option(
+    "--session-per-instance/--shared-session",
+    default=True,
+    show_default=True,
+    help="Each instance its own backend session (Triton's model instances; without --threads the CPUs are "
+    "split between them) or one session for all instances (less memory).",
+)
 @click.option("--provider", default=None, help=_PROVIDER_HELP)
 @click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads per model (default: all)."
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="onnxruntime intra-op threads per session (default: all usable CPUs, split between the "
+    "sessions of --instances).",
 )
 @image_budget_options
 @click.option(
@@ -1262,6 +1273,7 @@ def serve(
     max_body_bytes,
     timeout,
     instances,
+    session_per_instance,
     provider,
     threads,
     max_image_pixels,
@@ -1291,8 +1303,14 @@ def serve(
     chosen = _model_names(model_paths, names)
     token = _read_token(token_file)
     budget = _image_budget(max_image_pixels, max_image_bytes)
+    sessions = instances if session_per_instance else 1
+    if threads is None and sessions > 1:  # the usable CPUs split between the sessions, as one per core
+        threads = max(1, len(os.sched_getaffinity(0)) // sessions)
     models = [
-        (name, _load_model(path, provider, threads=threads, spin=spin, arena=arena, **budget))
+        (
+            name,
+            [_load_model(path, provider, threads=threads, spin=spin, arena=arena, **budget) for _ in range(sessions)],
+        )
         for name, path in zip(chosen, model_paths)
     ]
     run_server(models, host=host, port=port, limits=limits, token=token, access_log=access_log, echo=_echo_flushed)

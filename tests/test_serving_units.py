@@ -271,3 +271,50 @@ def test_load_for_serving_lets_idle_threads_sleep_and_returns_memory(tmp_path):
         .backend.session.get_session_options()
         .enable_cpu_mem_arena
     )
+
+
+def test_each_instance_runs_on_a_session_of_its_own(tmp_path):
+    """`qsenn serve --instances 2` (one session per instance, its default): concurrent calls run on
+    different backend sessions, never two at once on one, and each gets its own rows' outputs."""
+    import qsenn_runtime
+    from qsenn_bench.testing.toy_onnx import save_toy_model
+    from qsenn_runtime.serving.endpoint import ServedModel, ServingLimits
+
+    save_toy_model(tmp_path / "toy.onnx")
+    instances = [qsenn_runtime.load(tmp_path / "toy.onnx", threads=1) for _ in range(2)]
+    assert instances[0].backend.session is not instances[1].backend.session
+    active: dict[int, int] = {}
+    used, overlaps, lock = set(), [], threading.Lock()
+
+    def watched(instance):
+        original = instance.run_backend
+
+        def run_backend(batch, names):
+            with lock:
+                active[id(instance)] = active.get(id(instance), 0) + 1
+                overlaps.append(active[id(instance)])
+                used.add(id(instance))
+            time.sleep(0.03)  # long enough for the other call to start meanwhile
+            try:
+                return original(batch, names)
+            finally:
+                with lock:
+                    active[id(instance)] -= 1
+
+        instance.run_backend = run_backend
+
+    for instance in instances:
+        watched(instance)
+    limits = ServingLimits(batch_window_ms=0, instances=2)
+    served = ServedModel("toy", instances[0], limits, instances[1:])
+    size = instances[0].metadata.input.size
+    images = [np.full((1, 3, size, size), i / 8, dtype=np.float32) for i in range(8)]
+
+    async def main():
+        return await asyncio.gather(*(served.batcher.submit(x) for x in images))
+
+    results = run_async(main, served.batcher)
+    assert used == {id(i) for i in instances} and max(overlaps) == 1
+    for x, (logits, *_rest) in zip(images, results):
+        (expected, *_) = instances[0].backend.run(x, ("logits",))
+        np.testing.assert_allclose(logits, expected, rtol=1e-5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,9 +61,17 @@ class ServingLimits:
 
 
 class ServedModel:
-    def __init__(self, name: str, model: Model, limits: ServingLimits):
+    """`model` serves the protocol; `replicas` are the other instances' copies of it, each with a
+    backend session of its own (Triton's model instances). Without replicas the instances share
+    `model`'s session, whose run is thread-safe but splits the same threads between the calls."""
+
+    def __init__(self, name: str, model: Model, limits: ServingLimits, replicas: Sequence[Model] = ()):
         self.name = name
         self.model = model
+        self.sessions = 1 + len(replicas)
+        self._idle: queue.SimpleQueue[Model] = queue.SimpleQueue()  # at most `instances` calls take one
+        for instance in (model, *replicas):
+            self._idle.put(instance)
         largest = model.backend.batch_range[1]
         self.max_batch = limits.max_batch if largest is None else min(limits.max_batch, largest)
         self.batcher = DynamicBatcher(
@@ -90,7 +99,13 @@ class ServedModel:
         self.platform = triton_config.PLATFORM_TENSORRT if metadata.engine else triton_config.PLATFORM_ONNX
 
     def _run_rows(self, rows: np.ndarray) -> list[np.ndarray]:
-        return self.model.run_backend(rows, BACKEND_OUTPUTS)
+        if self.sessions == 1:
+            return self.model.run_backend(rows, BACKEND_OUTPUTS)
+        instance = self._idle.get()  # never waits: the batcher runs at most `instances` calls at once
+        try:
+            return instance.run_backend(rows, BACKEND_OUTPUTS)
+        finally:
+            self._idle.put(instance)
 
     # -- what the model is ------------------------------------------------------------------
     def metadata_response(self) -> dict[str, Any]:

@@ -41,7 +41,8 @@ def describe(served: ServedModel) -> str:
     )
     return (
         f"model {served.name!r}: {served.model.source} ({metadata.num_classes} classes, "
-        f"{metadata.num_features} features, {metadata.input.size} px) on {served.model.backend_name}; {batching}"
+        f"{metadata.num_features} features, {metadata.input.size} px) on {served.model.backend_name}"
+        f"{f', {served.sessions} sessions' if served.sessions > 1 else ''}; {batching}"
     )
 
 
@@ -72,7 +73,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    models: Sequence[tuple[str, Model]],
+    models: Sequence[tuple[str, Sequence[Model]]],
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -81,7 +82,7 @@ def serve(
     access_log: bool = False,
     echo: Callable[[str], None] = print,
 ) -> None:
-    """Serve `models` (name, model) until SIGINT or SIGTERM; then stop accepting connections,
+    """Serve `models` (name, its instances: one model, shared, or one per instance) until SIGINT or SIGTERM; then stop accepting connections,
     answer the requests in flight, and return."""
     require_serving_stack()
     import uvicorn
@@ -91,9 +92,10 @@ def serve(
     limits = limits or ServingLimits()
     limits.validate()
     served = {}
-    for name, model in models:
-        warm_up(model)
-        served[name] = ServedModel(name, model, limits)
+    for name, (model, *replicas) in models:
+        for instance in (model, *replicas):
+            warm_up(instance)
+        served[name] = ServedModel(name, model, limits, replicas)
         echo(describe(served[name]))
     sock = listening_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
