@@ -25,42 +25,33 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from runtime_common import add_model_arguments, quantisation_inputs
 
 import qsenn_runtime
 from qsenn_bench.backends import runtime_runner
-from qsenn_bench.bench import BenchConfig, agreement, agreement_images, calibration_images
+from qsenn_bench.bench import BenchConfig, agreement
 from qsenn_bench.environment import environment
 from qsenn_bench.measurement import latency_summary, onnx_op_profile, profile_line, time_interleaved
 from qsenn_bench.reporting import RESULTS, result_name
-from qsenn_bench.sources import bench_source, model_label
-from qsenn_export._common import OPSET, fold_source, to_onnx
+from qsenn_bench.sources import model_label
 from qsenn_export.formats import FORMATS
 from qsenn_export.int8 import Int8Settings, quantize_backbone
-from qsenn_export.metadata import build_metadata
 
 VARIANTS = [Int8Settings(fmt, activations) for fmt in ("QOperator", "QDQ") for activations in ("QUInt8", "QInt8")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", nargs="?", type=Path, help="run directory or checkpoint (default: random)")
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--img-size", type=int, default=448)
+    add_model_arguments(parser)
     parser.add_argument("--iters", type=int, default=10, help="timed runs per variant")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all CPUs)")
-    parser.add_argument("--calib-count", type=int, default=16)
-    parser.add_argument("--images", type=int, default=32, help="agreement images")
     args = parser.parse_args()
 
-    random_weights = args.source is None
-    source = bench_source(
-        args.source, args.arch if random_weights else None, args.img_size if random_weights else None, random_weights
-    )
+    inputs = quantisation_inputs(args, args.threads)
+    source, metadata, fp32_model = inputs.source, inputs.metadata, inputs.fp32_model
+    images, images_description = inputs.images, inputs.images_description
+    calibration, calibration_description = inputs.calibration, inputs.calibration_description
     config = BenchConfig(threads=args.threads, images=args.images, calib_count=args.calib_count)
-    metadata = build_metadata(source, OPSET)
-    images, images_description = agreement_images(source, config, print)
-    calibration, calibration_description = calibration_images(source, config, print)
-    fp32_model = to_onnx(fold_source(source), metadata, batch=None)
     tolerance = FORMATS["onnx"].tolerances["int8"]
 
     with tempfile.TemporaryDirectory(prefix="qsenn-int8-formats-") as scratch:

@@ -33,16 +33,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from runtime_common import add_model_arguments, quantisation_inputs
 
-from qsenn_bench.bench import BenchConfig, agreement, agreement_images, calibration_images
+from qsenn_bench.bench import agreement
 from qsenn_bench.environment import environment
 from qsenn_bench.measurement import REPO_ROOT, latency_summary
 from qsenn_bench.reporting import RESULTS, save_result
-from qsenn_bench.sources import bench_source, model_label
-from qsenn_export._common import OPSET, fold_source, to_onnx
+from qsenn_bench.sources import model_label
 from qsenn_export.formats import FORMATS
 from qsenn_export.int8 import Int8Settings, quantize_backbone
-from qsenn_export.metadata import build_metadata
 from qsenn_export.verify import SourceForward
 
 # name → session settings. "runtime default" is the session qsenn_runtime.load opens on the CPU
@@ -189,9 +188,7 @@ def summary(seconds: list[float]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", nargs="?", type=Path, help="run directory or checkpoint (default: random)")
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--img-size", type=int, default=448)
+    add_model_arguments(parser)
     parser.add_argument("--rounds", type=int, default=12, help="rounds of one burst per option")
     parser.add_argument("--burst", type=int, default=5, help="timed calls per option per round")
     parser.add_argument(
@@ -203,22 +200,14 @@ def main() -> None:
         "--only", action="append", choices=list(OPTIONS), help="time only these options (repeatable; default: all)"
     )
     parser.add_argument("--serving", action=argparse.BooleanOptionalAction, default=True, help="run the serving part")
-    parser.add_argument("--images", type=int, default=32, help="agreement images")
-    parser.add_argument("--calib-count", type=int, default=16)
     args = parser.parse_args()
 
-    random_weights = args.source is None
-    source = bench_source(
-        args.source, args.arch if random_weights else None, args.img_size if random_weights else None, random_weights
-    )
-    config = BenchConfig(threads=args.threads, images=args.images, calib_count=args.calib_count)
-    metadata = build_metadata(source, OPSET)
-    images, images_description = agreement_images(source, config, print)
-    calibration, calibration_description = calibration_images(source, config, print)
-    fp32_model = to_onnx(fold_source(source), metadata, batch=None)
+    inputs = quantisation_inputs(args, args.threads)
+    source, metadata, fp32_model, images = inputs.source, inputs.metadata, inputs.fp32_model, inputs.images
+    images_description, calibration_description = inputs.images_description, inputs.calibration_description
     settings = Int8Settings()  # what `qsenn export --int8` writes
     print(f"quantising: {settings.describe()}")
-    int8_model = quantize_backbone(fp32_model, calibration, metadata, calibration_description, settings)
+    int8_model = quantize_backbone(fp32_model, inputs.calibration, metadata, calibration_description, settings)
 
     with tempfile.TemporaryDirectory(prefix="qsenn-int8-options-") as folder:
         scratch = Path(folder)
