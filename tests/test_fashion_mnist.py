@@ -49,8 +49,11 @@ def test_small_stem_allows_28_px_and_refuses_less_than_16():
 
 def test_data_variant_keeps_earlier_runs_keys_and_dirs():
     # Recipes on the paper's data have no variant: their stage keys and directories are unchanged.
-    for recipe in (PAPER, DEMO, TINY):
+    for recipe in (PAPER, TINY):
         assert recipe.data_variant() == {} and recipe.subset_tag == ""
+    # The demo's flip is in its stage keys, so runs made with the paper's augmentation are not reused.
+    assert DEMO.data_variant() == {"augment": "flip"} and DEMO.subset_tag == ""
+    assert run_dir_for(DEMO, 0, Path("runs")) == Path("runs/resnet18/synth/0")
     assert FASHION_MNIST.data_variant() == {"augment": "flip"}
     smoke = FASHION_MNIST.replace(limit_train=300, limit_test=100)
     assert smoke.data_variant() == {"augment": "flip", "limit_train": 300, "limit_test": 100}
