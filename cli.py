@@ -136,7 +136,8 @@ def qsenn() -> None:
     type=click.Choice(AUGMENTATIONS),
     default=None,
     help="Training augmentation after the resize/crop: paper (§3.2: flip, colour jitter, "
-    "TrivialAugmentWide) or flip (the flip only; for small images). Recipe default.",
+    "TrivialAugmentWide), flip (the flip only; for small images) or flip-gray (the flip, and half "
+    "of the images in grey). Recipe default.",
 )
 @click.option(
     "--limit-train",

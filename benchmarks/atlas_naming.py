@@ -17,14 +17,9 @@ from qsenn_train.atlas.truth import naming_figures, synth_class_attributes
 from qsenn_train.run import Run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--model-type", default=None)
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args()
-    run = Run(args.run)
-    entry = run.entry(args.model_type)
+def report(run: Run, model_type: str | None, json_out: Path | None = None) -> None:
+    """Print the figures of the run's model (and write them to `json_out`)."""
+    entry = run.entry(model_type)
     atlas = read_atlas(atlas_folder(run.path, entry.model_type))
     truth = synth_class_attributes(Path(run.info.root))
     figures = naming_figures(atlas, truth)
@@ -44,10 +39,19 @@ def main() -> None:
         positive = [f["index"] for f in atlas["features"] if any(r["class"] == name for r in f["raises"])]
         print(f"  {name}: true {sorted(truth[name])}")
         print(f"      positive features: {', '.join(f'#{j} {names[j]}' for j in positive)}")
-    if args.json is not None:
+    if json_out is not None:
         result = {"run": str(run.path), "model_type": entry.model_type, "metrics": metrics, **figures.to_json()}
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--model-type", default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    report(Run(args.run), args.model_type, args.json)
 
 
 if __name__ == "__main__":

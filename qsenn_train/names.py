@@ -12,8 +12,9 @@ SMALL_STEM_ARCHS = ("resnet18s",)
 MODEL_TYPES = ("qsenn", "sldd")
 # Training augmentation: spec §3.2 in full, or "flip": its resize/crop and horizontal flip only,
 # without colour jitter and TrivialAugmentWide (whose shifts of up to 32 px and shears of up
-# to 0.99 ruin 28 px images and slow a schedule of a few epochs).
-AUGMENTATIONS = ("paper", "flip")
+# to 0.99 ruin 28 px images and slow a schedule of a few epochs); "flip-gray": the flip, and
+# half of the images in grey (colour no longer names a class alone; docs/atlas.md measures it).
+AUGMENTATIONS = ("paper", "flip", "flip-gray")
 # The regularisation path's solver (spec §6): the glm-saga package, or the same SAGA with the
 # selection's matrix-form step (qsenn_train/saga_path.py).
 PATH_SOLVERS = ("glm-saga", "matrix")

@@ -178,3 +178,13 @@ def test_lighting_noise_statistics():
     expected_std = 0.05 * torch.sqrt((eigvec**2 * eigval**2).sum(dim=1))
     assert torch.all(offsets.mean(dim=0).abs() < 4 * expected_std / n**0.5)
     assert torch.allclose(offsets.std(dim=0), expected_std, rtol=0.1)
+
+
+def test_flip_gray_shows_a_share_of_the_images_without_colour():
+    transform = build_transform(info_for(RESIZE_SQUARE, mean=None), 16, train=True, augment="flip-gray")
+    assert step_names(transform) == ["Resize", "RandomHorizontalFlip", "RandomGrayscale", "ToTensor"]
+    torch.manual_seed(0)
+    grey = [
+        bool(torch.allclose(x[0], x[1]) and torch.allclose(x[1], x[2])) for x in map(transform, [stripes(16, 16)] * 200)
+    ]
+    assert 70 < sum(grey) < 130  # p = 0.5

@@ -24,6 +24,7 @@ IMAGENET_PCA_EIGENVECTORS = (
 LIGHTING_ALPHA_STD = 0.05
 JITTER = 0.1  # brightness, contrast and saturation; hue stays 0
 CROP_PADDING = 4
+GRAYSCALE_P = 0.5  # "flip-gray": share of training images shown without their colour
 IMAGENET_RESIZE_RATIO = 256 / 224  # test: shorter side 256 for a 224 crop
 
 
@@ -68,6 +69,8 @@ def _fine_grained_steps(mode: str, img_size: int, train: bool, augment: str) -> 
         steps.append(T.RandomHorizontalFlip())
         if augment == "paper":
             steps += [T.ColorJitter(JITTER, JITTER, JITTER, 0), T.TrivialAugmentWide()]
+        elif augment == "flip-gray":
+            steps.append(T.RandomGrayscale(GRAYSCALE_P))
     return steps + [T.ToTensor()]
 
 
