@@ -1,13 +1,14 @@
 """What the features learn, one recipe change at a time (issue 17, docs/atlas.md): trains the demo
-recipe's Q-SENN model with recipe fields replaced, writes its atlas, and prints the naming figures
-next to the accuracy (benchmarks/atlas_naming.py).
+recipe's model (Q-SENN unless `--set model_type='sldd'`) with recipe fields replaced, writes its
+atlas, and prints the naming figures next to the accuracy (benchmarks/atlas_naming.py).
 
     python benchmarks/naming_levers.py OUT [--seed 0] [--set FIELD=VALUE ...]
 
 FIELD is a field of qsenn_train.recipes.Recipe (`dense_dropout=0.0`, `augment='flip-gray'`) or of
-one of its parts (`dense.epochs=32`, `finetune.dropout=0.0`, `finetune.schedule.epochs=16`); VALUE is a Python literal. The run
-goes to OUT/<arch>/synth/<seed> and resumes there (a change that only touches the sparsification
-reuses the dense model of an earlier run in the same OUT); the figures go to OUT/naming_seed<seed>.json.
+one of its parts (`dense.epochs=32`, `finetune.dropout=0.0`, `finetune.schedule.epochs=16`); VALUE
+is a Python literal. The run goes to OUT/<arch>/synth/<seed> and resumes there (a change that only
+touches the sparsification reuses the dense model of an earlier run in the same OUT); the figures
+go to OUT/naming_seed<seed>.json.
 """
 
 from __future__ import annotations
@@ -57,14 +58,14 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder of this lever's runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--data-root", type=Path, default=Path("data"))
+    parser.add_argument("--data-root", type=Path, default=Path("data"), help="datasets folder (make demo's)")
     args = parser.parse_args()
-    recipe = recipe_with(DEMO.replace(model_type="qsenn"), args.assignments)
+    recipe = recipe_with(DEMO, args.assignments)
     print(f"demo recipe with {', '.join(args.assignments) or 'no change'}")
     result = train(recipe, RunOptions(seed=args.seed, data_root=args.data_root, out=args.out, resume=True), echo=print)
     run_path = Path(result["run_dir"])
-    build_atlas(run_path, model_type="qsenn", echo=print)
-    report(Run(run_path), "qsenn", args.out / f"naming_seed{args.seed}.json")
+    build_atlas(run_path, model_type=recipe.model_type, echo=print)
+    report(Run(run_path), recipe.model_type, args.out / f"naming_seed{args.seed}.json")
 
 
 if __name__ == "__main__":
